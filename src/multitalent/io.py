@@ -1,0 +1,241 @@
+"""Reading and writing scans with their full geometry (SimpleITK): NIfTI files and DICOM series.
+
+This is the only module that knows about the files' own (x, y, z) axis order: everything it returns
+is a numpy array in (z, y, x) order with ``Geometry.spacing`` in the same order. ``origin`` and
+``direction`` stay in ITK's physical (LPS, x-y-z) convention because they describe the file, and are
+only ever handed back to SimpleITK.
+
+Scans of any orientation are brought to one canonical orientation (identity direction, i.e. the
+array's z axis runs inferior->superior, y anterior->posterior, x right->left) by
+:func:`to_canonical`, and brought back by :func:`from_canonical`; both only permute and flip axes,
+so the round trip is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from multitalent.errors import UserInputError, atomic_path
+
+MAX_SPACING_MM = 50.0
+CANONICAL = "LPS"  # ITK orientation code whose direction matrix is the identity
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an array lies in physical space. ``shape`` and ``spacing`` are (z, y, x)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 numbers, row-major, ITK convention
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        return cls(
+            shape=tuple(int(v) for v in d["shape"]),
+            spacing=tuple(float(v) for v in d["spacing"]),
+            origin=tuple(float(v) for v in d["origin"]),
+            direction=tuple(float(v) for v in d["direction"]),
+        )
+
+    def matches(self, other: Geometry, tol: float = 1e-3) -> str | None:
+        """Return None if both describe the same grid, else a short description of the difference."""
+        if self.shape != other.shape:
+            return f"shape {list(self.shape)} vs {list(other.shape)}"
+        for name in ("spacing", "origin", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            scale = 1.0 if name == "direction" else max(1.0, float(np.abs(a).max(initial=0)))
+            if not np.allclose(a, b, atol=tol * scale):
+                return f"{name} {np.round(a, 4).tolist()} vs {np.round(b, 4).tolist()}"
+        return None
+
+    @property
+    def orientation(self) -> str:
+        """ITK's three-letter orientation code of the direction matrix (e.g. 'LPS', 'RAS')."""
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+
+def geometry_of(img: sitk.Image) -> Geometry:
+    return Geometry(
+        shape=tuple(int(v) for v in reversed(img.GetSize())),
+        spacing=tuple(float(v) for v in reversed(img.GetSpacing())),
+        origin=tuple(float(v) for v in img.GetOrigin()),
+        direction=tuple(float(v) for v in img.GetDirection()),
+    )
+
+
+def _to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    img.SetSpacing(tuple(reversed(geometry.spacing)))
+    img.SetOrigin(geometry.origin)
+    img.SetDirection(geometry.direction)
+    return img
+
+
+def _check_geometry(geometry: Geometry, path: os.PathLike | str) -> None:
+    sp = np.asarray(geometry.spacing)
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0) or np.any(sp > MAX_SPACING_MM):
+        raise UserInputError(
+            f"{path}: absurd voxel spacing {sp.round(4).tolist()} mm (z,y,x); each must be in "
+            f"(0, {MAX_SPACING_MM:g}] mm. Fix the file's header."
+        )
+    d = np.asarray(geometry.direction).reshape(3, 3)
+    if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1) > 1e-2:
+        raise UserInputError(f"{path}: direction matrix is not orthonormal; fix the file's header.")
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise UserInputError(f"{path}: file or folder not found.")
+    if path.is_dir():
+        return _read_dicom_series(path)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+        raise UserInputError(f"{path}: cannot read the image (corrupt, truncated or not an image): {first}") from None
+    return img
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    if len(series) == 0:
+        raise UserInputError(f"{folder}: no DICOM series found in this folder.")
+    if len(series) > 1:
+        raise UserInputError(
+            f"{folder}: holds {len(series)} DICOM series ({', '.join(series[:3])}...); "
+            "put each series in its own folder."
+        )
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    if len(files) < 2:
+        raise UserInputError(f"{folder}: the DICOM series has fewer than 2 slices; a 3D scan is needed.")
+    # Missing slices show as an irregular step between slice positions.
+    positions = []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        r.ReadImageInformation()
+        positions.append(np.asarray(r.GetOrigin(), dtype=float))
+    steps = np.linalg.norm(np.diff(np.stack(positions), axis=0), axis=1)
+    if steps.min() <= 0 or steps.max() > 1.5 * np.median(steps):
+        raise UserInputError(
+            f"{folder}: the DICOM series has missing or duplicate slices (slice steps from "
+            f"{steps.min():.3g} to {steps.max():.3g} mm); export the complete series."
+        )
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        raise UserInputError(f"{folder}: cannot read the DICOM series: {str(e).strip()[-200:]}") from None
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D scan (NIfTI/any SimpleITK file or a DICOM series folder) as float32 (z, y, x)."""
+    path = Path(path)
+    img = _read_sitk(path)
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise UserInputError(
+            f"{path}: expected a 3D single-channel image, got {img.GetDimension()}D with "
+            f"{img.GetNumberOfComponentsPerPixel()} component(s)."
+        )
+    geometry = geometry_of(img)
+    _check_geometry(geometry, path)
+    array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        n = int((~np.isfinite(array)).sum())
+        raise UserInputError(f"{path}: {n} voxel(s) are NaN or infinite; fix or remove the scan.")
+    return array, geometry
+
+
+def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D label map as int16 (z, y, x); refuses non-integer values."""
+    path = Path(path)
+    img = _read_sitk(path)
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise UserInputError(f"{path}: expected a 3D single-channel label map, got {img.GetDimension()}D.")
+    geometry = geometry_of(img)
+    _check_geometry(geometry, path)
+    array = sitk.GetArrayFromImage(img)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise UserInputError(f"{path}: label map holds non-integer values; labels must be integers.")
+    if array.size and (array.min() < 0 or array.max() > 32767):
+        raise UserInputError(f"{path}: label values must lie in 0..32767, found {array.min()}..{array.max()}.")
+    return array.astype(np.int16, copy=False), geometry
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> None:
+    """Write a (z, y, x) array with ``geometry`` atomically (temporary name, then rename)."""
+    img = _to_sitk(array, geometry)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=compress)
+
+
+def write_label(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
+    """Write a label map as uint8 (or int16 when values exceed 255)."""
+    dtype = np.uint8 if (array.size == 0 or (array.min() >= 0 and array.max() <= 255)) else np.int16
+    write_image(path, array.astype(dtype, copy=False), geometry)
+
+
+def to_canonical(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """Permute/flip the array so its direction is (close to) the identity (orientation LPS)."""
+    img = sitk.DICOMOrient(_to_sitk(array, geometry), CANONICAL)
+    return sitk.GetArrayFromImage(img), geometry_of(img)
+
+
+def from_canonical(array: np.ndarray, canonical: Geometry, original: Geometry) -> np.ndarray:
+    """Undo :func:`to_canonical`: return ``array`` (on the canonical grid) on the original grid."""
+    img = sitk.DICOMOrient(_to_sitk(array, canonical), original.orientation)
+    out = sitk.GetArrayFromImage(img)
+    problem = geometry_of(img).matches(original)
+    if problem is not None:  # pragma: no cover - would be a bug, not a user error
+        raise RuntimeError(f"orientation round trip failed: {problem}")
+    return out
+
+
+def direction_for(code: str) -> tuple[float, ...]:
+    """The direction matrix (row-major) of an ITK orientation code such as 'RAS', 'LPS' or 'LAS'."""
+    return tuple(float(v) for v in sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code))
+
+
+def write_dicom_series(folder: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
+    """Write an int16 (z, y, x) volume as a DICOM series (one file per slice); for tests and phantoms."""
+    if np.linalg.det(np.asarray(geometry.direction).reshape(3, 3)) < 0:
+        raise ValueError("DICOM cannot store a left-handed direction matrix (e.g. LAS)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img = _to_sitk(array.astype(np.int16), geometry)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = img.GetDirection()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.12345"
+    for z in range(img.GetDepth()):
+        sl = img[:, :, z]
+        origin = img.TransformIndexToPhysicalPoint((0, 0, z))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000e": series_uid,
+            "0020|000d": series_uid + ".1",
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                          direction[1], direction[4], direction[7])),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
+            "0020|0013": str(z + 1),
+            "0018|0050": f"{img.GetSpacing()[2]:.6f}",
+            "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
+        }
+        for k, v in tags.items():
+            sl.SetMetaData(k, v)
+        writer.SetFileName(str(folder / f"slice_{z:04d}.dcm"))
+        writer.Execute(sl)

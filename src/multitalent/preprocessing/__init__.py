@@ -1,0 +1,1 @@
+"""Preprocessing: fingerprint/statistics, resampling, normalisation and case files."""
