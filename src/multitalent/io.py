@@ -141,6 +141,38 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise UserInputError(f"{folder}: cannot read the DICOM series: {str(e).strip()[-200:]}") from None
 
 
+def _nifti_nonfinite_count(path: Path) -> int:
+    """Count NaN/inf voxels in a float NIfTI-1 file's raw data.
+
+    ITK's NIfTI reader silently turns NaN into 0, so a corrupt scan would pass unnoticed; this reads the
+    voxel data directly (header fields per the NIfTI-1 standard) for the float data types only.
+    """
+    import gzip
+    import struct
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        header = fh.read(348)
+        if len(header) < 348:
+            return 0
+        for endian in ("<", ">"):
+            if struct.unpack(endian + "i", header[:4])[0] == 348:
+                break
+        else:
+            return 0  # NIfTI-2 or not NIfTI: nothing to say
+        datatype = struct.unpack(endian + "h", header[70:72])[0]
+        dtype = {16: "f4", 64: "f8"}.get(datatype)
+        if dtype is None:
+            return 0
+        offset = int(struct.unpack(endian + "f", header[108:112])[0])
+        fh.read(max(offset - 348, 0))
+        count = 0
+        while chunk := fh.read(1 << 24):
+            values = np.frombuffer(chunk[: len(chunk) - len(chunk) % int(dtype[1])], dtype=endian + dtype)
+            count += int((~np.isfinite(values)).sum())
+        return count
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a 3D scan (NIfTI/any SimpleITK file or a DICOM series folder) as float32 (z, y, x)."""
     path = Path(path)
@@ -153,8 +185,10 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     geometry = geometry_of(img)
     _check_geometry(geometry, path)
     array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
-        n = int((~np.isfinite(array)).sum())
+    n = int((~np.isfinite(array)).sum())
+    if n == 0 and path.is_file() and (path.name.endswith(".nii.gz") or path.name.endswith(".nii")):
+        n = _nifti_nonfinite_count(path)
+    if n:
         raise UserInputError(f"{path}: {n} voxel(s) are NaN or infinite; fix or remove the scan.")
     return array, geometry
 

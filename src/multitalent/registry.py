@@ -279,6 +279,11 @@ class HeadRegistry:
         except UserInputError as e:
             raise UserInputError(f"{path}: {e}") from None
 
+    def subset(self, dataset_ids: list[str]) -> HeadRegistry:
+        """The registry of only these datasets' heads (e.g. for a single-dataset baseline)."""
+        return HeadRegistry([h for h in self.heads if h.dataset in dataset_ids],
+                            {d: v for d, v in self.datasets.items() if d in dataset_ids})
+
     def select(self, datasets: list[str] | None = None, heads: list[str] | None = None) -> list[int]:
         """Indices of the heads chosen by dataset ids and/or head ids (all when both are None)."""
         chosen = list(range(len(self.heads)))

@@ -1,0 +1,179 @@
+"""The ``multitalent`` command: parses arguments, calls the API, prints. Errors a user can cause exit
+with code 2 and a one-line message; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from multitalent import __version__
+from multitalent.config import add_dataclass_arguments, from_namespace
+from multitalent.errors import UserInputError
+
+EXAMPLES = """examples:
+  multitalent phantoms work/raw
+  multitalent preprocess work/raw/collection.json -o work/pre --preset small
+  multitalent train work/pre -o work/run --epochs 20 --iterations-per-epoch 50 --base-features 8
+  multitalent predict -m work/run -i scan.nii.gz -o work/pred
+  multitalent evaluate work/pred work/raw/Dataset001_Liver/labelsTs --heads work/run/heads.json -o work/eval
+  multitalent demo -o demo_output
+"""
+
+
+def _cmd_phantoms(a: argparse.Namespace) -> None:
+    from multitalent.phantoms import generate_collection
+
+    manifest = generate_collection(a.out, seed=a.seed, scale=a.scale, progress=not a.quiet)
+    print(f"phantom collection written; manifest: {manifest}")
+
+
+def _cmd_preprocess(a: argparse.Namespace) -> None:
+    from multitalent.preprocessing.pipeline import run_preprocessing
+
+    out = run_preprocessing(a.manifest, a.output, preset=a.preset, spacing=a.spacing, patch_size=a.patch_size,
+                            batch_size=a.batch_size, workers=a.workers, progress=not a.quiet)
+    print(f"preprocessed collection written to {out} (plans.json, heads.json, cases/)")
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from multitalent.training.config import TrainConfig
+    from multitalent.training.loop import train
+
+    cfg = from_namespace(TrainConfig, a, quiet=a.quiet)
+    final = train(a.preprocessed, a.output, cfg)
+    if final.exists():
+        print(f"training finished; checkpoint: {final}")
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from multitalent.inference import PredictConfig, predict
+
+    cfg = from_namespace(PredictConfig, a, quiet=a.quiet)
+    written = predict(a.model, a.input, a.output, cfg)
+    print(f"predicted {len(written)} case(s) into {a.output}")
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from multitalent.evaluation import evaluate, format_dataset_table
+    from multitalent.registry import HeadRegistry
+
+    registry = HeadRegistry.load(a.heads)
+    summary = evaluate(Path(a.predictions), [Path(g) for g in a.ground_truth], registry, Path(a.output),
+                       difficult_threshold=a.difficult_threshold, progress=not a.quiet, workers=a.workers)
+    print(format_dataset_table(summary))
+    print(f"\nsummary written to {a.output}/summary.json")
+
+
+def _cmd_finetune(a: argparse.Namespace) -> None:
+    from multitalent.finetune import FinetuneConfig, finetune
+
+    cfg = from_namespace(FinetuneConfig, a, quiet=a.quiet)
+    final = finetune(a.model, a.preprocessed, a.output, cfg)
+    print(f"fine-tuning finished; checkpoint: {final}")
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from multitalent.demo import run_demo
+
+    run_demo(Path(a.output), minutes=a.minutes, seed=a.seed, device=a.device, quiet=a.quiet, quick=a.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from multitalent.finetune import FinetuneConfig
+    from multitalent.inference import PredictConfig
+    from multitalent.training.config import TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="multitalent", description="MultiTalent: one 3D network for many partially-labelled CT datasets.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"multitalent {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantoms", help="write the synthetic phantom collection (raw nnU-Net format)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--scale", choices=["small", "full"], default="small",
+                   help="small: ~3 mm voxels for CPU work; full: 512x512 slices (default: small)")
+    p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser("preprocess", help="check, resample and write a collection for training")
+    p.add_argument("manifest", help="collection manifest (collection.json or .yaml)")
+    p.add_argument("-o", "--output", required=True, help="preprocessed folder to write")
+    p.add_argument("--preset", choices=["paper", "small"], default="paper",
+                   help="paper: 1.5x1x1 mm, patch 96x192x192, batch 4; small: CPU-sized (default: paper)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size in voxels")
+    p.add_argument("--batch-size", type=int, help="batch size recorded in plans.json")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
+    p.set_defaults(func=_cmd_preprocess)
+
+    p = sub.add_parser("train", help="train one network on a preprocessed collection")
+    p.add_argument("preprocessed", help="folder written by `multitalent preprocess`")
+    p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, log, plots)")
+    add_dataclass_arguments(p, TrainConfig, skip=("quiet",))
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="segment scans with every head in one pass")
+    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    add_dataclass_arguments(p, PredictConfig, skip=("quiet",))
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice and HD95 per head and case, summaries and plots")
+    p.add_argument("predictions", help="folder written by `multitalent predict`")
+    p.add_argument("ground_truth", nargs="+", help="label folders (e.g. DatasetNNN_Name/labelsTs) or D001=PATH")
+    p.add_argument("--heads", required=True, help="heads.json of the model (RUN/heads.json)")
+    p.add_argument("-o", "--output", required=True, help="folder for summary.json, summary.md and plots")
+    p.add_argument("--difficult-threshold", type=float, default=75.0,
+                   help="heads with a reference Dice below this (percent) count as difficult (default: 75)")
+    p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("finetune", help="fine-tune a trained network on a new collection (new heads)")
+    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the pre-trained network")
+    p.add_argument("preprocessed", help="preprocessed target collection")
+    p.add_argument("-o", "--output", required=True, help="run folder")
+    add_dataclass_arguments(p, FinetuneConfig, skip=("quiet",))
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("demo", help="phantoms -> preprocess -> train -> predict -> evaluate, end to end")
+    p.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time budget in minutes (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--quick", action="store_true", help="a minute-long smoke run (used by CI)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="multitalent: %(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except UserInputError as e:
+        print(f"multitalent: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("multitalent: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a training that cannot go on is reported without a traceback
+        from multitalent.training.loop import TrainingError
+
+        if isinstance(e, TrainingError):
+            print(f"multitalent: error: {e}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

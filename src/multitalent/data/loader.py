@@ -1,0 +1,199 @@
+"""Training batches, keyed by iteration number.
+
+Batch ``i`` is a pure function of (seed, i, slot): every sample slot of the global batch draws its case,
+its patch and its augmentation from a random stream seeded by those numbers. This makes training
+resumable bit for bit (no data-loader state to save), independent of the number of workers, and lets
+``torchrun`` ranks each build their own share of the same global batch that one process would build.
+
+Targets are compact: only the (sample, head) pairs that are annotated in the sample's source dataset
+are materialised, as ``targets[level]`` of shape [K, z, y, x] with ``pairs`` [K, 2] = (sample, head).
+Memory and work therefore scale with the heads of the sampled datasets, not with all heads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from multitalent.data.augment import initial_patch_size, training_transforms
+from multitalent.data.sampling import case_probabilities
+from multitalent.preprocessing.normalization import normalize
+from multitalent.preprocessing.pipeline import Preprocessed
+from multitalent.registry import HeadRegistry
+
+AIR_HU = -1024.0
+STREAM_TRAIN = 0
+STREAM_VAL = 1
+
+
+class CaseStore:
+    """Opens case files as memory maps (unpacking each ``.npz`` once to ``.npy`` files beside the run)."""
+
+    def __init__(self, pre: Preprocessed):
+        self.pre = pre
+        self.unpacked = pre.root / "unpacked"
+        self._cache: dict[str, dict] = {}
+
+    def _unpack(self, case: str) -> None:
+        self.unpacked.mkdir(exist_ok=True)
+        with np.load(self.pre.case_file(case)) as z:
+            for key in ("image", "seg", "fg_locations", "fg_heads"):
+                final = self.unpacked / f"{case}_{key}.npy"
+                if final.exists():
+                    continue
+                tmp = self.unpacked / f".{case}_{key}.{os.getpid()}.npy"
+                np.save(tmp, z[key])
+                os.replace(tmp, final)
+
+    def get(self, case: str) -> dict:
+        if case not in self._cache:
+            if not (self.unpacked / f"{case}_fg_heads.npy").exists():
+                self._unpack(case)
+            self._cache[case] = {
+                key: np.load(self.unpacked / f"{case}_{key}.npy", mmap_mode="r" if key in ("image", "seg") else None)
+                for key in ("image", "seg", "fg_locations", "fg_heads")
+            }
+        return self._cache[case]
+
+
+def crop_padded(volume: np.ndarray, center: Sequence[int], size: Sequence[int], pad_value: float) -> np.ndarray:
+    """The box of ``size`` centred on ``center``; parts outside the volume are filled with ``pad_value``."""
+    start = [int(c) - s // 2 for c, s in zip(center, size)]
+    out = np.full(tuple(size), pad_value, dtype=volume.dtype)
+    src, dst = [], []
+    for st, s, n in zip(start, size, volume.shape):
+        lo, hi = max(st, 0), min(st + s, n)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - st, hi - st))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+class PatchBatches(Dataset):
+    """Map-style dataset: item ``i`` is the (local share of the) batch of iteration ``i``."""
+
+    def __init__(self, pre: Preprocessed, cases: Sequence[str], batch_size: int, patch_size: Sequence[int],
+                 ds_scales: Sequence[Sequence[int]], seed: int = 0, sampling: str = "inv_sqrt",
+                 augment: bool = True, fg_fraction: float = 1 / 3, mirror_axes: Sequence[int] = (0, 1),
+                 stream: int = STREAM_TRAIN, length: int = 10**9, rank: int = 0, world_size: int = 1,
+                 registry: HeadRegistry | None = None):
+        if batch_size % world_size:
+            raise ValueError(f"global batch size {batch_size} is not divisible by {world_size} processes")
+        self.pre = pre
+        self.registry = registry or pre.registry
+        self.cases = list(cases)
+        by_case = {c["case"]: c["dataset"] for c in pre.cases}
+        self.datasets = [by_case[c] for c in self.cases]
+        self.probabilities = case_probabilities(self.datasets, sampling)
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.rank = rank
+        self.patch_size = tuple(int(v) for v in patch_size)
+        self.ds_scales = [tuple(int(s) for s in sc) for sc in ds_scales]
+        self.seed = seed
+        self.augment = augment
+        self.fg_fraction = fg_fraction
+        self.stream = stream
+        self.length = length
+        norm = pre.plans.normalization
+        self.norm = norm
+        self.pad_value = float(normalize(np.array([AIR_HU], np.float32), norm)[0])
+        self.in_size = initial_patch_size(self.patch_size) if augment else self.patch_size
+        self.transforms = (training_transforms(self.patch_size, self.pad_value, mirror_axes) if augment else None)
+        self.store = CaseStore(pre)
+        # label value -> head membership lookup per dataset: [n_heads_of_ds, max_label + 1]
+        self._lut: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for ds in self.registry.dataset_ids:
+            heads = self.registry.heads_of(ds)
+            top = max(v for h in heads for v in h.labels) + 1
+            lut = torch.zeros(len(heads), top, dtype=torch.bool)
+            for i, h in enumerate(heads):
+                lut[i, list(h.labels)] = True
+            self._lut[ds] = (lut, torch.tensor(self.registry.indices_of(ds), dtype=torch.long))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _sample(self, iteration: int, slot: int) -> tuple[torch.Tensor, list[torch.Tensor], str, str]:
+        rng = np.random.default_rng([self.seed, self.stream, iteration, slot])
+        k = int(rng.choice(len(self.cases), p=self.probabilities))
+        case, ds = self.cases[k], self.datasets[k]
+        data = self.store.get(case)
+        shape = data["image"].shape
+        center = None
+        if rng.random() < self.fg_fraction and len(data["fg_heads"]):
+            present = np.unique(data["fg_heads"])
+            head = rng.choice(present)
+            locs = data["fg_locations"][data["fg_heads"] == head]
+            center = locs[rng.integers(len(locs))]
+        if center is None:
+            center = [int(rng.integers(min(p // 2, n // 2), max(n - p // 2, n // 2) + 1))
+                      for p, n in zip(self.patch_size, shape)]
+        image = crop_padded(data["image"], center, self.in_size, AIR_HU)
+        seg = crop_padded(data["seg"], center, self.in_size, 0)
+        img_t = torch.from_numpy(normalize(image, self.norm))[None]
+        seg_t = torch.from_numpy(seg.astype(np.int16))[None]
+        if self.transforms is not None:
+            # batchgeneratorsv2 draws from torch's, numpy's and Python's global generators
+            aug_seed = int(rng.integers(2**31))
+            torch.manual_seed(aug_seed)
+            np.random.seed(aug_seed)
+            random.seed(aug_seed)
+            out = self.transforms(image=img_t, segmentation=seg_t)
+            img_t, seg_t = out["image"], out["segmentation"]
+        seg_t = seg_t[0].long()
+        lut, _ = self._lut[ds]
+        seg_t = seg_t.clamp_(0, lut.shape[1] - 1)
+        levels = []
+        for scale in self.ds_scales:
+            s = seg_t[:: scale[0], :: scale[1], :: scale[2]] if max(scale) > 1 else seg_t
+            levels.append(lut[:, s].to(torch.uint8))
+        return img_t.float(), levels, case, ds
+
+    def __getitem__(self, iteration: int) -> dict:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            samples = [self._sample(iteration, self.rank * self.local + j) for j in range(self.local)]
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        images = torch.stack([s[0] for s in samples])
+        pairs, targets = [], [[] for _ in self.ds_scales]
+        for b, (_, levels, _, ds) in enumerate(samples):
+            _, head_idx = self._lut[ds]
+            pairs.append(torch.stack([torch.full_like(head_idx, b), head_idx], 1))
+            for lvl, t in enumerate(levels):
+                targets[lvl].append(t)
+        return {"image": images, "pairs": torch.cat(pairs), "targets": [torch.cat(t) for t in targets],
+                "cases": [s[2] for s in samples], "datasets": [s[3] for s in samples], "iteration": iteration}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False,
+                prefetch: int = 2) -> DataLoader:
+    """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": prefetch, "persistent_workers": False}
+    return DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
+                      pin_memory=pin_memory, collate_fn=lambda x: x, **kwargs)
+
+
+def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:
+    """Unpack the case files once before workers start (avoids races and repeated decompression)."""
+    store = CaseStore(pre)
+    for c in cases:
+        if not (store.unpacked / f"{c}_fg_heads.npy").exists():
+            store._unpack(c)
+
+
+__all__ = ["PatchBatches", "CaseStore", "make_loader", "unpack_all", "crop_padded"]

@@ -1,0 +1,24 @@
+"""Prediction configuration: every field is a ``multitalent predict`` flag."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multitalent.config import option
+
+
+@dataclass
+class PredictConfig:
+    step: float = option(0.5, "sliding-window step as a fraction of the patch size")
+    mirror: bool = option(False, "test-time augmentation by mirroring (the training mirror axes)")
+    window_batch: int = option(2, "windows per forward pass")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    datasets: list[str] = option([], "write only these datasets' label maps (ids like D001)", nargs="+")
+    heads: list[str] = option([], "write only these heads (ids like D001_liver)", nargs="+")
+    save_heads: bool = option(False, "also write one binary mask per head")
+    save_probabilities: bool = option(False, "also write per-head probabilities (float16 .npz)")
+    statistics: bool = option(False, "write the volume in ml of every head per case (JSON and CSV)")
+    preview: bool = option(False, "write a PNG per case: three orthogonal slices with coloured outlines")
+    continue_: bool = option(False, "skip cases whose outputs are already complete")
+    overwrite: bool = option(False, "replace existing outputs of a case")
+    quiet: bool = option(False, "no progress bars")

@@ -1,0 +1,1 @@
+"""Training: the loop, schedules, checkpoints, logging and distributed set-up."""

@@ -1,0 +1,52 @@
+"""Training configuration: every field is a ``multitalent train`` flag and is saved in ``config.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multitalent.config import option
+from multitalent.data.sampling import SAMPLING_MODES
+
+
+@dataclass
+class TrainConfig:
+    arch: str = option("plain_unet", "backbone architecture", choices=["plain_unet", "resenc_unet", "swin_unetr"])
+    epochs: int = option(1000, "number of epochs (the paper trains MultiTalent for 2000)")
+    iterations_per_epoch: int = option(250, "training iterations per epoch")
+    val_iterations: int = option(50, "validation batches per epoch (fixed, no augmentation)")
+    batch_size: int = option(0, "global batch size; 0 takes plans.json's (paper: 4)")
+    lr: float = option(1e-2, "initial learning rate (SGD, poly decay)")
+    momentum: float = option(0.99, "SGD Nesterov momentum")
+    weight_decay: float = option(3e-5, "weight decay")
+    poly_exponent: float = option(0.9, "exponent of the poly learning-rate decay")
+    grad_clip: float = option(12.0, "gradient-norm clipping threshold")
+    fold: str = option("0", "cross-validation fold 0-4 held out for validation, or 'all' (validate on training cases)")
+    datasets: list[str] = option([], "train only on these dataset ids (e.g. D001 D003); default all", nargs="+")
+    sampling: str = option("inv_sqrt", "case sampling: 1/sqrt(n) per dataset (paper), uniform or dataset_balanced",
+                           choices=list(SAMPLING_MODES))
+    fg_fraction: float = option(1 / 3, "fraction of patches centred on a random annotated head's foreground")
+    mirror_axes: list[int] = option([0, 1], "axes (z=0, y=1, x=2) mirrored in augmentation; x is off by default "
+                                    "because left/right heads would swap", nargs="*")
+    augment: bool = option(True, "nnU-Net data augmentation")
+    deep_supervision: bool = option(True, "deep supervision (CNN backbones)")
+    base_features: int = option(32, "features of the first stage (32 in nnU-Net; smaller for CPU tests)")
+    n_stages: int = option(0, "truncate the U-Net to this many stages (0: all from plans)")
+    feature_size: int = option(48, "SwinUNETR feature size")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    amp: str = option("auto", "mixed precision on CUDA: auto (bf16 if supported else fp16), bf16, fp16 or off",
+                      choices=["auto", "bf16", "fp16", "off"])
+    channels_last: bool = option(False, "channels-last 3D memory format (CUDA)")
+    compile: bool = option(False, "torch.compile the network (CUDA)")
+    num_workers: int = option(2, "background processes building batches (0: in the main process)")
+    seed: int = option(0, "random seed (weights, sampling, augmentation)")
+    resume: bool = option(False, "continue from RUN/checkpoint_latest.pt")
+    max_nonfinite: int = option(5, "stop after this many consecutive steps with a non-finite loss")
+    quiet: bool = option(False, "no progress bars")
+
+    def model_kwargs(self) -> dict:
+        if self.arch == "swin_unetr":
+            return {"feature_size": self.feature_size}
+        kw = {"base_features": self.base_features}
+        if self.n_stages:
+            kw["n_stages"] = self.n_stages
+        return kw

@@ -1,0 +1,383 @@
+"""The training loop: one readable function, phases of learning-rate schedules, exact resume.
+
+Extension points are data, not subclasses: a list of :class:`Phase` (what is trained, with which
+optimiser and learning-rate ramp) and an ``init_fn`` that may load weights into the fresh model. Plain
+MultiTalent training is a single poly-decay phase; fine-tuning (``multitalent.finetune``) is three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from multitalent.data.loader import STREAM_VAL, PatchBatches, make_loader, unpack_all
+from multitalent.errors import UserInputError, ensure_output_dir, write_json
+from multitalent.loss import MultiTalentLoss, deep_supervision_weights
+from multitalent.models import create_model, deep_supervision_scales, head_parameters
+from multitalent.preprocessing.pipeline import Preprocessed
+from multitalent.registry import HeadRegistry
+from multitalent.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from multitalent.training.config import TrainConfig
+from multitalent.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+    reduce_detached,
+)
+from multitalent.training.progress import append_log, plot_progress, read_log, truncate_log
+
+log = logging.getLogger("multitalent")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the message says why."""
+
+
+@dataclass
+class Phase:
+    """A stretch of iterations with one optimiser and one learning-rate ramp.
+
+    ``schedule``: "poly" (lr_start * (1 - t/n)^exponent) or "linear" (lr_start -> lr_end);
+    ``params``: "all" or "heads" (only the output convolutions are trained).
+    """
+
+    name: str
+    iterations: int
+    optimizer: str = "sgd"
+    lr_start: float = 1e-2
+    lr_end: float = 0.0
+    schedule: str = "poly"
+    params: str = "all"
+
+    def lr(self, t: int, exponent: float = 0.9) -> float:
+        frac = min(max(t / max(self.iterations, 1), 0.0), 1.0)
+        if self.schedule == "poly":
+            return self.lr_start * (1 - frac) ** exponent
+        return self.lr_start + (self.lr_end - self.lr_start) * frac
+
+
+def standard_phases(cfg: TrainConfig) -> list[Phase]:
+    return [Phase("train", cfg.epochs * cfg.iterations_per_epoch, "sgd", cfg.lr, 0.0, "poly", "all")]
+
+
+def _make_optimizer(phase: Phase, model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(head_parameters(model)) if phase.params == "heads" else list(model.parameters())
+    for p in model.parameters():
+        p.requires_grad_(phase.params == "all")
+    for p in params:
+        p.requires_grad_(True)
+    if phase.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=phase.lr(0), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=phase.lr(0), momentum=cfg.momentum, nesterov=True,
+                           weight_decay=cfg.weight_decay)
+
+
+def _phase_at(phases: list[Phase], iteration: int) -> tuple[int, int]:
+    """(phase index, iteration within the phase) of a global iteration."""
+    start = 0
+    for i, ph in enumerate(phases):
+        if iteration < start + ph.iterations:
+            return i, iteration - start
+        start += ph.iterations
+    return len(phases) - 1, phases[-1].iterations
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "bf16" or (cfg.amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserInputError(f"--device {name}: use cpu, cuda or cuda:N.")
+    return torch.device(name)
+
+
+def split_cases(pre: Preprocessed, fold: str, datasets: list[str]) -> tuple[list[str], list[str]]:
+    """Training and validation cases of a fold, restricted to ``datasets`` when given."""
+    keep = {c["case"] for c in pre.cases if not datasets or c["dataset"] in datasets}
+    if fold == "all":
+        train = [c["case"] for c in pre.cases if c["case"] in keep]
+        return train, train
+    if fold not in pre.splits:
+        raise UserInputError(f"--fold {fold}: choose one of {sorted(pre.splits)} or 'all'.")
+    train = [c for c in pre.splits[fold]["train"] if c in keep]
+    val = [c for c in pre.splits[fold]["val"] if c in keep] or train
+    return train, val
+
+
+def loss_on_batch(model_out: torch.Tensor | list[torch.Tensor], batch: dict, loss_fn: MultiTalentLoss,
+                  num_heads: int, bce_scale: float = 1.0) -> torch.Tensor:
+    """Select the annotated (sample, head) pairs of every output level and apply the loss to them."""
+    outs = model_out if isinstance(model_out, (list, tuple)) else [model_out]
+    pairs = batch["pairs"]
+    selected = [o[pairs[:, 0], pairs[:, 1]] for o in outs[: len(batch["targets"])]]
+    return loss_fn.pairs(selected, batch["targets"][: len(selected)], pairs[:, 1], num_heads, bce_scale=bce_scale)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    nb = device.type == "cuda"
+    batch = dict(batch)
+    img = batch["image"].to(device, non_blocking=nb)
+    if channels_last:
+        img = img.contiguous(memory_format=torch.channels_last_3d)
+    batch["image"] = img
+    batch["pairs"] = batch["pairs"].to(device, non_blocking=nb)
+    batch["targets"] = [t.to(device, non_blocking=nb) for t in batch["targets"]]
+    return batch
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, loader, loss_fn: MultiTalentLoss, registry: HeadRegistry,
+             device: torch.device, amp: torch.dtype | None, dinfo: DistInfo) -> dict:
+    """Validation loss and pseudo-Dice per head (hard Dice over all validation patches pooled)."""
+    model.eval()
+    h = len(registry)
+    tp, fp, fn = (torch.zeros(h, dtype=torch.float64, device=device) for _ in range(3))
+    losses = []
+    for batch in loader:
+        batch = _to_device(batch, device, False)
+        with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+            out = model(batch["image"])
+        out = out if isinstance(out, (list, tuple)) else [out]
+        losses.append(float(loss_on_batch([o.float() for o in out], batch, loss_fn, h)))
+        pairs = batch["pairs"]
+        pred = out[0][pairs[:, 0], pairs[:, 1]] > 0
+        gt = batch["targets"][0] > 0
+        dims = tuple(range(1, pred.ndim))
+        tp.index_add_(0, pairs[:, 1], (pred & gt).sum(dims).double())
+        fp.index_add_(0, pairs[:, 1], (pred & ~gt).sum(dims).double())
+        fn.index_add_(0, pairs[:, 1], (~pred & gt).sum(dims).double())
+    stats = reduce_detached(torch.stack([tp, fp, fn]), dinfo).cpu().numpy()
+    tp_, fp_, fn_ = stats
+    denom = 2 * tp_ + fp_ + fn_
+    dice = np.where(denom > 0, 2 * tp_ / np.maximum(denom, 1), np.nan)
+    per_head = {hd.id: (None if np.isnan(d) else float(d)) for hd, d in zip(registry.heads, dice)}
+    per_ds = {}
+    for ds in registry.dataset_ids:
+        vals = [dice[i] for i in registry.indices_of(ds) if not np.isnan(dice[i])]
+        if vals:
+            per_ds[ds] = float(np.mean(vals))
+    model.train()
+    valid = [d for d in dice if not np.isnan(d)]
+    return {"val_loss": float(np.mean(losses)) if losses else float("nan"), "pseudo_dice": per_head,
+            "pseudo_dice_per_dataset": per_ds, "mean_pseudo_dice": float(np.mean(valid)) if valid else None}
+
+
+def train(pre_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConfig,
+          phases: list[Phase] | None = None, init_fn: Callable[[torch.nn.Module], None] | None = None,
+          registry: HeadRegistry | None = None, extra_meta: dict | None = None) -> Path:
+    """Train one network on the preprocessed collection ``pre_dir``; artefacts go to ``out_dir``.
+
+    Returns the path of ``checkpoint_final.pt``.
+    """
+    pre = Preprocessed.open(pre_dir)
+    device = resolve_device(cfg.device)
+    dinfo = init_distributed(cfg.device)
+    if dinfo.enabled and device.type == "cuda":
+        device = torch.device("cuda", dinfo.local_rank)
+    try:
+        return _train(pre, Path(out_dir), cfg, phases, init_fn, registry, extra_meta, device, dinfo)
+    finally:
+        cleanup(dinfo)
+
+
+def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] | None,
+           init_fn: Callable | None, registry: HeadRegistry | None, extra_meta: dict | None,
+           device: torch.device, dinfo: DistInfo) -> Path:
+    main = dinfo.is_main
+    if main:
+        ensure_output_dir(out)
+    latest = out / "checkpoint_latest.pt"
+    if latest.exists() and not cfg.resume:
+        raise UserInputError(f"{out}: already holds a training run; pass --resume to continue it or choose "
+                             "another output folder.")
+    if cfg.resume and not latest.exists():
+        raise UserInputError(f"{latest}: not found; nothing to resume (drop --resume to start).")
+    registry = registry or pre.registry
+    if cfg.datasets:
+        unknown = [d for d in cfg.datasets if d not in pre.registry.dataset_ids]
+        if unknown:
+            raise UserInputError(f"--datasets: unknown id(s) {unknown}; the collection has {pre.registry.dataset_ids}.")
+        registry = registry.subset(cfg.datasets)
+    plans = pre.plans
+    batch_size = cfg.batch_size or plans.batch_size
+    if batch_size % dinfo.world_size:
+        raise UserInputError(f"--batch-size {batch_size} must be divisible by the {dinfo.world_size} processes.")
+    phases = phases or standard_phases(cfg)
+    total_iters = sum(p.iterations for p in phases)
+    ipe = cfg.iterations_per_epoch
+    epochs = math.ceil(total_iters / ipe)
+    train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
+    if not train_cases:
+        raise UserInputError(f"{pre.root}: no training cases for fold {cfg.fold} and datasets {cfg.datasets or 'all'}.")
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model_kwargs = cfg.model_kwargs()
+    model = create_model(cfg.arch, plans, len(registry), deep_supervision=cfg.deep_supervision, **model_kwargs)
+    if init_fn is not None:
+        init_fn(model)
+    model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    ds_scales = deep_supervision_scales(plans, model_kwargs.get("n_stages")) if model.deep_supervision else [(1, 1, 1)]
+    n_outputs = len(ds_scales)
+    ds_weights = deep_supervision_weights(n_outputs)
+    # outputs weighted 0 are never computed into the loss: do not build their targets either
+    used = [i for i, w in enumerate(ds_weights) if w > 0] or [0]
+    ds_scales_used = ds_scales[: max(used) + 1]
+    loss_fn = MultiTalentLoss(ds_weights=ds_weights[: len(ds_scales_used)],
+                              sum_fn=all_reduce_sum if dinfo.enabled else None)
+
+    common = dict(patch_size=plans.patch_size, ds_scales=ds_scales_used, seed=cfg.seed, sampling=cfg.sampling,
+                  fg_fraction=cfg.fg_fraction, mirror_axes=cfg.mirror_axes, rank=dinfo.rank,
+                  world_size=dinfo.world_size, registry=registry)
+    train_data = PatchBatches(pre, train_cases, batch_size, augment=cfg.augment, length=total_iters, **common)
+    val_data = PatchBatches(pre, val_cases, batch_size, augment=False, stream=STREAM_VAL,
+                            length=cfg.val_iterations, **common)
+    if main:
+        unpack_all(pre, sorted(set(train_cases) | set(val_cases)))
+    if dinfo.enabled:
+        torch.distributed.barrier()
+
+    amp = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    start_iter = 0
+    phase_idx, _ = _phase_at(phases, 0)
+    optimizer = _make_optimizer(phases[phase_idx], model, cfg)
+    if cfg.resume:
+        ckpt = load_checkpoint(latest)
+        model.load_state_dict(ckpt["state_dict"])
+        start_iter = int(ckpt["iteration"])
+        phase_idx, _ = _phase_at(phases, start_iter)
+        optimizer = _make_optimizer(phases[phase_idx], model, cfg)
+        if ckpt.get("phase") == phase_idx:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        if main:
+            truncate_log(out / "log.jsonl", start_iter // ipe)
+            log.info("resuming %s at iteration %d", out, start_iter)
+
+    net: torch.nn.Module = model
+    if dinfo.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    meta = {"config": asdict(cfg), "batch_size": batch_size, "world_size": dinfo.world_size,
+            "train_cases": train_cases, "val_cases": val_cases, "heads": len(registry),
+            "phases": [asdict(p) for p in phases], "preprocessed": str(pre.root.resolve()), **(extra_meta or {})}
+    if main:
+        write_json(out / "config.json", meta)
+        registry.save(out / "heads.json")
+
+    def checkpoint(path: Path, iteration: int, epoch: int) -> None:
+        save_checkpoint(path, {
+            "model_config": model.config, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "phase": phase_idx, "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
+            "iteration": iteration, "epoch": epoch, "plans": plans.to_dict(), "heads": registry.to_dict(),
+            "train_config": asdict(cfg), "meta": meta})
+
+    pin = device.type == "cuda"
+    nonfinite_run = 0
+    it = start_iter
+    quiet = cfg.quiet or not main
+    model.train()
+    for epoch in range(start_iter // ipe, epochs):
+        ep_start = time.perf_counter()
+        ep_end_iter = min((epoch + 1) * ipe, total_iters)
+        loader = make_loader(train_data, it, ep_end_iter, cfg.num_workers, pin_memory=pin)
+        losses, skipped, wait = [], 0, 0.0
+        bar = tqdm(total=ep_end_iter - it, desc=f"epoch {epoch + 1}/{epochs}", unit="it", disable=quiet, leave=False)
+        t_wait = time.perf_counter()
+        for batch in loader:
+            wait += time.perf_counter() - t_wait
+            new_phase, t_in = _phase_at(phases, it)
+            if new_phase != phase_idx:
+                phase_idx = new_phase
+                optimizer = _make_optimizer(phases[phase_idx], model, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = phases[phase_idx].lr(t_in, cfg.poly_exponent)
+            batch = _to_device(batch, device, cfg.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+                out_ = net(batch["image"])
+            out_ = out_ if isinstance(out_, (list, tuple)) else [out_]
+            loss = loss_on_batch([o.float() for o in out_], batch, loss_fn, len(registry),
+                                 bce_scale=float(dinfo.world_size))
+            finite = torch.isfinite(loss.detach())
+            if dinfo.enabled:
+                finite = reduce_detached(finite.float(), dinfo) == dinfo.world_size
+            if not bool(finite):
+                skipped += 1
+                nonfinite_run += 1
+                log.warning("iteration %d: non-finite loss, step skipped", it)
+                if nonfinite_run >= cfg.max_nonfinite:
+                    raise TrainingError(f"the loss was non-finite in {nonfinite_run} consecutive iterations "
+                                        f"(last: {it}); lower --lr or check the data. The last good checkpoint "
+                                        f"is {latest}.")
+            else:
+                nonfinite_run = 0
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                losses.append(float(loss.detach()) / dinfo.world_size)
+            it += 1
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
+            t_wait = time.perf_counter()
+        bar.close()
+        del loader
+        train_time = time.perf_counter() - ep_start
+        val = validate(net, make_loader(val_data, 0, cfg.val_iterations, cfg.num_workers, pin_memory=pin),
+                       loss_fn, registry, device, amp, dinfo) if cfg.val_iterations > 0 else {}
+        mean_loss = reduce_detached(torch.tensor([float(np.mean(losses)) if losses else float("nan")]), dinfo)
+        record = {"epoch": epoch, "iteration": it, "train_loss": float(mean_loss) / dinfo.world_size,
+                  **val, "lr": optimizer.param_groups[0]["lr"], "phase": phases[phase_idx].name,
+                  "epoch_time_s": time.perf_counter() - ep_start, "train_time_s": train_time,
+                  "data_wait_fraction": wait / max(train_time, 1e-9), "skipped_steps": skipped}
+        if main:
+            append_log(out / "log.jsonl", record)
+            plot_progress(read_log(out / "log.jsonl"), out / "progress.png")
+            checkpoint(latest, it, epoch + 1)
+            if not quiet:
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}"
+                           + (f", val {record['val_loss']:.4f}, pseudo-Dice {record['mean_pseudo_dice']:.3f}"
+                              if record.get("mean_pseudo_dice") is not None else "")
+                           + f", data wait {100 * record['data_wait_fraction']:.1f}%, {record['epoch_time_s']:.1f}s")
+    final = out / "checkpoint_final.pt"
+    if main:
+        checkpoint(final, it, epochs)
+    return final
+
+
+def read_config(run: str | os.PathLike) -> dict:
+    return json.loads((Path(run) / "config.json").read_text())

@@ -1,0 +1,134 @@
+"""Reading and writing scans keeps their full geometry, in any orientation and as DICOM."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multitalent import io
+from multitalent.errors import UserInputError
+
+
+def _geom(code, shape=(6, 7, 8), spacing=(3.0, 1.5, 0.7), origin=(10.0, -20.0, 5.0)):
+    return io.Geometry(shape, spacing, origin, io.direction_for(code))
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPS", "LAS"])
+def test_nifti_round_trip_keeps_geometry(tmp_path, code):
+    g = _geom(code)
+    a = np.random.default_rng(0).normal(size=g.shape).astype(np.float32)
+    io.write_image(tmp_path / "x.nii.gz", a, g)
+    b, g2 = io.read_image(tmp_path / "x.nii.gz")
+    assert g.matches(g2) is None and g2.orientation == code
+    np.testing.assert_allclose(a, b)
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPS", "LAS"])
+def test_canonical_orientation_is_identity_and_reversible(code):
+    g = _geom(code)
+    a = np.arange(np.prod(g.shape)).reshape(g.shape).astype(np.float32)
+    c, cg = io.to_canonical(a, g)
+    np.testing.assert_allclose(np.asarray(cg.direction).reshape(3, 3), np.eye(3))
+    assert np.array_equal(io.from_canonical(c, cg, g), a)
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPS", "LAS"])
+def test_canonical_keeps_every_voxel_at_its_physical_point(code):
+    g = _geom(code)
+    a = np.zeros(g.shape, np.float32)
+    a[4, 1, 6] = 1
+    point = io._to_sitk(a, g).TransformIndexToPhysicalPoint((6, 1, 4))
+    c, cg = io.to_canonical(a, g)
+    k, j, i = (int(v) for v in np.argwhere(c)[0])
+    np.testing.assert_allclose(io._to_sitk(c, cg).TransformIndexToPhysicalPoint((i, j, k)), point, atol=1e-6)
+
+
+@pytest.mark.parametrize("code", ["RAS", "LPS"])
+def test_dicom_series_round_trip(tmp_path, code):
+    g = _geom(code, shape=(5, 9, 11))
+    a = np.random.default_rng(1).integers(-1000, 1000, g.shape).astype(np.int16)
+    io.write_dicom_series(tmp_path / "dcm", a, g)
+    b, g2 = io.read_image(tmp_path / "dcm")
+    assert g.matches(g2) is None
+    assert np.array_equal(a, b)
+
+
+def test_dicom_with_missing_slice_is_refused(tmp_path):
+    g = _geom("LPS", shape=(6, 8, 8))
+    io.write_dicom_series(tmp_path / "dcm", np.zeros(g.shape, np.int16), g)
+    (tmp_path / "dcm" / "slice_0003.dcm").unlink()
+    with pytest.raises(UserInputError, match="missing or duplicate slices"):
+        io.read_image(tmp_path / "dcm")
+
+
+def test_dicom_folder_with_two_series_is_refused(tmp_path):
+    g = _geom("LPS", shape=(3, 8, 8))
+    io.write_dicom_series(tmp_path / "a", np.zeros(g.shape, np.int16), g)
+    img = io._to_sitk(np.zeros(g.shape, np.int16), g)
+    sl = img[:, :, 0]
+    for k, v in {"0020|000e": "1.2.3.999", "0020|0013": "1", "0008|0060": "CT"}.items():
+        sl.SetMetaData(k, v)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    w.SetFileName(str(tmp_path / "a" / "other.dcm"))
+    w.Execute(sl)
+    with pytest.raises(UserInputError, match="DICOM series"):
+        io.read_image(tmp_path / "a")
+
+
+def test_bad_files_are_user_errors(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        io.read_image(tmp_path / "missing.nii.gz")
+    g = _geom("LPS")
+    io.write_image(tmp_path / "ok.nii.gz", np.zeros(g.shape, np.float32), g)
+    data = (tmp_path / "ok.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match="cut.nii.gz"):
+        io.read_image(tmp_path / "cut.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image at all")
+    with pytest.raises(UserInputError, match="junk.nii.gz"):
+        io.read_image(tmp_path / "junk.nii.gz")
+
+
+def test_nan_and_non_3d_and_absurd_spacing(tmp_path):
+    g = _geom("LPS")
+    a = np.zeros(g.shape, np.float32)
+    a[1, 1, 1] = np.nan
+    io.write_image(tmp_path / "nan.nii.gz", a, g)
+    with pytest.raises(UserInputError, match="NaN or infinite"):
+        io.read_image(tmp_path / "nan.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4), np.float32)), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(UserInputError, match="3D"):
+        io.read_image(tmp_path / "flat.nii.gz")
+    for bad in [(0.0001, 1, 1), (60.0, 1, 1)]:
+        img = sitk.GetImageFromArray(np.zeros((3, 4, 4), np.float32))
+        img.SetSpacing(tuple(reversed(bad)))
+        sitk.WriteImage(img, str(tmp_path / "sp.nii.gz"))
+        if bad[0] > 50:
+            with pytest.raises(UserInputError, match="absurd voxel spacing"):
+                io.read_image(tmp_path / "sp.nii.gz")
+
+
+def test_write_is_atomic(tmp_path, monkeypatch):
+    g = _geom("LPS")
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", boom)
+    with pytest.raises(RuntimeError):
+        io.write_image(tmp_path / "out.nii.gz", np.zeros(g.shape, np.float32), g)
+    assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(code=st.sampled_from(["RAS", "LPS", "LAS", "RPI", "AIL", "SPR"]),
+       spacing=st.tuples(*[st.floats(0.3, 6.0)] * 3),
+       shape=st.tuples(*[st.integers(2, 6)] * 3))
+def test_geometry_round_trip_property(code, spacing, shape):
+    g = io.Geometry(shape, spacing, (1.0, 2.0, 3.0), io.direction_for(code))
+    a = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    c, cg = io.to_canonical(a, g)
+    assert np.array_equal(io.from_canonical(c, cg, g), a)
+    assert sorted(np.round(cg.spacing, 5)) == sorted(np.round(spacing, 5))

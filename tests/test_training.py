@@ -1,0 +1,173 @@
+"""Training: case sampling, batches, the loop, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from multitalent.data.loader import PatchBatches, crop_padded
+from multitalent.data.sampling import case_probabilities
+from multitalent.errors import UserInputError
+from multitalent.preprocessing.pipeline import Preprocessed, run_preprocessing
+from multitalent.training import loop
+from multitalent.training.checkpoint import load_checkpoint
+from multitalent.training.config import TrainConfig
+
+
+@pytest.fixture
+def pre(tiny_collection, tmp_path):
+    out = run_preprocessing(tiny_collection, tmp_path / "pre", preset="small", spacing=(2.0, 2.0, 2.0),
+                            patch_size=(16, 32, 32), workers=1, progress=False)
+    return Preprocessed.open(out)
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(epochs=2, iterations_per_epoch=3, val_iterations=1, base_features=4, num_workers=0, quiet=True,
+                fold="all")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_inverse_sqrt_probabilities():
+    ds = ["A"] * 4 + ["B"] * 16
+    p = case_probabilities(ds, "inv_sqrt")
+    assert p[0] / p[-1] == pytest.approx(2.0)  # sqrt(16 / 4)
+    share_a = p[:4].sum()
+    assert share_a == pytest.approx(2 / (2 + 4))  # shares grow as sqrt(n)
+    assert case_probabilities(ds, "uniform")[:4].sum() == pytest.approx(0.2)
+    assert case_probabilities(ds, "dataset_balanced")[:4].sum() == pytest.approx(0.5)
+
+
+def test_empirical_sampling_frequencies_follow_inverse_sqrt(pre):
+    data = PatchBatches(pre, [c["case"] for c in pre.cases], 1, pre.plans.patch_size, [(1, 1, 1)], augment=False)
+    counts = Counter(data._sample(i, 0)[3] for i in range(600))
+    # D001 has 3 cases, D002 has 2: expected shares sqrt(3) : sqrt(2)
+    expected = np.sqrt(3) / (np.sqrt(3) + np.sqrt(2))
+    assert counts["D001"] / 600 == pytest.approx(expected, abs=0.06)
+
+
+def test_crop_padded_fills_outside():
+    vol = np.arange(27).reshape(3, 3, 3)
+    out = crop_padded(vol, (0, 0, 0), (3, 3, 3), -1)
+    assert out[1, 1, 1] == vol[0, 0, 0] and out[0, 0, 0] == -1
+
+
+def test_batches_are_deterministic_and_compact(pre):
+    data = PatchBatches(pre, [c["case"] for c in pre.cases], 2, pre.plans.patch_size, [(1, 1, 1), (2, 2, 2)], seed=7)
+    a, b = data[5], data[5]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["targets"][0], b["targets"][0])
+    assert not torch.equal(a["image"], data[6]["image"])
+    assert a["image"].shape == (2, 1, 16, 32, 32)
+    # one target row per annotated (sample, head) pair, at every deep-supervision level
+    k = len(a["pairs"])
+    assert a["targets"][0].shape == (k, 16, 32, 32) and a["targets"][1].shape == (k, 8, 16, 16)
+    for (s, h), ds in zip(a["pairs"].tolist(), [a["datasets"][s] for s, _ in a["pairs"].tolist()]):
+        assert pre.registry.heads[h].dataset == ds
+
+
+def test_global_batch_is_split_across_ranks(pre):
+    cases = [c["case"] for c in pre.cases]
+    whole = PatchBatches(pre, cases, 4, pre.plans.patch_size, [(1, 1, 1)], seed=1, augment=False)[3]
+    halves = [PatchBatches(pre, cases, 4, pre.plans.patch_size, [(1, 1, 1)], seed=1, augment=False, rank=r,
+                           world_size=2)[3] for r in range(2)]
+    assert torch.equal(torch.cat([h["image"] for h in halves]), whole["image"])
+
+
+def test_foreground_oversampling(tmp_path):
+    from conftest import write_dataset
+
+    img = np.full((20, 48, 48), 40.0, np.float32)
+    seg = np.zeros(img.shape, np.uint8)
+    seg[8:11, 20:24, 30:34] = 1  # a small lesion: random patch centres rarely hit it
+    write_dataset(tmp_path, 1, "Small", {"lesion": 1}, {"s0": (img, seg)})
+    (tmp_path / "m.json").write_text(json.dumps({"datasets": ["Dataset001_Small"]}))
+    pre = Preprocessed.open(run_preprocessing(tmp_path / "m.json", tmp_path / "pre", spacing=(2.0, 1.5, 1.5),
+                                              patch_size=(4, 4, 4), workers=1, progress=False))
+
+    def centre_hits(fraction: float) -> float:
+        data = PatchBatches(pre, ["s0"], 1, (4, 4, 4), [(1, 1, 1)], augment=False, fg_fraction=fraction)
+        return float(np.mean([data[i]["targets"][0][:, 2, 2, 2].any().item() for i in range(90)]))
+
+    assert centre_hits(1.0) == 1.0
+    assert centre_hits(0.0) < 0.1
+    assert 0.2 < centre_hits(1 / 3) < 0.5
+
+
+def test_train_writes_artefacts_and_loss_falls(pre, tmp_path):
+    final = loop.train(pre.root, tmp_path / "run", small_cfg(epochs=4, iterations_per_epoch=5, augment=False,
+                                                              lr=0.01))
+    run = tmp_path / "run"
+    for name in ("config.json", "checkpoint_latest.pt", "checkpoint_final.pt", "log.jsonl", "progress.png",
+                 "heads.json"):
+        assert (run / name).is_file(), name
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert 0 <= log[0]["data_wait_fraction"] <= 1 and set(log[0]["pseudo_dice"]) == set(pre.registry.ids)
+    ckpt = load_checkpoint(final)
+    assert ckpt["iteration"] == 20 and ckpt["heads"]["heads"][0]["id"] == "D001_liver"
+    assert load_checkpoint(run)["path"].endswith("checkpoint_final.pt")
+
+
+def test_resume_reaches_the_same_weights(pre, tmp_path, monkeypatch):
+    cfg = small_cfg(epochs=3, iterations_per_epoch=2)
+    straight = load_checkpoint(loop.train(pre.root, tmp_path / "a", cfg))
+
+    real_save = loop.save_checkpoint
+    calls = {"n": 0}
+
+    def crash_after_first_epoch(path, payload):
+        real_save(path, payload)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # the process dies right after the epoch-1 checkpoint
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(pre.root, tmp_path / "b", cfg)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    with pytest.raises(UserInputError, match="--resume"):
+        loop.train(pre.root, tmp_path / "b", cfg)
+    cfg.resume = True
+    resumed = load_checkpoint(loop.train(pre.root, tmp_path / "b", cfg))
+    for k, v in straight["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+    log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+
+
+def test_workers_do_not_change_the_batches(pre, tmp_path):
+    a = load_checkpoint(loop.train(pre.root, tmp_path / "a", small_cfg(epochs=1, num_workers=0)))
+    b = load_checkpoint(loop.train(pre.root, tmp_path / "b", small_cfg(epochs=1, num_workers=2)))
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+def test_single_dataset_training_has_only_its_heads(pre, tmp_path):
+    ckpt = load_checkpoint(loop.train(pre.root, tmp_path / "r", small_cfg(epochs=1, datasets=["D002"])))
+    assert [h["id"] for h in ckpt["heads"]["heads"]] == ["D002_spleen"]
+    with pytest.raises(UserInputError, match="unknown id"):
+        loop.train(pre.root, tmp_path / "r2", small_cfg(epochs=1, datasets=["D009"]))
+
+
+def test_nonfinite_loss_stops_training_with_a_clear_message(pre, tmp_path, monkeypatch):
+    def nan_loss(*a, **k):
+        return torch.tensor(float("nan"), requires_grad=True)
+
+    monkeypatch.setattr(loop, "loss_on_batch", nan_loss)
+    with pytest.raises(loop.TrainingError, match="non-finite in 3 consecutive"):
+        loop.train(pre.root, tmp_path / "r", small_cfg(max_nonfinite=3))
+
+
+def test_poly_and_linear_phases():
+    poly = loop.Phase("p", 100, lr_start=1e-2)
+    assert poly.lr(0) == pytest.approx(1e-2) and poly.lr(100) == 0.0
+    assert poly.lr(50) == pytest.approx(1e-2 * 0.5**0.9)
+    lin = loop.Phase("l", 10, lr_start=0.0, lr_end=5e-4, schedule="linear")
+    assert lin.lr(5) == pytest.approx(2.5e-4)
+    phases = [loop.Phase("a", 3), loop.Phase("b", 4)]
+    assert loop._phase_at(phases, 2) == (0, 2) and loop._phase_at(phases, 3) == (1, 0)
