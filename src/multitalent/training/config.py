@@ -11,6 +11,9 @@ from multitalent.data.sampling import SAMPLING_MODES
 @dataclass
 class TrainConfig:
     arch: str = option("plain_unet", "backbone architecture", choices=["plain_unet", "resenc_unet", "swin_unetr"])
+    objective: str = option("multitalent", "multitalent: one sigmoid head per (dataset, class) with the masked "
+                            "loss; merged_softmax: the baseline with one softmax over the union of classes",
+                            choices=["multitalent", "merged_softmax"])
     epochs: int = option(1000, "number of epochs (the paper trains MultiTalent for 2000)")
     iterations_per_epoch: int = option(250, "training iterations per epoch")
     val_iterations: int = option(50, "validation batches per epoch (fixed, no augmentation)")

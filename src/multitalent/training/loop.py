@@ -123,6 +123,53 @@ def split_cases(pre: Preprocessed, fold: str, datasets: list[str]) -> tuple[list
     return train, val
 
 
+class Objective:
+    """What the network's outputs mean and how they are scored.
+
+    ``multitalent``: one sigmoid output per head, the masked BCE + batch-Dice loss on the annotated
+    (sample, head) pairs. ``merged_softmax``: the baseline with one softmax over the union of classes
+    (:mod:`multitalent.baselines`). ``head_logits`` turns the first output into one logit per head.
+    """
+
+    def __init__(self, kind: str, registry: HeadRegistry, ds_weights: list[float], dinfo: DistInfo):
+        self.kind = kind
+        self.num_heads = len(registry)
+        self.bce_scale = float(dinfo.world_size)
+        if kind == "merged_softmax":
+            from multitalent.baselines import MergedSoftmaxLoss, SoftmaxAsHeads, union_classes
+
+            if dinfo.enabled:
+                raise UserInputError("--objective merged_softmax is a single-process baseline; run it without torchrun.")
+            self.num_outputs = len(union_classes(registry)[0])
+            self.merged = MergedSoftmaxLoss(registry, len(ds_weights))
+            self._to_heads = SoftmaxAsHeads(torch.nn.Identity(), registry)
+        elif kind == "multitalent":
+            self.num_outputs = len(registry)
+            self.loss_fn = MultiTalentLoss(ds_weights=ds_weights, sum_fn=all_reduce_sum if dinfo.enabled else None)
+        else:
+            raise UserInputError(f"unknown objective {kind!r}; use multitalent or merged_softmax.")
+
+    @staticmethod
+    def count(kind: str, registry: HeadRegistry) -> int:
+        """Number of network output channels for ``kind``."""
+        if kind == "merged_softmax":
+            from multitalent.baselines import union_classes
+
+            return len(union_classes(registry)[0])
+        return len(registry)
+
+    def loss(self, outs: list[torch.Tensor], batch: dict) -> torch.Tensor:
+        outs = [o.float() for o in outs[: len(batch["targets"])]]
+        if self.kind == "merged_softmax":
+            return self.merged(outs, batch["targets"], batch["pairs"])
+        return loss_on_batch(outs, batch, self.loss_fn, self.num_heads, self.bce_scale)
+
+    def head_logits(self, out: torch.Tensor) -> torch.Tensor:
+        if self.kind == "merged_softmax":
+            return self._to_heads.to(out.device)(out)
+        return out
+
+
 def loss_on_batch(model_out: torch.Tensor | list[torch.Tensor], batch: dict, loss_fn: MultiTalentLoss,
                   num_heads: int, bce_scale: float = 1.0) -> torch.Tensor:
     """Select the annotated (sample, head) pairs of every output level and apply the loss to them."""
@@ -145,7 +192,7 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, loader, loss_fn: MultiTalentLoss, registry: HeadRegistry,
+def validate(model: torch.nn.Module, loader, objective: Objective, registry: HeadRegistry,
              device: torch.device, amp: torch.dtype | None, dinfo: DistInfo) -> dict:
     """Validation loss and pseudo-Dice per head (hard Dice over all validation patches pooled)."""
     model.eval()
@@ -157,15 +204,19 @@ def validate(model: torch.nn.Module, loader, loss_fn: MultiTalentLoss, registry:
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
             out = model(batch["image"])
         out = out if isinstance(out, (list, tuple)) else [out]
-        losses.append(float(loss_on_batch([o.float() for o in out], batch, loss_fn, h)))
+        losses.append(float(objective.loss(out, batch)))
         pairs = batch["pairs"]
-        pred = out[0][pairs[:, 0], pairs[:, 1]] > 0
+        pred = objective.head_logits(out[0])[pairs[:, 0], pairs[:, 1]] > 0
         gt = batch["targets"][0] > 0
         dims = tuple(range(1, pred.ndim))
         tp.index_add_(0, pairs[:, 1], (pred & gt).sum(dims).double())
         fp.index_add_(0, pairs[:, 1], (pred & ~gt).sum(dims).double())
         fn.index_add_(0, pairs[:, 1], (~pred & gt).sum(dims).double())
     stats = reduce_detached(torch.stack([tp, fp, fn]), dinfo).cpu().numpy()
+    # each rank's loss is world_size * local BCE - global Dice: the sum over ranks / world_size is the
+    # loss of the global batch
+    val_loss = float(reduce_detached(torch.tensor([float(np.mean(losses)) if losses else float("nan")],
+                                                  device=device), dinfo)[0]) / dinfo.world_size
     tp_, fp_, fn_ = stats
     denom = 2 * tp_ + fp_ + fn_
     dice = np.where(denom > 0, 2 * tp_ / np.maximum(denom, 1), np.nan)
@@ -177,7 +228,7 @@ def validate(model: torch.nn.Module, loader, loss_fn: MultiTalentLoss, registry:
             per_ds[ds] = float(np.mean(vals))
     model.train()
     valid = [d for d in dice if not np.isnan(d)]
-    return {"val_loss": float(np.mean(losses)) if losses else float("nan"), "pseudo_dice": per_head,
+    return {"val_loss": val_loss, "pseudo_dice": per_head,
             "pseudo_dice_per_dataset": per_ds, "mean_pseudo_dice": float(np.mean(valid)) if valid else None}
 
 
@@ -232,7 +283,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model_kwargs = cfg.model_kwargs()
-    model = create_model(cfg.arch, plans, len(registry), deep_supervision=cfg.deep_supervision, **model_kwargs)
+    model = create_model(cfg.arch, plans, Objective.count(cfg.objective, registry),
+                         deep_supervision=cfg.deep_supervision, **model_kwargs)
     if init_fn is not None:
         init_fn(model)
     model.to(device)
@@ -244,8 +296,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     # outputs weighted 0 are never computed into the loss: do not build their targets either
     used = [i for i, w in enumerate(ds_weights) if w > 0] or [0]
     ds_scales_used = ds_scales[: max(used) + 1]
-    loss_fn = MultiTalentLoss(ds_weights=ds_weights[: len(ds_scales_used)],
-                              sum_fn=all_reduce_sum if dinfo.enabled else None)
+    objective = Objective(cfg.objective, registry, ds_weights[: len(ds_scales_used)], dinfo)
 
     common = dict(patch_size=plans.patch_size, ds_scales=ds_scales_used, seed=cfg.seed, sampling=cfg.sampling,
                   fg_fraction=cfg.fg_fraction, mirror_axes=cfg.mirror_axes, rank=dinfo.rank,
@@ -324,8 +375,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
             with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                 out_ = net(batch["image"])
             out_ = out_ if isinstance(out_, (list, tuple)) else [out_]
-            loss = loss_on_batch([o.float() for o in out_], batch, loss_fn, len(registry),
-                                 bce_scale=float(dinfo.world_size))
+            loss = objective.loss(out_, batch)
             finite = torch.isfinite(loss.detach())
             if dinfo.enabled:
                 finite = reduce_detached(finite.float(), dinfo) == dinfo.world_size
@@ -349,7 +399,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
-                losses.append(float(loss.detach()) / dinfo.world_size)
+                losses.append(float(loss.detach()))
             it += 1
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
@@ -358,9 +408,10 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         del loader
         train_time = time.perf_counter() - ep_start
         val = validate(net, make_loader(val_data, 0, cfg.val_iterations, cfg.num_workers, pin_memory=pin),
-                       loss_fn, registry, device, amp, dinfo) if cfg.val_iterations > 0 else {}
-        mean_loss = reduce_detached(torch.tensor([float(np.mean(losses)) if losses else float("nan")]), dinfo)
-        record = {"epoch": epoch, "iteration": it, "train_loss": float(mean_loss) / dinfo.world_size,
+                       objective, registry, device, amp, dinfo) if cfg.val_iterations > 0 else {}
+        mean_loss = reduce_detached(torch.tensor([float(np.mean(losses)) if losses else float("nan")],
+                                                 device=device), dinfo)
+        record = {"epoch": epoch, "iteration": it, "train_loss": float(mean_loss[0]) / dinfo.world_size,
                   **val, "lr": optimizer.param_groups[0]["lr"], "phase": phases[phase_idx].name,
                   "epoch_time_s": time.perf_counter() - ep_start, "train_time_s": train_time,
                   "data_wait_fraction": wait / max(train_time, 1e-9), "skipped_steps": skipped}
