@@ -17,6 +17,24 @@ class UserInputError(Exception):
     """
 
 
+def _mkdir(path: Path) -> None:
+    """``mkdir -p``; a folder it cannot create (a file in the way, no permission) is a user error."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if isinstance(e, FileExistsError) or (path.exists() and not path.is_dir()):
+            reason = "a file is in the way"
+        raise UserInputError(f"{path}: cannot create this folder ({reason}); give another output path."
+                             ) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success it is flushed and renamed to ``final``.
@@ -26,11 +44,12 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     format from the name (SimpleITK, numpy) still do the right thing.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _mkdir(final.parent)
     if suffix is None:
         suffix = "".join(final.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -47,8 +66,11 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it replaces ``final`` in one rename."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists() and not final.is_dir():
+        raise UserInputError(f"{final}: the output path exists and is a file; give a folder path instead.")
+    _mkdir(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
     try:
         yield tmp
         if final.exists():
@@ -64,7 +86,7 @@ def ensure_output_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserInputError(f"{path}: the output path exists and is a file; give a folder path instead.")
-    path.mkdir(parents=True, exist_ok=True)
+    _mkdir(path)
     return path
 
 
