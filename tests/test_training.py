@@ -65,8 +65,8 @@ def test_batches_are_deterministic_and_compact(pre):
     # one target row per annotated (sample, head) pair, at every deep-supervision level
     k = len(a["pairs"])
     assert a["targets"][0].shape == (k, 16, 32, 32) and a["targets"][1].shape == (k, 8, 16, 16)
-    for (s, h), ds in zip(a["pairs"].tolist(), [a["datasets"][s] for s, _ in a["pairs"].tolist()]):
-        assert pre.registry.heads[h].dataset == ds
+    for s, h in a["pairs"].tolist():
+        assert pre.registry.heads[h].dataset == a["datasets"][s]
 
 
 def test_global_batch_is_split_across_ranks(pre):
@@ -78,7 +78,7 @@ def test_global_batch_is_split_across_ranks(pre):
 
 
 def test_foreground_oversampling(tmp_path):
-    from conftest import write_dataset
+    from tests.conftest import write_dataset
 
     img = np.full((20, 48, 48), 40.0, np.float32)
     seg = np.zeros(img.shape, np.uint8)

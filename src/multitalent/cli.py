@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
     cfg = from_namespace(TrainConfig, a, quiet=a.quiet)
     final = train(a.preprocessed, a.output, cfg)
-    if final.exists():
+    if os.environ.get("RANK", "0") == "0":
         print(f"training finished; checkpoint: {final}")
 
 
@@ -68,11 +69,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def _cmd_finetune(a: argparse.Namespace) -> None:
-    from multitalent.finetune import FinetuneConfig, finetune
+    from multitalent.finetune import finetune
+    from multitalent.training.config import FinetuneConfig
 
     cfg = from_namespace(FinetuneConfig, a, quiet=a.quiet)
     final = finetune(a.model, a.preprocessed, a.output, cfg)
-    print(f"fine-tuning finished; checkpoint: {final}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"fine-tuning finished; checkpoint: {final}")
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
@@ -82,9 +85,9 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from multitalent.finetune import FinetuneConfig
-    from multitalent.inference import PredictConfig
-    from multitalent.training.config import TrainConfig
+    # configuration modules only: building the parser must not import torch (fast --help and errors)
+    from multitalent.inference.config import PredictConfig
+    from multitalent.training.config import FinetuneConfig, TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="multitalent", description="MultiTalent: one 3D network for many partially-labelled CT datasets.",
@@ -157,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="multitalent: %(levelname)s: %(message)s")
+    import SimpleITK as sitk
+
+    # ITK prints multi-line warnings straight to stderr (e.g. while probing a folder for DICOM series); the
+    # checks here report problems in one line, so ITK's are shown only with --verbose
+    itk_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(bool(args.verbose))
     try:
         args.func(args)
     except UserInputError as e:
@@ -172,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"multitalent: error: {e}", file=sys.stderr)
             return 1
         raise
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)
     return 0
 
 

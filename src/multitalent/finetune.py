@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from multitalent.config import option
 from multitalent.errors import UserInputError
 from multitalent.models import head_parameters, load_backbone
 from multitalent.training.checkpoint import load_checkpoint
-from multitalent.training.config import TrainConfig
+from multitalent.training.config import FinetuneConfig
 from multitalent.training.loop import Phase, standard_phases, train
 
 log = logging.getLogger("multitalent")
-
-
-@dataclass
-class FinetuneConfig(TrainConfig):
-    head_warmup_epochs: int = option(10, "phase 1: epochs training only the new heads (AdamW, lr rising linearly)")
-    head_lr: float = option(5e-4, "phase 1: learning rate reached at the end of the head warm-up")
-    full_warmup_epochs: int = option(50, "phase 2: epochs of whole-network SGD with lr rising linearly to --lr")
-    from_scratch: bool = option(False, "ignore the pre-trained weights (the comparison baseline)")
 
 
 def finetune_phases(cfg: FinetuneConfig) -> list[Phase]:

@@ -13,7 +13,11 @@ so the round trip is exact.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,17 +99,67 @@ def _check_geometry(geometry: Geometry, path: os.PathLike | str) -> None:
         raise UserInputError(f"{path}: direction matrix is not orthonormal; fix the file's header.")
 
 
+@contextlib.contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """Silence ITK's multi-line warnings while reading: the checks here report problems as one line."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.exists():
         raise UserInputError(f"{path}: file or folder not found.")
-    if path.is_dir():
-        return _read_dicom_series(path)
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
-        raise UserInputError(f"{path}: cannot read the image (corrupt, truncated or not an image): {first}") from None
+    with _itk_warnings_off():
+        if path.is_dir():
+            return _read_dicom_series(path)
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+            raise UserInputError(f"{path}: cannot read the image (corrupt, truncated or not an image): "
+                                 f"{first}") from None
+    if path.name.endswith((".nii.gz", ".nii")):
+        _check_nifti_pixdim(path)
     return img
+
+
+def _nifti_header(path: Path) -> tuple[bytes, str] | None:
+    """The 348-byte NIfTI-1 header and its byte order ('<' or '>'); None if it is not NIfTI-1."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        header = fh.read(348)
+    if len(header) < 348:
+        return None
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", header[:4])[0] == 348:
+            return header, endian
+    return None
+
+
+def _check_nifti_pixdim(path: Path) -> None:
+    """Refuse zero, negative or non-finite voxel sizes in a NIfTI header.
+
+    ITK's NIfTI reader silently turns a zero pixdim into 1 mm and a negative one into its absolute
+    value, so the spacing check on the image it returns cannot see them; read the header itself.
+    """
+    found = _nifti_header(path)
+    if found is None:
+        return
+    header, endian = found
+    ndim = struct.unpack(endian + "h", header[40:42])[0]
+    pixdim = struct.unpack(endian + "8f", header[76:108])[1 : 1 + min(max(ndim, 0), 3)]
+    if any(not math.isfinite(v) or v <= 0 for v in pixdim):
+        shown = [round(float(v), 4) for v in reversed(pixdim)]
+        raise UserInputError(
+            f"{path}: absurd voxel spacing {shown} mm (z,y,x) in the NIfTI header; each must be in "
+            f"(0, {MAX_SPACING_MM:g}] mm. Fix the file's header."
+        )
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -138,39 +192,55 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as e:
-        raise UserInputError(f"{folder}: cannot read the DICOM series: {str(e).strip()[-200:]}") from None
+        last = str(e).strip().splitlines()[-1][-200:] if str(e).strip() else "unreadable"
+        raise UserInputError(f"{folder}: cannot read the DICOM series: {last}") from None
 
 
-def _nifti_nonfinite_count(path: Path) -> int:
-    """Count NaN/inf voxels in a float NIfTI-1 file's raw data.
+def _scan_nifti(path: Path) -> int:
+    """Read a NIfTI-1 file's voxel data once, beside ITK: refuse a truncated or corrupt file and return the
+    number of NaN/inf voxels of a float file.
 
-    ITK's NIfTI reader silently turns NaN into 0, so a corrupt scan would pass unnoticed; this reads the
-    voxel data directly (header fields per the NIfTI-1 standard) for the float data types only.
+    ITK's NIfTI reader silently fills the missing part of a truncated .nii.gz with zeros and turns NaN into
+    0, so neither shows in the array it returns; this reads the raw data (header fields per the NIfTI-1
+    standard) and checks that all of it is there.
     """
     import gzip
-    import struct
+    import zlib
 
+    found = _nifti_header(path)
+    if found is None:
+        return 0  # NIfTI-2 or not NIfTI: nothing to say
+    header, endian = found
+    dims = struct.unpack(endian + "8h", header[40:56])
+    if not 1 <= dims[0] <= 7:
+        return 0
+    datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+    offset = max(int(struct.unpack(endian + "f", header[108:112])[0]), 348)
+    expected = int(np.prod([max(int(d), 1) for d in dims[1 : dims[0] + 1]], dtype=np.int64)) * bitpix // 8
+    dtype = {16: "f4", 64: "f8"}.get(datatype)
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        header = fh.read(348)
-        if len(header) < 348:
-            return 0
-        for endian in ("<", ">"):
-            if struct.unpack(endian + "i", header[:4])[0] == 348:
-                break
-        else:
-            return 0  # NIfTI-2 or not NIfTI: nothing to say
-        datatype = struct.unpack(endian + "h", header[70:72])[0]
-        dtype = {16: "f4", 64: "f8"}.get(datatype)
-        if dtype is None:
-            return 0
-        offset = int(struct.unpack(endian + "f", header[108:112])[0])
-        fh.read(max(offset - 348, 0))
-        count = 0
-        while chunk := fh.read(1 << 24):
-            values = np.frombuffer(chunk[: len(chunk) - len(chunk) % int(dtype[1])], dtype=endian + dtype)
-            count += int((~np.isfinite(values)).sum())
-        return count
+    got = count = 0
+    try:
+        with opener(path, "rb") as fh:
+            fh.read(offset)
+            while chunk := fh.read(1 << 24):
+                if dtype is not None and got < expected:
+                    part = chunk[: expected - got]
+                    part = part[: len(part) - len(part) % int(dtype[1])]
+                    count += int((~np.isfinite(np.frombuffer(part, dtype=endian + dtype))).sum())
+                got += len(chunk)
+    except (EOFError, OSError, zlib.error) as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        raise UserInputError(f"{path}: the file is truncated or corrupt ({why}); copy or export it again."
+                             ) from None
+    if got < expected:
+        raise UserInputError(f"{path}: the file is truncated (voxel data {got} of {expected} bytes); copy or "
+                             "export it again.")
+    return count
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.endswith((".nii.gz", ".nii"))
 
 
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
@@ -185,9 +255,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     geometry = geometry_of(img)
     _check_geometry(geometry, path)
     array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
-    n = int((~np.isfinite(array)).sum())
-    if n == 0 and path.is_file() and (path.name.endswith(".nii.gz") or path.name.endswith(".nii")):
-        n = _nifti_nonfinite_count(path)
+    n = _scan_nifti(path) if _is_nifti(path) else 0
+    n = n or int((~np.isfinite(array)).sum())
     if n:
         raise UserInputError(f"{path}: {n} voxel(s) are NaN or infinite; fix or remove the scan.")
     return array, geometry
@@ -201,9 +270,10 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         raise UserInputError(f"{path}: expected a 3D single-channel label map, got {img.GetDimension()}D.")
     geometry = geometry_of(img)
     _check_geometry(geometry, path)
+    nonfinite = _scan_nifti(path) if _is_nifti(path) else 0
     array = sitk.GetArrayFromImage(img)
     if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+        if nonfinite or not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise UserInputError(f"{path}: label map holds non-integer values; labels must be integers.")
     if array.size and (array.min() < 0 or array.max() > 32767):
         raise UserInputError(f"{path}: label values must lie in 0..32767, found {array.min()}..{array.max()}.")

@@ -150,7 +150,8 @@ class MultiTalentLoss(nn.Module):
             tt = t.reshape(k, -1).to(x.dtype)
             bce = F.binary_cross_entropy_with_logits(x, tt, reduction="none").mean(1).sum()
             p = torch.sigmoid(x)
-            per_pair = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1), torch.ones(k, dtype=x.dtype, device=x.device)])
+            ones = torch.ones(k, dtype=x.dtype, device=x.device)
+            per_pair = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1), ones])
             sums = torch.zeros(4, num_heads, dtype=x.dtype, device=x.device).index_add(1, heads.to(x.device), per_pair)
             if self.sum_fn is not None:
                 sums = self.sum_fn(sums)

@@ -50,7 +50,8 @@ class DatasetSpec:
         if not folder.is_dir():
             return []
         end = self.file_ending
-        return sorted(p.name[: -len(end)] for p in folder.iterdir() if p.name.endswith(end) and not p.name.startswith("."))
+        names = [p.name for p in folder.iterdir() if p.name.endswith(end) and not p.name.startswith(".")]
+        return sorted(n[: -len(end)] for n in names)
 
     @property
     def declared_values(self) -> set[int]:
@@ -348,8 +349,13 @@ def build_registry(collection: Collection) -> HeadRegistry:
             "file_ending": d.file_ending,
             "num_training": d.num_training,
         }
+        named: dict[str, str] = {}
         for name, values in d.labels.items():
             safe = re.sub(r"[^A-Za-z0-9_\-]", "_", name)
+            if safe in named:
+                raise _err(d.path / "dataset.json", f"labels '{named[safe]}' and '{name}' both become head "
+                           f"'{d.id}_{safe}'; rename one (head ids keep only letters, digits, _ and -).")
+            named[safe] = name
             heads.append(Head(id=f"{d.id}_{safe}", dataset=d.id, name=name, labels=values,
                               lesion=is_lesion_name(name)))
     return HeadRegistry(heads, datasets)

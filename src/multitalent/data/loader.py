@@ -178,6 +178,11 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def _identity(batch: dict) -> dict:
+    """Items are whole batches already (module level so spawn/forkserver workers can pickle it)."""
+    return batch
+
+
 def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False,
                 prefetch: int = 2) -> DataLoader:
     """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
@@ -185,7 +190,7 @@ def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, 
     if num_workers > 0:
         kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": prefetch, "persistent_workers": False}
     return DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
-                      pin_memory=pin_memory, collate_fn=lambda x: x, **kwargs)
+                      pin_memory=pin_memory, collate_fn=_identity, **kwargs)
 
 
 def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:

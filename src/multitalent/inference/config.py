@@ -14,11 +14,16 @@ class PredictConfig:
     window_batch: int = option(2, "windows per forward pass")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     datasets: list[str] = option([], "write only these datasets' label maps (ids like D001)", nargs="+")
-    heads: list[str] = option([], "write only these heads (ids like D001_liver)", nargs="+")
+    heads: list[str] = option([], "predict only these heads (ids like D001_liver); label maps then hold "
+                                  "only them", nargs="+")
     save_heads: bool = option(False, "also write one binary mask per head")
-    save_probabilities: bool = option(False, "also write per-head probabilities (float16 .npz)")
+    save_probabilities: bool = option(False, "also write per-head probabilities (float16 .npz on the "
+                                              "network's resampled grid, with the properties to restore "
+                                              "them)")
     statistics: bool = option(False, "write the volume in ml of every head per case (JSON and CSV)")
     preview: bool = option(False, "write a PNG per case: three orthogonal slices with coloured outlines")
     continue_: bool = option(False, "skip cases whose outputs are already complete")
     overwrite: bool = option(False, "replace existing outputs of a case")
+    prefetch: bool = option(True, "read and prepare the next case while the current one is predicted "
+                                  "(more memory: two cases' images at once)")
     quiet: bool = option(False, "no progress bars")

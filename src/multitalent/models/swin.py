@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from monai.networks.nets import SwinUNETR
-
 from multitalent.errors import UserInputError
 from multitalent.models.core import MultiHeadNet, register
 from multitalent.preprocessing.plans import Plans
@@ -37,6 +35,9 @@ def swin_unetr(plans: Plans, num_heads: int, deep_supervision: bool = False, *, 
     if int(feature_size) < 12 or int(feature_size) % 12:
         raise UserInputError(f"swin_unetr feature_size must be a positive multiple of 12, "
                              f"got {feature_size}.")
+    # imported here: MONAI takes seconds to import and only this architecture needs it
+    from monai.networks.nets import SwinUNETR
+
     # current MONAI signature: the input size is no longer a constructor argument (img_size was removed)
     net = SwinUNETR(in_channels=in_channels, out_channels=num_heads, feature_size=int(feature_size),
                     use_checkpoint=bool(use_checkpoint), use_v2=bool(use_v2), spatial_dims=3)

@@ -213,6 +213,10 @@ def run_preprocessing(manifest: str | os.PathLike, out: str | os.PathLike, prese
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
+    # the finished folder replaces ``out`` as a whole: never delete a folder that is not ours
+    if out.is_dir() and any(out.iterdir()) and not (out / "plans.json").is_file():
+        raise UserInputError(f"{out}: folder is not empty and holds no preprocessed collection (no "
+                             "plans.json); refusing to replace it. Choose a new or empty folder.")
     collection = load_manifest(manifest)
     registry = build_registry(collection)
     records = list_cases(collection)

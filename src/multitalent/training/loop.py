@@ -35,6 +35,8 @@ from multitalent.training.distributed import (
     cleanup,
     init_distributed,
     reduce_detached,
+    setup_barrier,
+    wrap_ddp,
 )
 from multitalent.training.progress import append_log, plot_progress, read_log, truncate_log
 
@@ -139,7 +141,8 @@ class Objective:
             from multitalent.baselines import MergedSoftmaxLoss, SoftmaxAsHeads, union_classes
 
             if dinfo.enabled:
-                raise UserInputError("--objective merged_softmax is a single-process baseline; run it without torchrun.")
+                raise UserInputError("--objective merged_softmax is a single-process baseline; "
+                                     "run it without torchrun.")
             self.num_outputs = len(union_classes(registry)[0])
             self.merged = MergedSoftmaxLoss(registry, len(ds_weights))
             self._to_heads = SoftmaxAsHeads(torch.nn.Identity(), registry)
@@ -159,9 +162,10 @@ class Objective:
         return len(registry)
 
     def loss(self, outs: list[torch.Tensor], batch: dict) -> torch.Tensor:
-        outs = [o.float() for o in outs[: len(batch["targets"])]]
+        outs = list(outs[: len(batch["targets"])])
         if self.kind == "merged_softmax":
             return self.merged(outs, batch["targets"], batch["pairs"])
+        # the loss promotes only the selected (sample, head) pairs to float32, not the whole output
         return loss_on_batch(outs, batch, self.loss_fn, self.num_heads, self.bce_scale)
 
     def head_logits(self, out: torch.Tensor) -> torch.Tensor:
@@ -254,8 +258,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
            init_fn: Callable | None, registry: HeadRegistry | None, extra_meta: dict | None,
            device: torch.device, dinfo: DistInfo) -> Path:
     main = dinfo.is_main
-    if main:
-        ensure_output_dir(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
     latest = out / "checkpoint_latest.pt"
     if latest.exists() and not cfg.resume:
         raise UserInputError(f"{out}: already holds a training run; pass --resume to continue it or choose "
@@ -279,6 +283,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
     if not train_cases:
         raise UserInputError(f"{pre.root}: no training cases for fold {cfg.fold} and datasets {cfg.datasets or 'all'}.")
+    if main:  # only now, after every option was checked: a refused run leaves no folder behind
+        ensure_output_dir(out)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -304,10 +310,9 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     train_data = PatchBatches(pre, train_cases, batch_size, augment=cfg.augment, length=total_iters, **common)
     val_data = PatchBatches(pre, val_cases, batch_size, augment=False, stream=STREAM_VAL,
                             length=cfg.val_iterations, **common)
-    if main:
-        unpack_all(pre, sorted(set(train_cases) | set(val_cases)))
-    if dinfo.enabled:
-        torch.distributed.barrier()
+    # each rank unpacks a share; this barrier allows hours (a large collection), the training collectives not
+    unpack_all(pre, sorted(set(train_cases) | set(val_cases))[dinfo.rank :: dinfo.world_size])
+    setup_barrier(dinfo)
 
     amp = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
@@ -329,12 +334,13 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
             truncate_log(out / "log.jsonl", start_iter // ipe)
             log.info("resuming %s at iteration %d", out, start_iter)
 
-    net: torch.nn.Module = model
-    if dinfo.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    def wrap(m: torch.nn.Module) -> torch.nn.Module:
+        # DDP sees only the outputs the loss uses (the zero-weighted lowest one gets no gradient)
+        keep = len(ds_scales_used) if len(ds_scales_used) < n_outputs else None
+        m = wrap_ddp(m, dinfo, device, keep_outputs=keep)
+        return torch.compile(m) if cfg.compile else m
+
+    net = wrap(model)
 
     meta = {"config": asdict(cfg), "batch_size": batch_size, "world_size": dinfo.world_size,
             "train_cases": train_cases, "val_cases": val_cases, "heads": len(registry),
@@ -368,6 +374,9 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
             if new_phase != phase_idx:
                 phase_idx = new_phase
                 optimizer = _make_optimizer(phases[phase_idx], model, cfg)
+                if dinfo.enabled:  # DDP syncs only the parameters that required grad when it was built
+                    del net
+                    net = wrap(model)
             for g in optimizer.param_groups:
                 g["lr"] = phases[phase_idx].lr(t_in, cfg.poly_exponent)
             batch = _to_device(batch, device, cfg.channels_last)
@@ -384,9 +393,10 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
                 nonfinite_run += 1
                 log.warning("iteration %d: non-finite loss, step skipped", it)
                 if nonfinite_run >= cfg.max_nonfinite:
+                    where = (f"The last good checkpoint is {latest}." if latest.exists()
+                             else "No epoch finished, so there is no checkpoint to resume from.")
                     raise TrainingError(f"the loss was non-finite in {nonfinite_run} consecutive iterations "
-                                        f"(last: {it}); lower --lr or check the data. The last good checkpoint "
-                                        f"is {latest}.")
+                                        f"(last: {it}); lower --lr or check the data. {where}")
             else:
                 nonfinite_run = 0
                 if scaler is not None:

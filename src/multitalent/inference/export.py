@@ -1,0 +1,290 @@
+"""Export: logit slabs on the target grid -> binary masks and label maps on the input's original grid.
+
+:class:`MaskAssembler` is the ``on_slab`` consumer of
+:func:`~multitalent.inference.sliding_window.sliding_window`. For each chunk of target-grid slices
+and one head at a time it does what
+:func:`~multitalent.preprocessing.pipeline.restore_channel` does with ``order=1`` on the whole volume --
+resample the logits to the crop box of the canonical scan (in-plane with ``resample_image``, along z
+by linear interpolation between neighbouring target slices, nearest neighbour along a coarse axis),
+threshold at 0 (probability 0.5) -- and keeps only the bits: one bit-packed mask per head on the
+canonical crop grid. The last target slice of every chunk is kept as the halo for the next one.
+Memory: ``heads x crop volume / 8`` bytes plus one head's chunk in float32.
+
+The masks are then brought to the original grid (placed into the crop box, canonical -> original
+orientation, which only permutes and flips axes) one head or one dataset at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _pyio
+import json
+import math
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from multitalent import io
+from multitalent.errors import atomic_path
+from multitalent.preprocessing.resample import resample_image
+from multitalent.registry import HeadRegistry
+
+CT_WINDOW = (-160.0, 240.0)  # soft-tissue window: level 40, width 400 HU
+
+
+class MaskAssembler:
+    """Streams logit slabs (target grid, z order) into bit-packed per-head masks on the canonical crop grid.
+
+    Args:
+        props: the case properties from ``prepare_image``.
+        num_heads: channels of the slabs it will receive.
+        probabilities: optional writable array [heads, *target shape] (e.g. a float16 memmap) that
+            receives the sigmoid of every slab.
+    """
+
+    def __init__(self, props: dict, num_heads: int, probabilities: np.ndarray | None = None) -> None:
+        self.props = props
+        self.num_heads = int(num_heads)
+        self.target_shape = tuple(int(v) for v in props["resampled_shape"])
+        self.box = tuple(slice(int(a), int(b)) for a, b in props["crop_box"])
+        self.crop_shape = tuple(s.stop - s.start for s in self.box)
+        self.spacing = tuple(float(v) for v in props["spacing"])
+        self.canonical = io.Geometry.from_dict(props["canonical_geometry"])
+        self.original = io.Geometry.from_dict(props["original_geometry"])
+        self.probabilities = probabilities
+        n, m = self.target_shape[0], self.crop_shape[0]
+        # Where each output slice j of the crop sits along the target z axis, taken from the resampling
+        # function itself: resampling the index ramp 0..n-1 gives the interpolation coordinate (linear is
+        # exact on a ramp; along a coarse z axis it is nearest neighbour and gives whole indices).
+        ramp = np.arange(n, dtype=np.float32).reshape(n, 1, 1)
+        coord = resample_image(ramp, self.spacing, (m, 1, 1), order=1)[:, 0, 0].astype(np.float64)
+        coord = np.clip(coord, 0, n - 1)
+        lo = np.floor(coord)
+        frac = coord - lo
+        up = frac > 1 - 1e-5
+        lo[up] += 1
+        frac[up | (frac < 1e-5)] = 0
+        lo = np.minimum(lo.astype(np.int64), n - 1)
+        self._lo = lo
+        self._hi = np.where(frac > 0, np.minimum(lo + 1, n - 1), lo)
+        self._frac = frac.astype(np.float32)
+        self._plane = self.crop_shape[1] * self.crop_shape[2]
+        self.packed = np.zeros((self.num_heads, m, math.ceil(self._plane / 8)), dtype=np.uint8)
+        self.counts = np.zeros(self.num_heads, dtype=np.int64)
+        self._next_j = 0
+        self._next_z = 0
+        self._halo: np.ndarray | None = None  # last target slice received, [heads, y, x]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes)
+
+    def __call__(self, z0: int, logits: torch.Tensor | np.ndarray) -> None:
+        arr = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+        arr = arr.astype(np.float32, copy=False)
+        if arr.shape[0] != self.num_heads or tuple(arr.shape[2:]) != self.target_shape[1:]:
+            raise ValueError(f"slab shape {arr.shape} does not fit {self.num_heads} heads on "
+                             f"{self.target_shape}")
+        if z0 != self._next_z:
+            raise ValueError(f"slabs must arrive in z order: expected z={self._next_z}, got {z0}")
+        k = arr.shape[1]
+        if self.probabilities is not None:
+            for h in range(self.num_heads):
+                self.probabilities[h, z0 : z0 + k] = _sigmoid(arr[h]).astype(self.probabilities.dtype)
+        last = z0 + k - 1
+        j0 = self._next_j
+        j1 = int(np.searchsorted(self._hi, last, side="right"))
+        if j1 > j0:
+            lo, hi, frac = self._lo[j0:j1], self._hi[j0:j1], self._frac[j0:j1]
+            first = int(lo[0])  # lowest target slice needed; z0 - 1 at most (the halo)
+            for h in range(self.num_heads):
+                src = arr[h, max(first - z0, 0) :]
+                if first < z0:
+                    src = np.concatenate([self._halo[h][None], src], axis=0)
+                src = src[: int(hi[-1]) - first + 1]
+                if src.max() <= 0:  # interpolation is a convex combination: stays <= 0, mask empty
+                    continue
+                plane = resample_image(src, self.spacing, (src.shape[0],) + self.crop_shape[1:], order=1)
+                vals = plane[lo - first]
+                if np.any(frac > 0):
+                    f = frac[:, None, None]
+                    vals = vals * (1 - f) + plane[hi - first] * f
+                mask = vals > 0
+                self.packed[h, j0:j1] = np.packbits(mask.reshape(j1 - j0, -1), axis=1)
+                self.counts[h] += int(np.count_nonzero(mask))
+        self._halo = arr[:, -1].copy()
+        self._next_j = j1
+        self._next_z = z0 + k
+
+    def finish(self) -> None:
+        """Check that every slice arrived."""
+        if self._next_z != self.target_shape[0] or self._next_j != self.crop_shape[0]:
+            raise RuntimeError(f"incomplete sweep: {self._next_z}/{self.target_shape[0]} target slices, "
+                               f"{self._next_j}/{self.crop_shape[0]} output slices")
+
+    # --- reading the masks back -----------------------------------------------------------------
+    def crop_mask(self, h: int) -> np.ndarray:
+        """Head ``h``'s mask on the canonical crop grid (bool)."""
+        bits = np.unpackbits(self.packed[h], axis=1, count=self._plane)
+        return bits.view(bool).reshape(self.crop_shape)
+
+    def to_original(self, crop: np.ndarray) -> np.ndarray:
+        """An array on the canonical crop grid -> the original grid (zero outside the crop box)."""
+        full = np.zeros(self.canonical.shape, dtype=crop.dtype)
+        full[self.box] = crop
+        return io.from_canonical(full, self.canonical, self.original)
+
+    def mask(self, h: int) -> np.ndarray:
+        """Head ``h``'s binary mask (uint8) on the input's original grid."""
+        return self.to_original(self.crop_mask(h).view(np.uint8))
+
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.original.spacing)) / 1000.0
+
+    def labelmap(self, registry: HeadRegistry, dataset_id: str, local: dict[int, int]) -> np.ndarray:
+        """``dataset_id``'s label map on the original grid, as :meth:`HeadRegistry.labelmap` writes it.
+
+        ``local`` maps registry head indices to this assembler's channels; heads not in it are empty.
+        Same order rule as the registry: regions in ``regions_class_order``; plain labels largest first
+        (voxel counts are exact, the crop grid and the original grid differ only by a permutation).
+        """
+        heads = registry.indices_of(dataset_id)
+        rco = registry.datasets[dataset_id].get("regions_class_order")
+        values = list(rco) if rco else [registry.heads[i].labels[0] for i in heads]
+        order = list(range(len(heads)))
+        if not rco:
+            size = [int(self.counts[local[g]]) if g in local else 0 for g in heads]
+            order = sorted(order, key=lambda i: -size[i])
+        dtype = np.uint8 if max(values) <= 255 else np.int16
+        out = np.zeros(self.crop_shape, dtype=dtype)
+        for i in order:
+            if heads[i] in local:
+                out[self.crop_mask(local[heads[i]])] = values[i]
+        return self.to_original(out)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def open_probabilities(folder: Path, num_heads: int, shape: Sequence[int]) -> np.ndarray:
+    """A float16 memmap [heads, *shape] in ``folder`` that :func:`pack_probabilities` zips up later."""
+    return np.lib.format.open_memmap(folder / "probabilities.npy", mode="w+", dtype=np.float16,
+                                     shape=(int(num_heads), *(int(s) for s in shape)))
+
+
+def pack_probabilities(folder: Path, memmap: np.ndarray, head_ids: list[str], props: dict) -> Path:
+    """Zip the memmap into ``folder/probabilities.npz`` (keys ``probabilities``, ``heads``, ``properties``)
+    without loading it, then remove the ``.npy``."""
+    memmap.flush()
+    npy = Path(memmap.filename)
+    del memmap
+    final = folder / "probabilities.npz"
+    with atomic_path(final) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
+                                                     compresslevel=1, allowZip64=True) as zf:
+        zf.write(npy, "probabilities.npy")
+        for name, value in (("heads", np.array(head_ids)), ("properties", np.array(json.dumps(props)))):
+            buf = _pyio.BytesIO()
+            np.lib.format.write_array(buf, value, allow_pickle=False)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+    os.unlink(npy)
+    return final
+
+
+def write_statistics(out: Path, volumes: dict[str, dict[str, float]]) -> None:
+    """``statistics.json`` ({case: {head: ml}}) and ``statistics.csv`` (one row per case)."""
+    from multitalent.errors import write_json
+
+    write_json(out / "statistics.json", volumes)
+    heads: list[str] = []
+    for v in volumes.values():
+        heads += [h for h in v if h not in heads]
+    with atomic_path(out / "statistics.csv", suffix=".tmp") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case"] + [f"{h}_ml" for h in heads])
+        for case, v in volumes.items():
+            w.writerow([case] + [f"{v[h]:.3f}" if h in v else "" for h in heads])
+
+
+def write_preview(path: Path, image_slices: dict, assembler: MaskAssembler, head_ids: list[str]) -> None:
+    """Three orthogonal slices (canonical orientation, CT window) with one coloured outline per head.
+
+    ``image_slices``: ``{"index": (z, y, x) in canonical coordinates, "axial", "coronal", "sagittal"}``.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    cz, cy, cx = image_slices["index"]
+    oz, oy, ox = (s.start for s in assembler.box)
+    sz, sy, sx = assembler.canonical.spacing
+    views = [("axial", sy / sx, "upper"), ("coronal", sz / sx, "lower"), ("sagittal", sz / sy, "lower")]
+    contours: dict[str, list[tuple[int, np.ndarray]]] = {v[0]: [] for v in views}
+    for h in range(assembler.num_heads):
+        if assembler.counts[h] == 0:
+            continue
+        m = assembler.crop_mask(h)
+        for name, sl in (("axial", _slice_in(m, 0, cz - oz)), ("coronal", _slice_in(m, 1, cy - oy)),
+                         ("sagittal", _slice_in(m, 2, cx - ox))):
+            if sl is not None and sl.any():
+                full = np.zeros(image_slices[name].shape, dtype=np.uint8)
+                full[_placement(name, assembler.box)] = sl
+                contours[name].append((h, full))
+    fig = Figure(figsize=(13, 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    cmap = colormaps["tab20"]
+    colours = [cmap(i % 20) for i in range(assembler.num_heads)]
+    shown: set[int] = set()
+    for k, (name, aspect, origin) in enumerate(views):
+        ax = fig.add_subplot(1, 4, k + 1)
+        ax.imshow(image_slices[name], cmap="gray", vmin=CT_WINDOW[0], vmax=CT_WINDOW[1], aspect=aspect,
+                  origin=origin, interpolation="nearest")
+        for h, m in contours[name]:
+            ax.contour(m, levels=[0.5], colors=[colours[h]], linewidths=0.8)  # pixel centres as imshow
+            shown.add(h)
+        ax.set_title(name)
+        ax.axis("off")
+    lax = fig.add_subplot(1, 4, 4)
+    lax.axis("off")
+    handles = [Line2D([0], [0], color=colours[h], lw=2) for h in sorted(shown)][:30]
+    if handles:
+        lax.legend(handles, [head_ids[h] for h in sorted(shown)][:30], loc="center left", fontsize=7,
+                   frameon=False)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def _slice_in(mask: np.ndarray, axis: int, index: int) -> np.ndarray | None:
+    if not 0 <= index < mask.shape[axis]:
+        return None
+    return np.take(mask, index, axis=axis)
+
+
+def _placement(view: str, box: tuple[slice, slice, slice]) -> tuple[slice, slice]:
+    bz, by, bx = box
+    return {"axial": (by, bx), "coronal": (bz, bx), "sagittal": (bz, by)}[view]
+
+
+def preview_centre(assembler: MaskAssembler) -> tuple[int, int, int]:
+    """Canonical voxel through which the preview cuts: the centre of mass of the largest predicted
+    structure, or the centre of the body box when nothing was found."""
+    if assembler.num_heads and assembler.counts.max() > 0:
+        mask = assembler.crop_mask(int(np.argmax(assembler.counts)))
+        centre = np.rint(ndimage.center_of_mass(mask)).astype(int)
+        return tuple(int(c) + s.start for c, s in zip(centre, assembler.box))
+    return tuple((s.start + s.stop) // 2 for s in assembler.box)
+
+
+def preview_slices(image: np.ndarray, geometry: io.Geometry, index: tuple[int, int, int]) -> dict:
+    """The three orthogonal slices through canonical voxel ``index`` of a scan, in canonical orientation."""
+    canon, _ = io.to_canonical(image, geometry)
+    cz, cy, cx = index
+    return {"index": (cz, cy, cx), "axial": canon[cz].copy(), "coronal": canon[:, cy].copy(),
+            "sagittal": canon[:, :, cx].copy()}

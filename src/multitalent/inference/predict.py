@@ -1,0 +1,363 @@
+"""``multitalent predict``: every head of a trained network on NIfTI files or DICOM series.
+
+Per case: read -> ``prepare_image`` (canonical orientation, body crop, resampling) -> ``normalize``
+-> streaming sliding window (:mod:`.sliding_window`) -> streaming export (:mod:`.export`) -> label maps
+per dataset in the input's original geometry. Each case folder is built under a temporary name and
+renamed when complete, so ``OUT/<case>/`` exists only with all of its files. See ``docs/inference.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from multitalent import io
+from multitalent.errors import UserInputError, atomic_dir, ensure_output_dir, write_json
+from multitalent.inference.config import PredictConfig
+from multitalent.inference.export import (
+    MaskAssembler,
+    open_probabilities,
+    pack_probabilities,
+    preview_centre,
+    preview_slices,
+    write_preview,
+    write_statistics,
+)
+from multitalent.inference.sliding_window import SlabCallback, sliding_window
+from multitalent.preprocessing.normalization import normalize
+from multitalent.preprocessing.pipeline import prepare_image
+from multitalent.preprocessing.plans import Plans
+from multitalent.registry import SUPPORTED_ENDINGS, HeadRegistry
+
+AIR_HU = -1024.0
+CASE_FILE = "case.json"  # written last into every case folder
+_CHANNEL_RE = re.compile(r"^(.*)_(\d{4})$")
+
+
+# --- the model ------------------------------------------------------------------------------------
+@dataclass
+class Predictor:
+    """A network ready for inference with everything needed to feed it: plans, heads, TTA axes."""
+
+    net: nn.Module
+    plans: Plans
+    registry: HeadRegistry
+    mirror_axes: tuple[int, ...] = (0, 1)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    source: str = ""
+
+    @property
+    def pad_value(self) -> float:
+        """Normalised air: what the volume is padded with when it is smaller than the patch."""
+        return float(normalize(np.array([AIR_HU], np.float32), self.plans.normalization)[0])
+
+    def sliding_window(self, image: np.ndarray | torch.Tensor, on_slab: SlabCallback | None = None,
+                       heads: list[int] | None = None, step: float = 0.5, window_batch: int = 2,
+                       mirror: bool = False, progress: bool = False,
+                       stats: dict | None = None) -> torch.Tensor | None:
+        """:func:`sliding_window` with this model's patch, pad value, device and mirror axes."""
+        x = torch.as_tensor(image, dtype=torch.float32)
+        if x.ndim == 3:
+            x = x[None]
+        return sliding_window(self.net, x, self.plans.patch_size, step, window_batch,
+                              self.mirror_axes if mirror else (), on_slab, heads=heads,
+                              pad_value=self.pad_value, device=self.device, progress=progress, stats=stats)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; a CUDA device that is not there is a user error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserInputError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserInputError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserInputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    elif device.type != "cpu":
+        raise UserInputError(f"--device {name}: use cpu, cuda or cuda:N.")
+    return device
+
+
+def _strip_wrappers(state: dict) -> dict:
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
+    """Rebuild the network of a checkpoint (or a run folder's final/latest checkpoint) for inference."""
+    from multitalent.models import create_model
+    from multitalent.training.checkpoint import load_checkpoint
+
+    dev = resolve_device(str(device))
+    ckpt = load_checkpoint(checkpoint_or_run, map_location="cpu")
+    plans = Plans.from_dict(ckpt["plans"])
+    registry = HeadRegistry.from_dict(ckpt["heads"])
+    net = create_model(**ckpt["model_config"], plans=plans, num_heads=len(registry), deep_supervision=False)
+    try:
+        net.load_state_dict(_strip_wrappers(ckpt["state_dict"]))
+    except RuntimeError as e:
+        raise UserInputError(f"{ckpt['path']}: the weights do not fit the model described in the checkpoint "
+                             f"({str(e).splitlines()[0]}).") from None
+    net.deep_supervision = False
+    net.to(dev).eval()
+    mirror = (ckpt.get("train_config") or {}).get("mirror_axes", [0, 1])
+    return Predictor(net, plans, registry, tuple(int(a) for a in mirror), dev, ckpt["path"])
+
+
+# --- the input ------------------------------------------------------------------------------------
+def _image_ending(name: str) -> str | None:
+    return next((e for e in SUPPORTED_ENDINGS if name.endswith(e)), None)
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    if any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file()):
+        return True
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def find_cases(input: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``(case id, path)`` per scan: a file; a folder of image files (``<case>_0000.nii.gz`` or
+    ``<case>.nii.gz``); a DICOM series folder (one case named after it); or a folder of such folders."""
+    path = Path(input)
+    if not path.exists():
+        raise UserInputError(f"{path}: input not found; give a NIfTI file, a folder of them or a DICOM "
+                             "series folder.")
+    if path.is_file():
+        ending = _image_ending(path.name) or "".join(path.suffixes)
+        name = path.name[: -len(ending)] if ending else path.name
+        m = _CHANNEL_RE.match(name)
+        return [(m.group(1) if m and m.group(2) == "0000" else name, path)]
+    visible = [p for p in path.iterdir() if not p.name.startswith(".")]
+    files = sorted(p for p in visible if p.is_file() and _image_ending(p.name))
+    if files:
+        cases: dict[str, Path] = {}
+        for p in files:
+            name = p.name[: -len(_image_ending(p.name))]
+            m = _CHANNEL_RE.match(name)
+            if m and m.group(2) != "0000":
+                raise UserInputError(f"{p}: channel {m.group(2)}; MultiTalent takes one CT channel (_0000) "
+                                     "per case.")
+            case = m.group(1) if m else name
+            if case in cases:
+                raise UserInputError(f"{p}: case id '{case}' also belongs to {cases[case].name}; rename one.")
+            cases[case] = p
+        return sorted(cases.items())
+    if _is_dicom_folder(path):
+        return [(path.resolve().name, path)]
+    subs = sorted(p for p in visible if p.is_dir() and _is_dicom_folder(p))
+    if subs:
+        return [(p.name, p) for p in subs]
+    raise UserInputError(f"{path}: holds no image files ({', '.join(SUPPORTED_ENDINGS)}) and no DICOM "
+                         "series.")
+
+
+@dataclass
+class LoadedCase:
+    """A scan prepared for the network: normalised target-grid image and the properties to undo it."""
+
+    case: str
+    path: Path
+    image: np.ndarray
+    props: dict
+
+
+def load_case(case: str, path: Path, plans: Plans) -> LoadedCase:
+    """Read, reorient, crop, resample and normalise one scan as training did."""
+    image, geometry = io.read_image(path)
+    prepared, props = prepare_image(image, geometry, plans.spacing)
+    del image
+    return LoadedCase(case, path, normalize(prepared, plans.normalization), props)
+
+
+# --- the outputs ----------------------------------------------------------------------------------
+@dataclass
+class OutputPlan:
+    """Which heads and files each case gets."""
+
+    selected: list[int]
+    datasets: list[str]
+    save_heads: bool
+    save_probabilities: bool
+    statistics: bool
+    preview: bool
+
+    def files(self, registry: HeadRegistry) -> list[str]:
+        names = [f"{d}.nii.gz" for d in self.datasets]
+        if self.save_heads:
+            names += [f"heads/{registry.heads[i].id}.nii.gz" for i in self.selected]
+        if self.save_probabilities:
+            names.append("probabilities.npz")
+        if self.statistics:
+            names.append("statistics.json")
+        if self.preview:
+            names.append("preview.png")
+        return names + [CASE_FILE]
+
+
+def _is_complete(folder: Path, files: list[str]) -> bool:
+    return folder.is_dir() and all((folder / f).is_file() for f in files)
+
+
+def _heads_json(registry: HeadRegistry, plan: OutputPlan, cases: list[str], model: str) -> dict:
+    d = registry.to_dict()
+    ids = [registry.heads[i].id for i in plan.selected]
+    d["outputs"] = {
+        "model": model,
+        "cases": cases,
+        "label_maps": {ds: {"file": f"<case>/{ds}.nii.gz",
+                            "heads": [h.id for h in registry.heads_of(ds) if h.id in ids]}
+                       for ds in plan.datasets},
+        "head_masks": {h: f"<case>/heads/{h}.nii.gz" for h in ids} if plan.save_heads else {},
+        "probabilities": ({"file": "<case>/probabilities.npz", "heads": ids,
+                           "grid": "target (canonical, cropped, resampled); restore with 'properties'"}
+                          if plan.save_probabilities else None),
+        "statistics": ["statistics.json", "statistics.csv"] if plan.statistics else [],
+        "preview": "<case>/preview.png" if plan.preview else None,
+    }
+    return d
+
+
+def predict_case(predictor: Predictor, loaded: LoadedCase, case_dir: Path, plan: OutputPlan,
+                 cfg: PredictConfig, stats: dict | None = None) -> dict[str, float]:
+    """Predict one prepared case and write its folder atomically. Returns the volume (ml) per head."""
+    registry = predictor.registry
+    ids = [registry.heads[i].id for i in plan.selected]
+    local = {g: k for k, g in enumerate(plan.selected)}
+    with atomic_dir(case_dir) as tmp:
+        probs = None
+        if plan.save_probabilities:
+            probs = open_probabilities(tmp, len(ids), loaded.props["resampled_shape"])
+        asm = MaskAssembler(loaded.props, len(ids), probabilities=probs)
+        heads = None if plan.selected == list(range(len(registry))) else plan.selected
+        predictor.sliding_window(loaded.image, asm, heads=heads, step=cfg.step, window_batch=cfg.window_batch,
+                                 mirror=cfg.mirror, progress=not cfg.quiet, stats=stats)
+        loaded.image = None  # free the input before the export
+        asm.finish()
+        original = asm.original
+        for ds in plan.datasets:
+            io.write_label(tmp / f"{ds}.nii.gz", asm.labelmap(registry, ds, local), original)
+        if plan.save_heads:
+            for k, hid in enumerate(ids):
+                io.write_label(tmp / "heads" / f"{hid}.nii.gz", asm.mask(k), original)
+        if probs is not None:
+            pack_probabilities(tmp, probs, ids, loaded.props)
+            del probs
+        volumes = {hid: float(asm.counts[k]) * asm.voxel_ml() for k, hid in enumerate(ids)}
+        if plan.statistics:
+            write_json(tmp / "statistics.json", volumes)
+        if plan.preview:  # the scan is read again rather than kept in memory during the prediction
+            image, geometry = io.read_image(loaded.path)
+            slices = preview_slices(image, geometry, preview_centre(asm))
+            del image
+            write_preview(tmp / "preview.png", slices, asm, ids)
+        write_json(tmp / CASE_FILE, {"case": loaded.case, "input": str(loaded.path),
+                                     "model": predictor.source, "geometry": loaded.props["original_geometry"],
+                                     "heads": ids, "volumes_ml": volumes, "files": plan.files(registry)})
+    return volumes
+
+
+def _predict_cases(predictor: Predictor, todo: list[tuple[str, Path]], out: Path, plan: OutputPlan,
+                   cfg: PredictConfig) -> tuple[list[Path], dict[str, dict[str, float]]]:
+    """Predict the cases in order, reading the next one in a background thread meanwhile."""
+    written: list[Path] = []
+    volumes: dict[str, dict[str, float]] = {}
+    bar = tqdm(total=len(todo), desc="predict", unit="case", disable=cfg.quiet)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def submit(i: int) -> Future | None:
+            if i >= len(todo):
+                return None
+            return pool.submit(load_case, todo[i][0], todo[i][1], predictor.plans)
+
+        pending = submit(0)
+        for i, (case, _) in enumerate(todo):
+            loaded = pending.result()
+            pending = submit(i + 1) if cfg.prefetch else None
+            bar.set_postfix_str(case)
+            volumes[case] = predict_case(predictor, loaded, out / case, plan, cfg)
+            written.append(out / case)
+            del loaded
+            if not cfg.prefetch:
+                pending = submit(i + 1)
+            bar.update()
+    bar.close()
+    return written, volumes
+
+
+def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str | os.PathLike,
+                   cfg: PredictConfig) -> list[Path]:
+    """:func:`predict` with an already loaded :class:`Predictor`."""
+    if not 0 < cfg.step <= 1:
+        raise UserInputError(f"--step {cfg.step}: must be in (0, 1].")
+    if cfg.window_batch < 1:
+        raise UserInputError(f"--window-batch {cfg.window_batch}: must be at least 1.")
+    registry = predictor.registry
+    try:
+        selected = registry.select(cfg.datasets or None, cfg.heads or None)
+    except UserInputError as e:
+        raise UserInputError(f"{predictor.source or 'model'}: {e}") from None
+    if not selected:
+        raise UserInputError(f"{predictor.source or 'model'}: --datasets {cfg.datasets} with --heads {cfg.heads} "
+                             "selects no head; see heads.json for the valid ids.")
+    datasets = [d for d in registry.dataset_ids if any(registry.heads[i].dataset == d for i in selected)]
+    plan = OutputPlan(selected, datasets, cfg.save_heads, cfg.save_probabilities, cfg.statistics, cfg.preview)
+    files = plan.files(registry)
+    cases = find_cases(input)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
+
+    todo: list[tuple[str, Path]] = []
+    for case, path in cases:
+        folder = out / case
+        if folder.exists():
+            if cfg.continue_ and _is_complete(folder, files):
+                continue
+            if not cfg.overwrite:
+                hint = ("exists but lacks outputs asked for now; pass --overwrite to redo it" if cfg.continue_
+                        else "exists; pass --continue to skip finished cases or --overwrite to replace them")
+                raise UserInputError(f"{folder}: {hint}.")
+            if not folder.is_dir():
+                raise UserInputError(f"{folder}: exists and is not a folder; remove it.")
+        todo.append((case, path))
+
+    created = not out.exists()  # made by this call: removed again if a refusal leaves it empty
+    try:
+        written, volumes = _predict_cases(predictor, todo, out, plan, cfg)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    ensure_output_dir(out)
+    all_cases = [c for c, _ in cases]
+    write_json(out / "heads.json", _heads_json(registry, plan, all_cases, predictor.source))
+    if cfg.statistics:
+        import json
+
+        for case in all_cases:
+            if case not in volumes:  # skipped by --continue: read what that run wrote
+                volumes[case] = json.loads((out / case / "statistics.json").read_text())
+        write_statistics(out, {c: volumes[c] for c in all_cases})
+    return written
+
+
+def predict(model: str | Path, input: str | Path, output: str | Path, cfg: PredictConfig) -> list[Path]:
+    """Segment every scan of ``input`` with every (selected) head of ``model``; returns the case folders
+    written (cases skipped by ``--continue`` are not listed)."""
+    predictor = load_predictor(model, cfg.device)
+    return run_prediction(predictor, input, output, cfg)

@@ -1,0 +1,224 @@
+"""Distributed training: two gloo processes on CPU are one process with the same global batch.
+
+The loss per rank is ``world_size * BCE_local - Dice_global`` (the Dice sums all-reduced with their gradient),
+so after DDP averages the gradients they equal those of one process that sees the whole global batch; the
+logged loss (sum over ranks / world size) equals that process's loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from multitalent.data.loader import PatchBatches
+from multitalent.errors import UserInputError
+from multitalent.loss import MultiTalentLoss, deep_supervision_weights
+from multitalent.models import create_model, deep_supervision_scales
+from multitalent.preprocessing.pipeline import Preprocessed, run_preprocessing
+from multitalent.training import distributed, loop
+from multitalent.training.checkpoint import load_checkpoint
+from multitalent.training.config import TrainConfig
+from multitalent.training.distributed import DistInfo
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is needed")
+
+GLOBAL_BATCH = 4
+TOL = 1e-5
+
+
+@pytest.fixture
+def pre(tiny_collection, tmp_path) -> Preprocessed:
+    out = run_preprocessing(tiny_collection, tmp_path / "pre", preset="small", spacing=(2.0, 2.0, 2.0),
+                            patch_size=(16, 32, 32), workers=1, progress=False)
+    return Preprocessed.open(out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_step(pre_root: str, info: DistInfo) -> dict:
+    """Steps as the loop takes them: a skipped step (forward, no backward), a step of a phase that trains
+    only the output convolutions (fine-tuning's first phase), then, DDP built again, a step that trains
+    everything. Returns the reported loss and the gradients of the last two steps."""
+    pre = Preprocessed.open(pre_root)
+    heads = len(pre.registry)
+    torch.manual_seed(0)
+    model = create_model("plain_unet", pre.plans, heads, deep_supervision=True, base_features=4)
+    scales = deep_supervision_scales(pre.plans)
+    weights = deep_supervision_weights(len(scales))
+    assert weights[-1] == 0  # the lowest output is not in the loss: DDP must cope with unused parameters
+    used = len(scales) - 1
+    data = PatchBatches(pre, [c["case"] for c in pre.cases], GLOBAL_BATCH, pre.plans.patch_size, scales[:used],
+                        seed=5, rank=info.rank, world_size=info.world_size)
+    loss_fn = MultiTalentLoss(ds_weights=weights[:used], sum_fn=distributed.all_reduce_sum if info.enabled else None)
+
+    def step(net: torch.nn.Module, iteration: int) -> torch.Tensor:
+        batch = data[iteration]
+        loss = loop.loss_on_batch(net(batch["image"]), batch, loss_fn, heads, bce_scale=info.world_size)
+        loss.backward()
+        return loss.detach()
+
+    def grads() -> dict:
+        out = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    head_params = {id(p) for h in model.heads() for p in h.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in head_params)
+    net = distributed.wrap_ddp(model, info, torch.device("cpu"), keep_outputs=used)
+    net(data[0]["image"])  # a skipped step: the loop calls no backward after a non-finite loss
+    step(net, 1)
+    head_grads = grads()
+
+    model.requires_grad_(True)  # the next phase trains all parameters: DDP must be built again
+    del net
+    net = distributed.wrap_ddp(model, info, torch.device("cpu"), keep_outputs=used)
+    loss = step(net, 2)
+    # the loop logs the sum over ranks / world size
+    reported = float(distributed.reduce_detached(loss, info)) / info.world_size
+    return {"loss": reported, "grads": grads(), "head_grads": head_grads}
+
+
+def _rank_main(rank: int, world: int, port: int, pre_root: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    info = distributed.init_distributed("cpu", timeout_s=120)
+    try:
+        torch.save(_train_step(pre_root, info), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        distributed.cleanup(info)
+
+
+def _assert_grads_close(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name, g in expected.items():
+        if g is None:  # the lowest deep-supervision output; in the heads phase also the backbone
+            assert actual[name] is None, name
+        else:
+            assert actual[name] is not None, name
+            torch.testing.assert_close(actual[name], g, rtol=TOL, atol=TOL, msg=name)
+
+
+def test_two_processes_give_the_loss_and_gradients_of_one(pre, tmp_path):
+    torch.set_num_threads(1)
+    single = _train_step(str(pre.root), DistInfo())
+    mp.start_processes(_rank_main, args=(2, _free_port(), str(pre.root), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert sum(g is None for g in single["grads"].values()) == 2  # weight and bias of the unused output
+    for res in ranks:
+        assert res["loss"] == pytest.approx(single["loss"], rel=TOL, abs=TOL)
+        _assert_grads_close(res["grads"], single["grads"])
+        _assert_grads_close(res["head_grads"], single["head_grads"])
+
+
+def _torchrun(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+# runs `multitalent` under torchrun; the rank in $FAIL_RANK raises after its FAIL_AT-th loss computation
+RUNNER = """
+import os, sys
+from multitalent.training import loop
+if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
+    real, calls = loop.loss_on_batch, []
+    def failing(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == int(os.environ["FAIL_AT"]):
+            raise RuntimeError("injected failure on rank " + os.environ["RANK"])
+        return loss
+    loop.loss_on_batch = failing
+from multitalent.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+TRAIN_ARGS = ["--epochs", "2", "--iterations-per-epoch", "2", "--val-iterations", "1", "--base-features", "4",
+              "--batch-size", str(GLOBAL_BATCH), "--fold", "all", "--num-workers", "0", "--device", "cpu",
+              "--seed", "3"]
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_training_fails_fast_resumes_and_matches_one_process(pre, tmp_path, monkeypatch):
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    run = tmp_path / "ddp"
+    args = [str(runner), "-q", "train", str(pre.root), "-o", str(run), *TRAIN_ARGS]
+
+    # rank 1 dies in the first step of epoch 2, after rank 0 wrote the epoch-1 checkpoint; rank 0 is then
+    # waiting in a collective and must be ended too, quickly, not after the collective timeout
+    start = time.monotonic()
+    crashed = _torchrun(args, env={"FAIL_RANK": "1", "FAIL_AT": "4", "MULTITALENT_DIST_TIMEOUT": "300"})
+    elapsed = time.monotonic() - start
+    assert crashed.returncode != 0
+    assert "injected failure on rank 1" in crashed.stdout + crashed.stderr
+    assert elapsed < 120, f"the surviving rank was not ended promptly ({elapsed:.0f} s)"
+    after_epoch1 = load_checkpoint(run / "checkpoint_latest.pt")
+    assert after_epoch1["iteration"] == 2 and not (run / "checkpoint_final.pt").exists()
+
+    resumed = _torchrun([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = load_checkpoint(run / "checkpoint_final.pt")
+    assert final["iteration"] == 4 and final["meta"]["world_size"] == 2
+    log = _log(run)
+    assert [r["epoch"] for r in log] == [0, 1]  # one writer: no line twice
+    assert not list(run.glob(".*"))  # no temporary files left behind
+
+    # the same training in one process, with the same global batch
+    cfg = TrainConfig(epochs=2, iterations_per_epoch=2, val_iterations=1, base_features=4, batch_size=GLOBAL_BATCH,
+                      fold="all", num_workers=0, seed=3, quiet=True)
+    saved = []
+    real_save = loop.save_checkpoint
+
+    def keep(path, payload):
+        saved.append({k: v.clone() for k, v in payload["state_dict"].items()})
+        real_save(path, payload)
+
+    monkeypatch.setattr(loop, "save_checkpoint", keep)
+    ref = load_checkpoint(loop.train(pre.root, tmp_path / "single", cfg))
+    ref_log = _log(tmp_path / "single")
+    for k, v in ref["state_dict"].items():
+        torch.testing.assert_close(after_epoch1["state_dict"][k], saved[0][k], rtol=TOL, atol=TOL, msg=k)
+        torch.testing.assert_close(final["state_dict"][k], v, rtol=TOL, atol=TOL, msg=k)
+    for got, want in zip(log, ref_log):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+
+
+def test_global_batch_must_split_evenly(pre, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "init_distributed", lambda device: DistInfo(rank=0, world_size=2))
+    with pytest.raises(UserInputError, match="divisible by the 2 processes"):
+        loop.train(pre.root, tmp_path / "r", TrainConfig(batch_size=3, fold="all", quiet=True))
+
+
+def test_collective_timeout_from_environment(monkeypatch):
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.collective_timeout_s() == distributed.DEFAULT_TIMEOUT_S
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "90")
+    assert distributed.collective_timeout_s() == 90
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(UserInputError, match=distributed.TIMEOUT_ENV):
+        distributed.collective_timeout_s()
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_distributed("cpu") == DistInfo()
