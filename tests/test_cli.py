@@ -314,11 +314,6 @@ def _manifest(tmp: Path, obj) -> None:
     (tmp / "raw" / "collection.json").write_text(obj if isinstance(obj, str) else json.dumps(obj))
 
 
-# A known bug in a file this test does not own: the refusal is right but leaves an empty output folder.
-TRAIN_MKDIR = [pytest.mark.xfail(strict=True, reason=(
-    "training/loop.py: _train creates the run folder (ensure_output_dir) before it checks --resume, "
-    "--datasets and --fold, so a refused option leaves an empty RUN/"))]
-
 BAD_INPUTS: list[Bad] = [
     # -- the manifest and dataset.json
     Bad("manifest-missing", "manifest file does not exist",
@@ -452,16 +447,13 @@ BAD_INPUTS: list[Bad] = [
         lambda tmp, sh: ["train", sh.pre, "-o", copy_run(tmp, sh), *TRAIN_ARGS], ("run", "--resume")),
     Bad("train-resume-nothing", "`--resume` with no checkpoint",
         lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--resume"],
-        ("checkpoint_latest.pt", "nothing to resume"),
-        marks=TRAIN_MKDIR),
+        ("checkpoint_latest.pt", "nothing to resume")),
     Bad("train-unknown-dataset", "`--datasets D999`",
         lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--datasets", "D999"],
-        ("D999", "unknown"),
-        marks=TRAIN_MKDIR),
+        ("D999", "unknown")),
     Bad("train-unknown-fold", "`--fold 7`",
         lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS[:-2], "--fold", "7"],
-        ("--fold 7", "choose one of"),
-        marks=TRAIN_MKDIR),
+        ("--fold 7", "choose one of")),
     # -- predict
     Bad("checkpoint-foreign", "a PyTorch file that is not a multitalent checkpoint",
         fake_checkpoint("foreign"), ("model.pt", "not a multitalent checkpoint")),

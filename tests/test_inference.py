@@ -16,12 +16,13 @@ from torch import nn
 
 from multitalent import io
 from multitalent.errors import UserInputError
-from multitalent.inference import PredictConfig, predict
+from multitalent.inference.config import PredictConfig
 from multitalent.inference.export import MaskAssembler
 from multitalent.inference.predict import (
     Predictor,
     find_cases,
     load_predictor,
+    predict,
     resolve_device,
     run_prediction,
 )

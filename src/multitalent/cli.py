@@ -50,7 +50,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
-    from multitalent.inference import PredictConfig, predict
+    from multitalent.inference.config import PredictConfig
+    from multitalent.inference.predict import predict
 
     cfg = from_namespace(PredictConfig, a, quiet=a.quiet)
     written = predict(a.model, a.input, a.output, cfg)

@@ -29,7 +29,8 @@ def run_demo(out: Path, seed: int = 0, device: str = "cpu", quiet: bool = False,
              epochs: int | None = None) -> dict:
     """Run the pipeline into ``out``; returns the evaluation summary."""
     from multitalent.evaluation import evaluate, format_dataset_table
-    from multitalent.inference import PredictConfig, predict
+    from multitalent.inference.config import PredictConfig
+    from multitalent.inference.predict import predict
     from multitalent.phantoms import generate_collection
     from multitalent.preprocessing.pipeline import run_preprocessing
     from multitalent.registry import HeadRegistry, load_manifest

@@ -98,7 +98,7 @@ def load_dataset(folder: str | os.PathLike, dataset_id: str | None = None) -> Da
     if not dj_path.is_file():
         raise _err(dj_path, "missing; every dataset needs nnU-Net's dataset.json.")
     try:
-        dj = json.loads(dj_path.read_text())
+        dj = json.loads(dj_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _err(dj_path, f"not valid JSON ({e}).") from None
     if not isinstance(dj, dict):
@@ -184,7 +184,7 @@ def load_manifest(path: str | os.PathLike) -> Collection:
     path = Path(path)
     if not path.is_file():
         raise _err(path, "manifest not found.")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
@@ -274,7 +274,7 @@ class HeadRegistry:
     @classmethod
     def load(cls, path: str | os.PathLike) -> HeadRegistry:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserInputError(f"{path}: cannot read the head registry ({e}).") from None
         except UserInputError as e:

@@ -138,7 +138,7 @@ def load_reference(path: str | os.PathLike) -> dict[str, float]:
     """Read reference Dice: another run's ``summary.json`` or a JSON object head id -> Dice in percent."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserInputError(f"{path}: cannot read the reference Dice ({e}).") from None
     if isinstance(data, dict) and data.get("format") == FORMAT:

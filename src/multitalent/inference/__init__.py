@@ -1,18 +1,9 @@
-"""Inference: sliding window over all heads at once, bounded memory, export to the input's geometry."""
+"""Inference: sliding window over all heads at once, bounded memory, export to the input's geometry.
 
-from __future__ import annotations
-
-from typing import Any
+Use ``from multitalent.inference.predict import predict``; this package imports only the
+configuration so that building the CLI does not import torch.
+"""
 
 from multitalent.inference.config import PredictConfig
 
-__all__ = ["PredictConfig", "predict"]
-
-
-def __getattr__(name: str) -> Any:
-    # `predict` pulls in torch; loaded on first use so that importing the configuration stays light
-    if name == "predict":
-        from multitalent.inference.predict import predict
-
-        return predict
-    raise AttributeError(name)
+__all__ = ["PredictConfig"]

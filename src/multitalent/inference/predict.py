@@ -351,7 +351,7 @@ def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str |
 
         for case in all_cases:
             if case not in volumes:  # skipped by --continue: read what that run wrote
-                volumes[case] = json.loads((out / case / "statistics.json").read_text())
+                volumes[case] = json.loads((out / case / "statistics.json").read_text(encoding="utf-8"))
         write_statistics(out, {c: volumes[c] for c in all_cases})
     return written
 

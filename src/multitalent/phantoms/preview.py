@@ -35,7 +35,7 @@ def _pick_cases(cases: dict[str, dict], n: int) -> list[dict]:
 
 def _label_names(dataset_json: Path) -> dict[int, str]:
     """Name of each label value: the smallest region holding it (for plain labels, its class)."""
-    labels = json.loads(dataset_json.read_text())["labels"]
+    labels = json.loads(dataset_json.read_text(encoding="utf-8"))["labels"]
     regions = {n: (v if isinstance(v, list) else [v]) for n, v in labels.items() if n != "background"}
     names: dict[int, str] = {}
     for value in sorted({v for vs in regions.values() for v in vs}):
@@ -62,7 +62,7 @@ def save_preview(collection_dir: str | os.PathLike, png_path: str | os.PathLike,
     truth_json = root / "ground_truth" / "structures.json"
     if not truth_json.is_file():
         raise UserInputError(f"{truth_json}: missing; is {root} a phantom collection?")
-    cases = _pick_cases(json.loads(truth_json.read_text())["cases"], max(1, n_cases))
+    cases = _pick_cases(json.loads(truth_json.read_text(encoding="utf-8"))["cases"], max(1, n_cases))
     colours = colormaps["tab10"].colors + colormaps["Set3"].colors
 
     fig = Figure(figsize=(4.2 * len(cases), 10.5), dpi=110, facecolor="black")

@@ -277,10 +277,11 @@ class Preprocessed:
             if not (root / name).is_file():
                 raise UserInputError(f"{root / name}: missing; is {root} a folder made by `multitalent preprocess`?")
         return cls(root, Plans.load(root / "plans.json"), HeadRegistry.load(root / "heads.json"),
-                   json.loads((root / "cases.json").read_text()), json.loads((root / "splits.json").read_text()))
+                   json.loads((root / "cases.json").read_text(encoding="utf-8")),
+                   json.loads((root / "splits.json").read_text(encoding="utf-8")))
 
     def case_file(self, case: str) -> Path:
         return self.root / "cases" / f"{case}.npz"
 
     def properties(self, case: str) -> dict:
-        return json.loads((self.root / "cases" / f"{case}.json").read_text())
+        return json.loads((self.root / "cases" / f"{case}.json").read_text(encoding="utf-8"))

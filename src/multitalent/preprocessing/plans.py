@@ -96,6 +96,6 @@ class Plans:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plans:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserInputError(f"{path}: cannot read plans ({e}).") from None

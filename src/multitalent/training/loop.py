@@ -441,4 +441,4 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
 
 
 def read_config(run: str | os.PathLike) -> dict:
-    return json.loads((Path(run) / "config.json").read_text())
+    return json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
