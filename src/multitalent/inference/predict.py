@@ -108,13 +108,24 @@ def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.dev
     ckpt = load_checkpoint(checkpoint_or_run, map_location="cpu")
     plans = Plans.from_dict(ckpt["plans"])
     registry = HeadRegistry.from_dict(ckpt["heads"])
-    net = create_model(**ckpt["model_config"], plans=plans, num_heads=len(registry), deep_supervision=False)
+    merged = (ckpt.get("train_config") or {}).get("objective") == "merged_softmax"
+    if merged:
+        from multitalent.baselines import SoftmaxAsHeads, union_classes
+
+        n_out = len(union_classes(registry)[0])
+    else:
+        n_out = len(registry)
+    net = create_model(**ckpt["model_config"], plans=plans, num_heads=n_out, deep_supervision=False)
     try:
         net.load_state_dict(_strip_wrappers(ckpt["state_dict"]))
     except RuntimeError as e:
         raise UserInputError(f"{ckpt['path']}: the weights do not fit the model described in the checkpoint "
                              f"({str(e).splitlines()[0]}).") from None
     net.deep_supervision = False
+    if merged:  # the merged-softmax baseline answers with one logit per head like a MultiTalent net
+        net = SoftmaxAsHeads(net, registry)
+    if dev.type == "cpu":  # oneDNN's 3D convolutions are markedly faster in channels-last on CPU
+        net = net.to(memory_format=torch.channels_last_3d)
     net.to(dev).eval()
     mirror = (ckpt.get("train_config") or {}).get("mirror_axes", [0, 1])
     return Predictor(net, plans, registry, tuple(int(a) for a in mirror), dev, ckpt["path"])

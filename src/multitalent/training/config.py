@@ -38,7 +38,9 @@ class TrainConfig:
     device: str = option("cpu", "cpu, cuda or cuda:N")
     amp: str = option("auto", "mixed precision on CUDA: auto (bf16 if supported else fp16), bf16, fp16 or off",
                       choices=["auto", "bf16", "fp16", "off"])
-    channels_last: bool = option(False, "channels-last 3D memory format (CUDA)")
+    channels_last: str = option("auto", "channels-last 3D memory format: auto (on for CPU, where it made training "
+                                "about 1.9x faster here; off for CUDA, where it was slower), on or off",
+                                choices=["auto", "on", "off"])
     compile: bool = option(False, "torch.compile the network (CUDA)")
     num_workers: int = option(2, "background processes building batches (0: in the main process)")
     seed: int = option(0, "random seed (weights, sampling, augmentation)")

@@ -294,7 +294,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     if init_fn is not None:
         init_fn(model)
     model.to(device)
-    if cfg.channels_last:
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cpu")
+    if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     ds_scales = deep_supervision_scales(plans, model_kwargs.get("n_stages")) if model.deep_supervision else [(1, 1, 1)]
     n_outputs = len(ds_scales)
@@ -379,7 +380,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
                     net = wrap(model)
             for g in optimizer.param_groups:
                 g["lr"] = phases[phase_idx].lr(t_in, cfg.poly_exponent)
-            batch = _to_device(batch, device, cfg.channels_last)
+            batch = _to_device(batch, device, channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                 out_ = net(batch["image"])
