@@ -54,3 +54,13 @@ def tiny_collection(tmp_path: Path) -> Path:
     manifest = tmp_path / "collection.json"
     manifest.write_text(json.dumps({"datasets": [{"path": "Dataset001_Liver"}, {"path": "Dataset002_Spleen"}]}))
     return manifest
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that pin torch to one thread must not leak it: CPU results depend on the thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

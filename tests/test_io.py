@@ -132,3 +132,14 @@ def test_geometry_round_trip_property(code, spacing, shape):
     c, cg = io.to_canonical(a, g)
     assert np.array_equal(io.from_canonical(c, cg, g), a)
     assert sorted(np.round(cg.spacing, 5)) == sorted(np.round(spacing, 5))
+
+
+def test_dicom_io_leaves_the_text_encoding_alone(tmp_path):
+    """GDCM sets the C locale to "C"; left so, Python would read every later text file as ASCII."""
+    import locale
+
+    before = locale.getpreferredencoding(False)
+    g = _geom("LPS", shape=(3, 4, 4))
+    io.write_dicom_series(tmp_path / "dcm", np.zeros(g.shape, np.int16), g)
+    io.read_image(tmp_path / "dcm")
+    assert locale.getpreferredencoding(False) == before

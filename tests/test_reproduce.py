@@ -76,7 +76,7 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert len(merged) == 2 and merged[0] == merged[1]
 
     tr = _section(text, "## 3. Transfer")
-    assert "| 0 |" in tr and "mean ± sd" in tr and "MultiTalent vs scratch" in tr
+    assert "| 0 |" in tr and "mean ± sd" in tr and "MultiTalent vs from scratch" in tr
     assert len(_table_numbers(tr)) > 0
     cost = _section(text, "## 4. Cost")
     assert "training time" in cost and "inference on" in cost

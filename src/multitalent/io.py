@@ -100,12 +100,29 @@ def _check_geometry(geometry: Geometry, path: os.PathLike | str) -> None:
 
 
 @contextlib.contextmanager
+def keep_locale() -> Iterator[None]:
+    """Restore the C locale after SimpleITK's DICOM (GDCM) code, which sets it to "C".
+
+    Left alone, that switches Python's default text encoding to ASCII for the rest of the process, and
+    every later ``open()`` of a UTF-8 file without an explicit encoding fails.
+    """
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+@contextlib.contextmanager
 def _itk_warnings_off() -> Iterator[None]:
     """Silence ITK's multi-line warnings while reading: the checks here report problems as one line."""
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        yield
+        with keep_locale():
+            yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
@@ -316,6 +333,11 @@ def direction_for(code: str) -> tuple[float, ...]:
 
 def write_dicom_series(folder: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
     """Write an int16 (z, y, x) volume as a DICOM series (one file per slice); for tests and phantoms."""
+    with keep_locale():
+        _write_dicom_series(folder, array, geometry)
+
+
+def _write_dicom_series(folder: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
     if np.linalg.det(np.asarray(geometry.direction).reshape(3, 3)) < 0:
         raise ValueError("DICOM cannot store a left-handed direction matrix (e.g. LAS)")
     folder = Path(folder)

@@ -139,7 +139,8 @@ def _image_ending(name: str) -> str | None:
 def _is_dicom_folder(folder: Path) -> bool:
     if any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file()):
         return True
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    with io.keep_locale():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
 def find_cases(input: str | os.PathLike) -> list[tuple[str, Path]]:
