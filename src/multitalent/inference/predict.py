@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,6 +338,11 @@ def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str |
     todo: list[tuple[str, Path]] = []
     for case, path in cases:
         folder = out / case
+        if cfg.continue_ or cfg.overwrite:
+            # a killed run leaves its case's hidden temporary folder (`.<case>.<random>`); it is ours to remove
+            for stale in out.glob(f".{case}.*") if out.is_dir() else []:
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
         if folder.exists():
             if cfg.continue_ and _is_complete(folder, files):
                 continue
