@@ -982,8 +982,8 @@ def write_report(path: Path, ctx: dict) -> str:
       "script on the synthetic phantom collection (`docs/phantoms.md`). The paper's results (Ulrich et al., "
       "MultiTalent, MICCAI 2023) are quoted qualitatively, as what the paper reports: its tables could not "
       "be consulted while this script was written (only the abstract was at hand), so no Dice values of "
-      "the paper are given; the speed-ups (~6.5x training, ~13x inference at 13 datasets) are cited from "
-      "memory of the paper's text.\n")
+      "the paper are given; the speed-ups (~6.5x training, ~13x inference at 13 datasets) are quoted as "
+      "given in the issue that asked for this reproduction, not checked against the paper.\n")
     w("## Run\n")
     w(f"- command: `{ctx['command']}`")
     w(f"- seeds: training seed {ctx['seed']}; fine-tuning seeds {', '.join(map(str, ctx['ft_seeds']))}; "

@@ -40,7 +40,7 @@ def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str |
     """Fine-tune the network of ``model`` (run folder or checkpoint) on ``pre_target``."""
     ckpt = load_checkpoint(model)
     config = dict(ckpt["model_config"])
-    kwargs = dict(config.get("kwargs", {}))
+    kwargs = {k: v for k, v in config.items() if k != "name"}  # create_model stores options flat
     cfg.arch = config.get("name", cfg.arch)
     if cfg.arch == "swin_unetr":
         cfg.feature_size = kwargs.get("feature_size", cfg.feature_size)
