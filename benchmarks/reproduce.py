@@ -121,8 +121,11 @@ class Sizes:
         return self.ft_head_warmup_epochs + self.ft_full_warmup_epochs + self.ft_epochs
 
 
+# FULL uses the demo's grid (6 mm, patch 32x48x48): on 2 CPU cores MultiTalent learns the large organs
+# there within ~1000 iterations (docs/benchmarks.md); at 4 mm / 32x64x64 a patch holds less of the body
+# and the demo's network still predicted background everywhere after 240 iterations (before the head prior)
 FULL = Sizes(name="full", base_features=8, archs=("plain_unet", "resenc_unet"), swin_probe_iterations=4,
-             iterations_per_epoch=25, single_epochs=10, ft_iterations_per_epoch=10, ft_head_warmup_epochs=1,
+             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), iterations_per_epoch=25, single_epochs=14, ft_iterations_per_epoch=10, ft_head_warmup_epochs=1,
              ft_full_warmup_epochs=5, ft_epochs=14, ft_seeds=3, timing_scans=3)
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2, ft_iterations_per_epoch=1,
@@ -134,10 +137,10 @@ TINY = Sizes(name="tiny", datasets=("D005", "D006", "D007"), max_train=2, max_te
 SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY}
 
 # Calibration, measured while writing this script (2-core Xeon @ 2.5 GHz, torch 2.13 CPU with 2 threads,
-# preset small: 4 mm, patch 32x64x64, batch 2, the whole phantom collection; quiet moments of a shared
-# machine). Used to size FULL and for the projection in the report. s/it at 8 base features (SwinUNETR:
-# feature size 12).
-CALIBRATION_S_PER_IT = {"plain_unet": 0.39, "resenc_unet": 0.8, "swin_unetr": 1.8}
+# the whole phantom collection at 6 mm, patch 32x48x48, batch 2, num_workers=0, idle machine). Used to size
+# FULL and for the projection in the report. s/it at 8 base features (SwinUNETR: feature size 12, at 4 mm /
+# 32x64x64, as it needs a patch divisible by 32).
+CALIBRATION_S_PER_IT = {"plain_unet": 0.3, "resenc_unet": 0.37, "swin_unetr": 1.8}
 CALIBRATION_S_PER_EPOCH = 0.5  # checkpoint and progress plot after every epoch
 CALIBRATION_FULL_FIXED_MIN = 12.0  # FULL: phantoms, 4 preprocessings, ~100 predictions, 13 evaluations
 
@@ -162,12 +165,12 @@ def calibration_note(sizes: Sizes) -> str:
     full_min = projection(FULL)[2] + CALIBRATION_FULL_FIXED_MIN
     total = " + ".join(f"{n} {a}" for a, n in its.items())
     return (
-        "Calibration (measured while writing the script; 2-core Xeon @ 2.5 GHz, preset small: patch "
-        "32x64x64, batch 2): the plain U-Net with 8 base features takes 0.38-0.39 s per iteration with "
-        "`num_workers=0` (data wait 5-6 %) and 0.42 s with `num_workers=1` (data wait 1-3 %, but the loader "
-        "process competes with the two compute threads), so batches are built in the main process; 16 base "
-        "features cost ~1.6x, the residual U-Net ~2x and SwinUNETR (feature size 12) ~4.5x as much per "
-        "iteration. Predicting one test scan takes 1-3 s. On a shared machine (another process's threads on "
+        "Calibration (measured while writing the script; 2-core Xeon @ 2.5 GHz, 6 mm, patch 32x48x48, "
+        "batch 2, `num_workers=0`): the plain U-Net with 8 base features takes 0.27-0.32 s per iteration "
+        "(data wait 6-7 %), the residual U-Net 0.35-0.39 s; at 4 mm / patch 32x64x64 the plain U-Net took "
+        "0.38-0.39 s (0.42 s with `num_workers=1`: the loader process competes with the two compute threads, "
+        "so batches are built in the main process) and SwinUNETR (feature size 12) ~4.5x as much. "
+        "Predicting one test scan takes 1-3 s. On a shared machine (another process's threads on "
         "the same 2 cores) iterations were 5-10x slower. Projection for these sizes at the calibrated "
         f"speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} min of training on 2 idle "
         f"cores. The `--full` sizes project to ~{full_min:.0f} min in all "

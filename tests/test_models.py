@@ -11,6 +11,7 @@ from multitalent.models import (
     create_model,
     deep_supervision_scales,
     head_parameters,
+    init_head_bias,
     list_models,
     load_backbone,
     replace_heads,
@@ -158,3 +159,20 @@ def test_user_errors(plans: Plans):
         create_model("swin_unetr", Plans(spacing=[4.0] * 3, patch_size=[40, 64, 64]), 2, feature_size=12)
     with pytest.raises(UserInputError, match="n_stages"):
         create_model("plain_unet", plans, 2, n_stages=1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_head_prior_sets_every_output_to_the_prior(name: str, plans: Plans):
+    model = _small(name, plans, num_heads=3)
+    backbone_before = {k: v.clone() for k, v in model.state_dict().items()}
+    init_head_bias(model, 0.01)
+    head_ids = {id(p) for p in head_parameters(model)}
+    for head in model.heads():
+        assert torch.allclose(torch.sigmoid(head.bias), torch.full((3,), 0.01), atol=1e-6)
+    # only the biases of the heads changed
+    after = dict(model.named_parameters())
+    for k, v in after.items():
+        if id(v) not in head_ids or not k.endswith("bias"):
+            assert torch.equal(v, backbone_before[k]), k
+    with pytest.raises(UserInputError, match="between 0 and 1"):
+        init_head_bias(model, 1.0)

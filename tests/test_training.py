@@ -154,6 +154,19 @@ def test_single_dataset_training_has_only_its_heads(pre, tmp_path):
         loop.train(pre.root, tmp_path / "r2", small_cfg(epochs=1, datasets=["D009"]))
 
 
+@pytest.mark.parametrize("prior", [0.01, 0.0])
+def test_heads_start_at_the_prior(pre, tmp_path, prior):
+    seen = []
+
+    def spy(model):
+        seen.extend(torch.sigmoid(h.bias.detach().clone()) for h in model.heads())
+
+    loop.train(pre.root, tmp_path / "r", small_cfg(epochs=1, iterations_per_epoch=1, head_prior=prior), init_fn=spy)
+    assert seen
+    for probs in seen:
+        assert torch.allclose(probs, torch.full_like(probs, prior or 0.5), atol=1e-6)
+
+
 def test_nonfinite_loss_stops_training_with_a_clear_message(pre, tmp_path, monkeypatch):
     def nan_loss(*a, **k):
         return torch.tensor(float("nan"), requires_grad=True)

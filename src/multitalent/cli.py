@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="phantoms -> preprocess -> train -> predict -> evaluate, end to end")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--epochs", type=int, help="training epochs of 40 iterations (default: 25)")
+    p.add_argument("--epochs", type=int, help="training epochs of 50 iterations (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--quick", action="store_true", help="a minute-long smoke run (used by CI)")

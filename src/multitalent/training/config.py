@@ -32,6 +32,8 @@ class TrainConfig:
                                     "because left/right heads would swap", nargs="*")
     augment: bool = option(True, "nnU-Net data augmentation")
     deep_supervision: bool = option(True, "deep supervision (CNN backbones)")
+    head_prior: float = option(0.01, "initial foreground probability of every sigmoid head (output biases start at "
+                               "logit(p), which speeds up early training a lot; 0: nnU-Net's zero bias)")
     base_features: int = option(32, "features of the first stage (32 in nnU-Net; smaller for CPU tests)")
     n_stages: int = option(0, "truncate the U-Net to this many stages (0: all from plans)")
     feature_size: int = option(48, "SwinUNETR feature size")

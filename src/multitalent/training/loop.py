@@ -24,7 +24,7 @@ from tqdm import tqdm
 from multitalent.data.loader import STREAM_VAL, PatchBatches, make_loader, unpack_all
 from multitalent.errors import UserInputError, ensure_output_dir, write_json
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
-from multitalent.models import create_model, deep_supervision_scales, head_parameters
+from multitalent.models import create_model, deep_supervision_scales, head_parameters, init_head_bias
 from multitalent.preprocessing.pipeline import Preprocessed
 from multitalent.registry import HeadRegistry
 from multitalent.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -280,6 +280,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     total_iters = sum(p.iterations for p in phases)
     ipe = cfg.iterations_per_epoch
     epochs = math.ceil(total_iters / ipe)
+    if not 0.0 <= cfg.head_prior < 1.0:
+        raise UserInputError(f"--head-prior {cfg.head_prior}: give a probability in [0, 1) (0 keeps zero biases).")
     train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
     if not train_cases:
         raise UserInputError(f"{pre.root}: no training cases for fold {cfg.fold} and datasets {cfg.datasets or 'all'}.")
@@ -291,6 +293,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     model_kwargs = cfg.model_kwargs()
     model = create_model(cfg.arch, plans, Objective.count(cfg.objective, registry),
                          deep_supervision=cfg.deep_supervision, **model_kwargs)
+    if cfg.head_prior and cfg.objective == "multitalent":
+        init_head_bias(model, cfg.head_prior)  # before init_fn: fine-tuning keeps its loaded weights
     if init_fn is not None:
         init_fn(model)
     model.to(device)
