@@ -125,7 +125,8 @@ class Sizes:
 # there within ~1000 iterations (docs/benchmarks.md); at 4 mm / 32x64x64 a patch holds less of the body
 # and the demo's network still predicted background everywhere after 240 iterations (before the head prior)
 FULL = Sizes(name="full", base_features=8, archs=("plain_unet", "resenc_unet"), swin_probe_iterations=4,
-             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), iterations_per_epoch=25, single_epochs=14, ft_iterations_per_epoch=10, ft_head_warmup_epochs=1,
+             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), iterations_per_epoch=25, single_epochs=14,
+             ft_iterations_per_epoch=10, ft_head_warmup_epochs=1,
              ft_full_warmup_epochs=5, ft_epochs=14, ft_seeds=3, timing_scans=3)
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2, ft_iterations_per_epoch=1,
