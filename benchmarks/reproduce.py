@@ -554,8 +554,6 @@ class Reproduction:
 
         def fn(run: Path, resume: bool) -> None:
             epochs = s.ft_total_epochs if from_scratch else s.ft_epochs  # same number of iterations
-            # base_features is given explicitly: finetune() looks for it under model_config["kwargs"], but
-            # checkpoints store it flat in model_config, so it would fall back to the default of 32
             cfg = FinetuneConfig(epochs=epochs, iterations_per_epoch=s.ft_iterations_per_epoch,
                                  val_iterations=0, base_features=s.base_features,
                                  head_warmup_epochs=s.ft_head_warmup_epochs,

@@ -285,8 +285,6 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
     if not train_cases:
         raise UserInputError(f"{pre.root}: no training cases for fold {cfg.fold} and datasets {cfg.datasets or 'all'}.")
-    if main:  # only now, after every option was checked: a refused run leaves no folder behind
-        ensure_output_dir(out)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -297,6 +295,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         init_head_bias(model, cfg.head_prior)  # before init_fn: fine-tuning keeps its loaded weights
     if init_fn is not None:
         init_fn(model)
+    if main:  # only now, after every option and the model were checked: a refused run leaves no folder
+        ensure_output_dir(out)
     model.to(device)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cpu")
     if channels_last:
