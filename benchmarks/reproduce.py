@@ -553,8 +553,8 @@ class Reproduction:
         s = self.sizes
 
         def fn(run: Path, resume: bool) -> None:
-            epochs = s.ft_total_epochs if from_scratch else s.ft_epochs  # same number of iterations
-            cfg = FinetuneConfig(epochs=epochs, iterations_per_epoch=s.ft_iterations_per_epoch,
+            # from scratch: one poly phase as long as the three phases (finetune_phases)
+            cfg = FinetuneConfig(epochs=s.ft_epochs, iterations_per_epoch=s.ft_iterations_per_epoch,
                                  val_iterations=0, base_features=s.base_features,
                                  head_warmup_epochs=s.ft_head_warmup_epochs,
                                  full_warmup_epochs=s.ft_full_warmup_epochs, from_scratch=from_scratch,

@@ -44,6 +44,9 @@ def test_phases_follow_the_recipe():
     assert head.lr(0) == 0.0 and head.lr(10) == pytest.approx(5e-4)
     assert full.lr(0) == 0.0 and full.lr(10) == pytest.approx(5e-3) and full.lr(20) == pytest.approx(1e-2)
     assert poly.lr(0) == pytest.approx(1e-2) and poly.lr(30) == 0.0
+    # from scratch: as many iterations as the three phases, all poly
+    cfg.from_scratch = True
+    assert [(p.iterations, p.schedule, p.params) for p in finetune_phases(cfg)] == [(60, "poly", "all")]
 
 
 def test_head_warmup_keeps_the_pretrained_backbone(pretrained, tmp_path):
@@ -78,8 +81,8 @@ def test_whole_network_phases_change_the_backbone(pretrained, tmp_path):
     assert [r["phase"] for r in log] == ["head_warmup", "full_warmup", "train"]
     assert final["iteration"] == 6
     heads = _head_keys(final)
-    changed = [k for k, v in _split(final["state_dict"], heads)[0].items() if not torch.equal(v, source["state_dict"][k])]
-    assert changed
+    backbone = _split(final["state_dict"], heads)[0]
+    assert [k for k, v in backbone.items() if not torch.equal(v, source["state_dict"][k])]
 
 
 def test_from_scratch_ignores_the_pretrained_weights(pretrained, tmp_path, monkeypatch):
@@ -112,5 +115,5 @@ def test_a_backbone_of_another_shape_is_refused(pretrained, tmp_path, tiny_colle
     cfg = FinetuneConfig(epochs=1, head_warmup_epochs=0, full_warmup_epochs=0, **COMMON)
     with pytest.raises(UserInputError) as err:
         finetune(ckpt_path, other, tmp_path / "ft", cfg)
-    assert "stages" in str(err.value)
+    assert "has 3 stages" in str(err.value) and "pre_other" in str(err.value)
     assert not (tmp_path / "ft").exists()

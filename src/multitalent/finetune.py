@@ -17,15 +17,18 @@ from multitalent.errors import UserInputError
 from multitalent.models import head_parameters, load_backbone
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import FinetuneConfig
-from multitalent.training.loop import Phase, standard_phases, train
+from multitalent.training.loop import Phase, train
 
 log = logging.getLogger("multitalent")
 
 
 def finetune_phases(cfg: FinetuneConfig) -> list[Phase]:
+    """The three phases of fine-tuning; with ``from_scratch`` one poly phase of the same total length
+    (head warm-up + whole-network warm-up + ``epochs``), so the baseline gets as many iterations."""
     ipe = cfg.iterations_per_epoch
     if cfg.from_scratch:
-        return standard_phases(cfg)
+        total = cfg.head_warmup_epochs + cfg.full_warmup_epochs + cfg.epochs
+        return [Phase("train", total * ipe, "sgd", cfg.lr, 0.0, "poly", "all")]
     phases = []
     if cfg.head_warmup_epochs > 0:
         phases.append(Phase("head_warmup", cfg.head_warmup_epochs * ipe, "adamw", 0.0, cfg.head_lr, "linear", "heads"))
@@ -49,6 +52,14 @@ def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str |
         cfg.n_stages = kwargs.get("n_stages", 0) or 0
     if cfg.batch_size == 0:
         cfg.batch_size = 2
+    if cfg.arch != "swin_unetr" and cfg.n_stages:
+        from multitalent.preprocessing.pipeline import Preprocessed
+
+        available = Preprocessed.open(pre_target).plans.topology.n_stages
+        if cfg.n_stages > available:
+            raise UserInputError(f"{pre_target}: the pre-trained network has {cfg.n_stages} stages but this "
+                                 f"collection's plans allow only {available}; preprocess the target with the "
+                                 "pre-training's patch size and spacing.")
 
     def init(net: torch.nn.Module) -> None:
         if cfg.from_scratch:

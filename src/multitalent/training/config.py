@@ -64,4 +64,5 @@ class FinetuneConfig(TrainConfig):
     head_warmup_epochs: int = option(10, "phase 1: epochs training only the new heads (AdamW, lr rising linearly)")
     head_lr: float = option(5e-4, "phase 1: learning rate reached at the end of the head warm-up")
     full_warmup_epochs: int = option(50, "phase 2: epochs of whole-network SGD with lr rising linearly to --lr")
-    from_scratch: bool = option(False, "ignore the pre-trained weights (the comparison baseline)")
+    from_scratch: bool = option(False, "ignore the pre-trained weights: one poly phase as long as the three phases "
+                                "together (the comparison baseline)")
