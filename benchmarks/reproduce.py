@@ -889,10 +889,16 @@ def findings(ctx: dict) -> list[dict]:
     if "merged_softmax" in summaries:
         ms = summaries["merged_softmax"]
         d_ms = _diff(mt["dataset_average"]["dice_mean"], ms["dataset_average"]["dice_mean"])
+        found = {h for cases in ms.get("cases", {}).values() for heads_ in cases.values()
+                 for h, r in heads_.items() if (r.get("pred_voxels") or 0) > 0}
+        collapsed = ("; the merged softmax predicted no foreground for any head on any test case (background "
+                     "everywhere: each class is background in the datasets that do not annotate it)"
+                     if not found else f"; the merged softmax predicted foreground for {len(found)} of "
+                     f"{len(heads)} heads")
         add("t1_merged", "Sigmoid heads per (dataset, class) beat one softmax over merged classes",
             "Sect. 2-3: the merged softmax cannot represent overlapping or conflicting classes",
             f"{_pct(mt['dataset_average']['dice_mean'])} vs {_pct(ms['dataset_average']['dice_mean'])} "
-            f"({_points(d_ms)}, average over datasets)", None if d_ms is None else d_ms > 0)
+            f"({_points(d_ms)}, average over datasets){collapsed}", None if d_ms is None else d_ms > 0)
 
     for conflict, entry in ctx["fidelity"]["conflicts"].items():
         rows = {r["head"]: r for r in entry["rows"] if r["model"] == main}
