@@ -22,7 +22,7 @@ class DemoSize:
 
 
 FULL = DemoSize(epochs=30, iterations_per_epoch=50, val_iterations=4, base_features=8)
-# coarser than the "small" preset so that a 2-core CPU gets through 1500 iterations in about 8 minutes, after
+# coarser than the "small" preset so that a 2-core CPU gets through 1500 iterations in about 7 minutes, after
 # which liver, heart and lungs reach a validation pseudo-Dice above 0.8 (docs/benchmarks.md); at 4 mm and
 # patch 32x64x64 the patch holds less context and fewer iterations fit
 DEMO_SPACING = (6.0, 6.0, 6.0)
