@@ -10,8 +10,12 @@ What is measured (the output says it again, next to the numbers):
   and no loader workers per process, the same per-process batch). Efficiency = samples/s of 2 processes /
   (2 x samples/s of 1 process).
 * ``paper``: the paper config (patch 96x192x192, 47 heads, full-width U-Nets): model + loss + optimiser on
-  random tensors resident on the device, so no data wait by construction; the loader's time for one
-  paper-config batch is measured on its own (``paper-loader``) on a synthetic collection at 1.5x1x1 mm.
+  random tensors resident on the device, so no data wait by construction.
+* ``paper-loader``: the time to build one paper-config batch in one loader worker, on a synthetic
+  collection at 1.5x1x1 mm with the paper's 13 datasets and 47 heads.
+* ``paper-real``: the paper config fed by the real loader from that collection, with ``--paper-workers``
+  background processes (one measurement per value) and pinned memory on CUDA: iterations/s, data wait and
+  memory as a user's run would see them. This is the GPU check; on the CPU it only tries the code path.
 
 Each CPU measurement runs in a fresh process, so its peak RSS is its own. Step times are medians over the
 measured iterations after warm-up; it/s = 1 / median step time.
@@ -23,6 +27,7 @@ Examples::
     python benchmarks/train_throughput.py --parts paper --archs plain_unet --paper-batch 1
     python benchmarks/train_throughput.py --device cuda --parts paper --amp bf16 --channels-last
     python benchmarks/train_throughput.py --gpu-suite --out gpu.md  # every CUDA variant, one table
+    python benchmarks/train_throughput.py --device cuda --parts paper-real --amp bf16 --paper-workers 4 8 12
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multitalent.data.targets import batch_to_device
 from multitalent.training.distributed import DistInfo
 
 PAPER_HEADS = 47
@@ -128,16 +134,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    """Image, pairs and targets onto ``device`` like the loop (non-blocking from pinned memory)."""
-    nb = device.type == "cuda"
-    img = batch["image"].to(device, non_blocking=nb)
-    if channels_last:
-        img = img.contiguous(memory_format=torch.channels_last_3d)
-    return {"image": img, "pairs": batch["pairs"].to(device, non_blocking=nb),
-            "targets": [t.to(device, non_blocking=nb) for t in batch["targets"]]}
-
-
 class Trainer:
     """The training step of ``multitalent.training.loop`` (SGD with Nesterov momentum, gradient clipping,
     GradScaler for fp16), without the bookkeeping, so each step can be timed."""
@@ -199,7 +195,7 @@ def timed_steps(trainer: Trainer, batches: Iterator[dict], n: int) -> StepTimes:
         t0 = time.perf_counter()
         batch = next(batches)
         t1 = time.perf_counter()
-        trainer.step(to_device(batch, trainer.device, trainer.channels_last))
+        trainer.step(batch_to_device(batch, trainer.device, trainer.channels_last))
         sync(trainer.device)
         t2 = time.perf_counter()
         times.wait.append(t1 - t0)
@@ -270,23 +266,34 @@ def small_preprocessed(workdir: Path) -> Path:
     return pre
 
 
-def paper_preprocessed(workdir: Path) -> Path:
-    """A collection at the paper's 1.5x1x1 mm with datasets of 15, 4 and 1 structures, preprocessed once."""
+def paper_preprocessed(workdir: Path, patch: tuple[int, int, int] | None = None, workers: int = 1) -> Path:
+    """The paper-config collection: 13 datasets at 1.5x1x1 mm annotating 47 structures in all (the paper's
+    dataset sizes, ``PAPER_DATASET_HEADS``), two cases each, preprocessed once per workdir and patch.
+
+    The volumes are 112x224x224 voxels (smaller than the 144x263x263 box the loader cuts before rotating,
+    so every patch is partly padding, as near a real scan's border); with ``patch`` (to try the code paths
+    quickly) the volumes are 7/6 of the patch and the plans use that patch.
+    """
     from multitalent.preprocessing.pipeline import run_preprocessing
 
-    pre = workdir / "paper_pre"
+    name = "paper_pre" if patch is None else "paper_pre_" + "x".join(map(str, patch))
+    pre = workdir / name
     if not (pre / "plans.json").is_file():
-        raw = workdir / "paper_raw"
+        raw = workdir / (name.replace("_pre", "_raw"))
         shutil.rmtree(raw, ignore_errors=True)
-        manifest = write_blob_collection(raw, (112, 224, 224), (1.5, 1.0, 1.0), label_counts=(15, 4, 1),
-                                         cases=2)
-        run_preprocessing(manifest, pre, preset="paper", workers=1, progress=False)
+        shape = (112, 224, 224) if patch is None else tuple(int(math.ceil(v * 7 / 6)) for v in patch)
+        manifest = write_blob_collection(raw, shape, (1.5, 1.0, 1.0), label_counts=PAPER_DATASET_HEADS, cases=2)
+        run_preprocessing(manifest, pre, preset="paper", patch_size=patch, workers=workers, progress=False)
+        shutil.rmtree(raw, ignore_errors=True)
     return pre
 
 
 # ------------------------------------------------------------------------------------------- measurements
-def _small_config(pre_root: str, opts: dict, rank: int = 0, world: int = 1, port: int = 0) -> dict:
-    """Steps of the small config with the real loader; in rank ``rank`` of ``world`` gloo processes."""
+def _real_loader_steps(pre_root: str, opts: dict, rank: int = 0, world: int = 1, port: int = 0) -> dict:
+    """Training steps fed by the real loader (``opts["workers"]`` background processes, pinned memory on
+    CUDA), on the collection ``pre_root``; in rank ``rank`` of ``world`` gloo processes.
+
+    ``opts["base_features"]`` None builds the full-width network of the plans (the paper config)."""
     from multitalent.data.loader import PatchBatches, make_loader, unpack_all
     from multitalent.models import create_model, deep_supervision_scales
     from multitalent.preprocessing.pipeline import Preprocessed
@@ -304,8 +311,11 @@ def _small_config(pre_root: str, opts: dict, rank: int = 0, world: int = 1, port
         cases = [c["case"] for c in pre.cases]
         unpack_all(pre, cases)
         torch.manual_seed(0)
-        model = create_model(opts["arch"], pre.plans, len(pre.registry), deep_supervision=True,
-                             base_features=opts["base_features"])
+        width = {} if opts.get("base_features") is None else {"base_features": opts["base_features"]}
+        model = create_model(opts["arch"], pre.plans, len(pre.registry), deep_supervision=True, **width)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))
         scales = deep_supervision_scales(pre.plans)
         trainer = Trainer(model, len(scales), len(pre.registry), device, opts["amp"], opts["channels_last"],
                           opts["compile"], info)
@@ -320,7 +330,7 @@ def _small_config(pre_root: str, opts: dict, rank: int = 0, world: int = 1, port
             patch="x".join(map(str, pre.plans.patch_size)), batch=batch, processes=world,
             threads=opts["threads"], workers=opts["workers"], amp=opts["amp"],
             channels_last=opts["channels_last"], compile=opts["compile"],
-            note=f"{len(pre.registry)} heads, base features {opts['base_features']}, real loader")
+            note=f"{len(pre.registry)} heads, base features {opts.get('base_features') or 'full'}, real loader")
         fill(result, times, opts["warmup"], True, device)
         if world > 1:  # DDP keeps the ranks in step: average their medians
             from multitalent.training.distributed import reduce_detached
@@ -383,7 +393,8 @@ def _paper_step(opts: dict) -> dict:
 
 
 def _paper_loader(pre_root: str, opts: dict) -> dict:
-    """Time to build paper-config batches in one loader worker (one thread, augmentation on)."""
+    """Time to build paper-config batches in one loader worker (one thread, augmentation on); the targets
+    are expanded from the label maps where the batch is used, on the device (timed apart on the CPU)."""
     from multitalent.data.loader import PatchBatches, unpack_all
     from multitalent.models import deep_supervision_scales
     from multitalent.preprocessing.pipeline import Preprocessed
@@ -394,18 +405,23 @@ def _paper_loader(pre_root: str, opts: dict) -> dict:
     unpack_all(pre, cases)
     scales = deep_supervision_scales(pre.plans)[:-1]
     data = PatchBatches(pre, cases, opts["batch"], pre.plans.patch_size, scales, seed=0)
-    times = []
+    times, expand, shipped = [], [], []
     for i in range(opts["warmup"] + opts["iterations"]):
         t = time.perf_counter()
-        data[i]
+        batch = data[i]
         times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        batch_to_device(batch, torch.device("cpu"))
+        expand.append(time.perf_counter() - t)
+        shipped.append(sum(v.numel() * v.element_size() for v in [batch["image"], *batch["labels"]]))
     measured = times[opts["warmup"]:] or times
-    labels = ", ".join(str(len(pre.registry.heads_of(d))) for d in pre.registry.dataset_ids)
     res = Result(name=opts["name"], device="cpu", arch="-", patch="x".join(map(str, pre.plans.patch_size)),
                  batch=opts["batch"], threads=1, workers=1, iterations=len(measured),
                  step_s=statistics.median(measured), first_step_s=times[0], peak_rss_gb=peak_rss_gb(),
-                 note=f"loader only: s per batch in one worker (datasets of {labels} structures, "
-                      "augmentation on)")
+                 note=f"loader only: s per batch in one worker ({len(pre.registry)} heads in "
+                      f"{len(pre.registry.dataset_ids)} datasets, augmentation on); "
+                      f"{statistics.median(shipped) / 1e6:.3g} MB shipped per batch; expanding the targets on "
+                      f"the CPU {statistics.median(expand[opts['warmup']:] or expand):.3f} s")
     return asdict(res)
 
 
@@ -489,7 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--parts", nargs="+", choices=["small", "scaling", "paper", "paper-loader"],
+    p.add_argument("--parts", nargs="+", choices=["small", "scaling", "paper", "paper-loader", "paper-real"],
                    help="what to measure (default: small scaling paper-loader on cpu, small paper on cuda)")
     add = p.add_argument
     add("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA only)")
@@ -509,8 +525,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--workdir", type=Path, help="keep the synthetic collections here (default: a temp folder)")
     add("--gpu-suite", action="store_true", help="all CUDA measurements of the paper config in one go "
         "(plain and residual U-Net, batch 4, amp off/bf16/fp16, channels-last, compile)")
-    add("--paper-patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch of the paper-config step "
+    add("--paper-patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch of the paper config "
         "(default 96 192 192; smaller only to try the code paths quickly)")
+    add("--paper-workers", type=int, nargs="+", help="loader processes of paper-real, one measurement per "
+        "value (default: CPU cores - 2, at most 12)")
     add("--force", action="store_true", help="run the CPU paper config even if it may not fit in memory")
     add("--out", type=Path, help="also write the Markdown report here")
     return p.parse_args(argv)
@@ -572,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     tmp = None
     workdir = args.workdir
-    if workdir is None and any(p in parts for p in ("small", "scaling", "paper-loader")):
+    if workdir is None and any(p in parts for p in ("small", "scaling", "paper-loader", "paper-real")):
         tmp = tempfile.mkdtemp(prefix="mt_bench_")
         workdir = Path(tmp)
     try:
@@ -586,15 +604,15 @@ def main(argv: list[str] | None = None) -> int:
             if "small" in parts:
                 opts = {**base, "name": "small config", "threads": args.threads or cores,
                         "workers": args.num_workers}
-                results.append(result_from(isolated(_small_config, str(pre), opts), name="small config"))
+                results.append(result_from(isolated(_real_loader_steps, str(pre), opts), name="small config"))
             if "scaling" in parts:
                 if device.type == "cuda":
                     print("scaling is measured with gloo on CPU only; skipped", file=sys.stderr)
                 else:
                     opts = {**base, "threads": 1, "workers": 0, "name": "scaling, 1 process"}
-                    one = result_from(isolated(_small_config, str(pre), opts, processes=1, port_arg=True))
+                    one = result_from(isolated(_real_loader_steps, str(pre), opts, processes=1, port_arg=True))
                     opts = {**opts, "name": "scaling, 2 processes"}
-                    two = result_from(isolated(_small_config, str(pre), opts, processes=2, port_arg=True))
+                    two = result_from(isolated(_real_loader_steps, str(pre), opts, processes=2, port_arg=True))
                     if not (one.error or two.error):
                         eff = two.samples_per_s / (2 * one.samples_per_s)
                         two.note += f"; scaling efficiency {100 * eff:.0f}%"
@@ -619,12 +637,27 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     results.append(result_from(isolated(_paper_step, opts), name="paper step", device="cpu",
                                                arch=arch, batch=batch))
-        if "paper-loader" in parts:
+        if "paper-loader" in parts or "paper-real" in parts:
             workdir.mkdir(parents=True, exist_ok=True)
-            pre = paper_preprocessed(workdir)
+            patch = tuple(args.paper_patch) if args.paper_patch else None
+            paper_pre = paper_preprocessed(workdir, patch, workers=min(8, cores))
+        if "paper-loader" in parts:
             opts = dict(name="paper loader", batch=args.paper_batch or 4,
                         warmup=1 if args.warmup < 0 else args.warmup, iterations=args.iterations or 4)
-            results.append(result_from(isolated(_paper_loader, str(pre), opts), name="paper loader"))
+            results.append(result_from(isolated(_paper_loader, str(paper_pre), opts), name="paper loader"))
+        if "paper-real" in parts:
+            batch = args.paper_batch or (4 if device.type == "cuda" else 2)
+            for arch in args.archs:
+                for workers in args.paper_workers or [max(1, min(12, cores - 2))]:
+                    opts = dict(name="paper step, real loader", device=args.device, arch=arch, base_features=None,
+                                batch=batch, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                                cudnn_benchmark=args.cudnn_benchmark, threads=args.threads or cores,
+                                workers=workers, warmup=3 if args.warmup < 0 else args.warmup,
+                                iterations=args.iterations or (20 if device.type == "cuda" else 2))
+                    res = result_from(isolated(_real_loader_steps, str(paper_pre), opts), name=opts["name"],
+                                      device=args.device, arch=arch, batch=batch, amp=args.amp)
+                    results.append(res)
+                    print(table([res]).splitlines()[-1], flush=True)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

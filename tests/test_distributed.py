@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from multitalent.data.loader import PatchBatches
+from multitalent.data.targets import batch_to_device
 from multitalent.errors import UserInputError
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
 from multitalent.models import create_model, deep_supervision_scales
@@ -67,7 +68,7 @@ def _train_step(pre_root: str, info: DistInfo) -> dict:
     loss_fn = MultiTalentLoss(ds_weights=weights[:used], sum_fn=distributed.all_reduce_sum if info.enabled else None)
 
     def step(net: torch.nn.Module, iteration: int) -> torch.Tensor:
-        batch = data[iteration]
+        batch = batch_to_device(data[iteration], torch.device("cpu"))
         loss = loop.loss_on_batch(net(batch["image"]), batch, loss_fn, heads, bce_scale=info.world_size)
         loss.backward()
         return loss.detach()
@@ -134,9 +135,10 @@ def _torchrun(args: list[str], env: dict | None = None, timeout: float = 240) ->
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-# runs `multitalent` under torchrun; the rank in $FAIL_RANK raises after its FAIL_AT-th loss computation
+# runs `multitalent` under torchrun; the rank in $FAIL_RANK raises (or, with FAIL_MODE=hang, stops answering)
+# after its FAIL_AT-th loss computation
 RUNNER = """
-import os, sys
+import os, sys, time
 from multitalent.training import loop
 if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
     real, calls = loop.loss_on_batch, []
@@ -144,6 +146,9 @@ if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
         loss = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == int(os.environ["FAIL_AT"]):
+            if os.environ.get("FAIL_MODE") == "hang":
+                print("rank " + os.environ["RANK"] + " hangs", flush=True)
+                time.sleep(3600)
             raise RuntimeError("injected failure on rank " + os.environ["RANK"])
         return loss
     loop.loss_on_batch = failing
@@ -204,6 +209,35 @@ def test_torchrun_training_fails_fast_resumes_and_matches_one_process(pre, tmp_p
     for got, want in zip(log, ref_log):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+
+
+def _devices_with_two_ranks() -> list:
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="nccl needs two CUDA devices (one per rank)"))]
+
+
+@pytest.mark.parametrize("device", _devices_with_two_ranks())
+def test_hanging_rank_is_ended_by_the_collective_timeout(pre, tmp_path, device):
+    """Rank 1 stops answering inside a step (as with stuck I/O or a deadlock); rank 0 waits in the next
+    collective until MULTITALENT_DIST_TIMEOUT, fails (gloo: an error; nccl: the watchdog aborts it), and
+    torchrun then ends rank 1: the job ends shortly after the timeout instead of hanging."""
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    run = tmp_path / "ddp"
+    args = [str(runner), "-q", "train", str(pre.root), "-o", str(run), *TRAIN_ARGS[:-4], "--device", device,
+            *TRAIN_ARGS[-2:]]
+    timeout = 20
+    start = time.monotonic()
+    hung = _torchrun(args, env={"FAIL_RANK": "1", "FAIL_AT": "2", "FAIL_MODE": "hang",
+                                "MULTITALENT_DIST_TIMEOUT": str(timeout)})
+    elapsed = time.monotonic() - start
+    out = hung.stdout + hung.stderr
+    assert hung.returncode != 0
+    assert "rank 1 hangs" in out
+    assert "timed out" in out.lower() or "timeout" in out.lower(), out[-3000:]
+    # ended by the timeout (not earlier by something else), and promptly after it
+    assert timeout <= elapsed < timeout + 90, f"the job took {elapsed:.0f} s with a {timeout} s collective timeout"
+    assert not (run / "checkpoint_final.pt").exists()
 
 
 def test_global_batch_must_split_evenly(pre, tmp_path, monkeypatch):

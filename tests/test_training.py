@@ -11,8 +11,10 @@ import torch
 
 from multitalent.data.loader import PatchBatches, crop_padded
 from multitalent.data.sampling import case_probabilities
+from multitalent.data.targets import _expand_cpu, _expand_gather, batch_to_device, label_dtype
 from multitalent.errors import UserInputError
 from multitalent.preprocessing.pipeline import Preprocessed, run_preprocessing
+from multitalent.registry import region_masks
 from multitalent.training import loop
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import TrainConfig
@@ -58,15 +60,47 @@ def test_crop_padded_fills_outside():
 
 def test_batches_are_deterministic_and_compact(pre):
     data = PatchBatches(pre, [c["case"] for c in pre.cases], 2, pre.plans.patch_size, [(1, 1, 1), (2, 2, 2)], seed=7)
-    a, b = data[5], data[5]
+    raw = data[5]
+    # the loader ships one label map per sample and level, not one mask per head
+    assert raw["labels"][0].shape == (2, 16, 32, 32) and raw["labels"][1].shape == (2, 8, 16, 16)
+    assert raw["labels"][0].dtype == torch.uint8 and "targets" not in raw
+    a, b = batch_to_device(raw, torch.device("cpu")), batch_to_device(data[5], torch.device("cpu"))
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["targets"][0], b["targets"][0])
     assert not torch.equal(a["image"], data[6]["image"])
     assert a["image"].shape == (2, 1, 16, 32, 32)
     # one target row per annotated (sample, head) pair, at every deep-supervision level
     k = len(a["pairs"])
     assert a["targets"][0].shape == (k, 16, 32, 32) and a["targets"][1].shape == (k, 8, 16, 16)
+    assert sum(raw["pair_counts"]) == k and raw["label_lut"].shape[0] == k
     for s, h in a["pairs"].tolist():
         assert pre.registry.heads[h].dataset == a["datasets"][s]
+    # the targets are each dataset's head masks (regions included) of the sample's label map
+    for lvl in range(2):
+        rows = []
+        for s, ds in enumerate(a["datasets"]):
+            rows.append(pre.registry.targets(raw["labels"][lvl][s].numpy(), ds))
+        expected = np.concatenate(rows).astype(np.uint8)
+        assert np.array_equal(a["targets"][lvl].numpy(), expected)
+    assert a["targets"][0].sum() > 0
+
+
+def test_target_expansion_paths_agree():
+    """The CPU path (equality with label values) and the device path (gather) build the same masks as
+    region_masks, for plain and multi-label heads; values beyond the table are background."""
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, 8, size=(2, 6, 7, 8)).astype(np.uint8)
+    lab[0, 0, 0, :3] = (9, 200, 255)  # beyond the table
+    plain = [(1,), (3,), (7,)]
+    regions = [(1, 2), (2,), (4, 5, 6), ()]
+    for heads in (plain, regions):
+        table = np.zeros((len(heads), 8), dtype=bool)
+        for i, r in enumerate(heads):
+            table[i, list(r)] = True
+        expected = region_masks(lab[0], [r or (99,) for r in heads])
+        got_cpu = _expand_cpu(lab[0], table)
+        got_gather = _expand_gather(torch.from_numpy(lab[0]), torch.from_numpy(table)).numpy()
+        assert np.array_equal(got_cpu, expected) and np.array_equal(got_gather, expected)
+    assert label_dtype(256) == torch.uint8 and label_dtype(257) == torch.int16
 
 
 def test_global_batch_is_split_across_ranks(pre):
@@ -90,7 +124,8 @@ def test_foreground_oversampling(tmp_path):
 
     def centre_hits(fraction: float) -> float:
         data = PatchBatches(pre, ["s0"], 1, (4, 4, 4), [(1, 1, 1)], augment=False, fg_fraction=fraction)
-        return float(np.mean([data[i]["targets"][0][:, 2, 2, 2].any().item() for i in range(90)]))
+        return float(np.mean([batch_to_device(data[i], torch.device("cpu"))["targets"][0][:, 2, 2, 2].any().item()
+                              for i in range(90)]))
 
     assert centre_hits(1.0) == 1.0
     assert centre_hits(0.0) < 0.1

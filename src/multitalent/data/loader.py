@@ -5,9 +5,12 @@ its patch and its augmentation from a random stream seeded by those numbers. Thi
 resumable bit for bit (no data-loader state to save), independent of the number of workers, and lets
 ``torchrun`` ranks each build their own share of the same global batch that one process would build.
 
-Targets are compact: only the (sample, head) pairs that are annotated in the sample's source dataset
-are materialised, as ``targets[level]`` of shape [K, z, y, x] with ``pairs`` [K, 2] = (sample, head).
-Memory and work therefore scale with the heads of the sampled datasets, not with all heads.
+A batch carries each sample's label map once per deep-supervision level (``labels[level]``: [B, z, y, x])
+and ``pairs`` [K, 2] = (sample, head), the (sample, head) pairs annotated in the sample's source dataset,
+with a row of the label lookup table per pair (``label_lut``, see :mod:`multitalent.data.targets`). The
+binary targets ``targets[level]`` [K, z, y, x] are built from these where the batch is used
+(:func:`multitalent.data.targets.batch_to_device`), so memory and work scale with the heads of the sampled
+datasets, not with all heads, and the loader ships one label map per sample rather than one mask per head.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from multitalent.data.augment import initial_patch_size, training_transforms
 from multitalent.data.sampling import case_probabilities
+from multitalent.data.targets import batch_to_device, expand_targets, label_dtype
 from multitalent.preprocessing.normalization import normalize
 from multitalent.preprocessing.pipeline import Preprocessed
 from multitalent.registry import HeadRegistry
@@ -61,10 +65,14 @@ class CaseStore:
         return self._cache[case]
 
 
-def crop_padded(volume: np.ndarray, center: Sequence[int], size: Sequence[int], pad_value: float) -> np.ndarray:
-    """The box of ``size`` centred on ``center``; parts outside the volume are filled with ``pad_value``."""
+def crop_padded(volume: np.ndarray, center: Sequence[int], size: Sequence[int], pad_value: float,
+                dtype: np.dtype | type | None = None) -> np.ndarray:
+    """The box of ``size`` centred on ``center``; parts outside the volume are filled with ``pad_value``.
+
+    ``dtype`` (default: the volume's) is the type of the result; the copy converts on the way.
+    """
     start = [int(c) - s // 2 for c, s in zip(center, size)]
-    out = np.full(tuple(size), pad_value, dtype=volume.dtype)
+    out = np.full(tuple(size), pad_value, dtype=dtype or volume.dtype)
     src, dst = [], []
     for st, s, n in zip(start, size, volume.shape):
         lo, hi = max(st, 0), min(st + s, n)
@@ -108,11 +116,13 @@ class PatchBatches(Dataset):
         self.in_size = initial_patch_size(self.patch_size) if augment else self.patch_size
         self.transforms = (training_transforms(self.patch_size, self.pad_value, mirror_axes) if augment else None)
         self.store = CaseStore(pre)
-        # label value -> head membership lookup per dataset: [n_heads_of_ds, max_label + 1]
+        # label value -> head membership lookup per dataset: [n_heads_of_ds, L], L = largest label of all
+        # datasets + 1, so that every dataset's rows fit one table
+        top = max(v for h in self.registry.heads for v in h.labels) + 1
+        self.label_dtype = label_dtype(top)
         self._lut: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for ds in self.registry.dataset_ids:
             heads = self.registry.heads_of(ds)
-            top = max(v for h in heads for v in h.labels) + 1
             lut = torch.zeros(len(heads), top, dtype=torch.bool)
             for i, h in enumerate(heads):
                 lut[i, list(h.labels)] = True
@@ -136,10 +146,11 @@ class PatchBatches(Dataset):
         if center is None:
             center = [int(rng.integers(min(p // 2, n // 2), max(n - p // 2, n // 2) + 1))
                       for p, n in zip(self.patch_size, shape)]
-        image = crop_padded(data["image"], center, self.in_size, AIR_HU)
-        seg = crop_padded(data["seg"], center, self.in_size, 0)
-        img_t = torch.from_numpy(normalize(image, self.norm))[None]
-        seg_t = torch.from_numpy(seg.astype(np.int16))[None]
+        # cropped straight into float32 and normalised in place (one copy of the larger pre-rotation box)
+        image = crop_padded(data["image"], center, self.in_size, AIR_HU, dtype=np.float32)
+        seg = crop_padded(data["seg"], center, self.in_size, 0, dtype=np.int16)
+        img_t = torch.from_numpy(normalize(image, self.norm, inplace=True))[None]
+        seg_t = torch.from_numpy(seg)[None]
         if self.transforms is not None:
             # batchgeneratorsv2 draws from torch's, numpy's and Python's global generators
             aug_seed = int(rng.integers(2**31))
@@ -148,13 +159,10 @@ class PatchBatches(Dataset):
             random.seed(aug_seed)
             out = self.transforms(image=img_t, segmentation=seg_t)
             img_t, seg_t = out["image"], out["segmentation"]
-        seg_t = seg_t[0].long()
-        lut, _ = self._lut[ds]
-        seg_t = seg_t.clamp_(0, lut.shape[1] - 1)
-        levels = []
-        for scale in self.ds_scales:
-            s = seg_t[:: scale[0], :: scale[1], :: scale[2]] if max(scale) > 1 else seg_t
-            levels.append(lut[:, s].to(torch.uint8))
+        # nearest-neighbour resampling keeps the label values, so the map fits the label type; values beyond
+        # the table (impossible after preprocessing's checks) would count as background
+        seg_t = seg_t[0]
+        levels = [seg_t[:: sc[0], :: sc[1], :: sc[2]].to(self.label_dtype) for sc in self.ds_scales]
         return img_t.float(), levels, case, ds
 
     def __getitem__(self, iteration: int) -> dict:
@@ -164,13 +172,14 @@ class PatchBatches(Dataset):
         np.random.set_state(np_state)
         random.setstate(py_state)
         images = torch.stack([s[0] for s in samples])
-        pairs, targets = [], [[] for _ in self.ds_scales]
-        for b, (_, levels, _, ds) in enumerate(samples):
-            _, head_idx = self._lut[ds]
+        pairs, luts = [], []
+        for b, (_, _, _, ds) in enumerate(samples):
+            lut, head_idx = self._lut[ds]
             pairs.append(torch.stack([torch.full_like(head_idx, b), head_idx], 1))
-            for lvl, t in enumerate(levels):
-                targets[lvl].append(t)
-        return {"image": images, "pairs": torch.cat(pairs), "targets": [torch.cat(t) for t in targets],
+            luts.append(lut)
+        labels = [torch.stack([s[1][lvl] for s in samples]) for lvl in range(len(self.ds_scales))]
+        return {"image": images, "pairs": torch.cat(pairs), "labels": labels, "label_lut": torch.cat(luts),
+                "pair_counts": [len(p) for p in pairs],
                 "cases": [s[2] for s in samples], "datasets": [s[3] for s in samples], "iteration": iteration}
 
 
@@ -201,4 +210,5 @@ def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:
             store._unpack(c)
 
 
-__all__ = ["PatchBatches", "CaseStore", "make_loader", "unpack_all", "crop_padded"]
+__all__ = ["PatchBatches", "CaseStore", "make_loader", "unpack_all", "crop_padded", "batch_to_device",
+           "expand_targets"]

@@ -29,9 +29,12 @@ def compute_normalization(samples: Sequence[np.ndarray]) -> Normalization:
     return Normalization(lower=float(lower), upper=float(upper), mean=float(clipped.mean()), std=max(std, 1e-8))
 
 
-def normalize(image: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Apply the CT normalisation; returns float32."""
-    out = np.clip(image.astype(np.float32, copy=False), norm.lower, norm.upper)
+def normalize(image: np.ndarray, norm: Normalization, inplace: bool = False) -> np.ndarray:
+    """Apply the CT normalisation; returns float32 (``image`` itself if ``inplace`` and it is float32)."""
+    if inplace and image.dtype == np.float32:
+        out = np.clip(image, norm.lower, norm.upper, out=image)
+    else:
+        out = np.clip(image.astype(np.float32, copy=False), norm.lower, norm.upper)
     out -= np.float32(norm.mean)
     out /= np.float32(norm.std)
     return out

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from multitalent.data.loader import STREAM_VAL, PatchBatches, make_loader, unpack_all
+from multitalent.data.targets import batch_to_device
 from multitalent.errors import UserInputError, ensure_output_dir, write_json
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
 from multitalent.models import create_model, deep_supervision_scales, head_parameters, init_head_bias
@@ -183,18 +184,6 @@ def loss_on_batch(model_out: torch.Tensor | list[torch.Tensor], batch: dict, los
     return loss_fn.pairs(selected, batch["targets"][: len(selected)], pairs[:, 1], num_heads, bce_scale=bce_scale)
 
 
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    nb = device.type == "cuda"
-    batch = dict(batch)
-    img = batch["image"].to(device, non_blocking=nb)
-    if channels_last:
-        img = img.contiguous(memory_format=torch.channels_last_3d)
-    batch["image"] = img
-    batch["pairs"] = batch["pairs"].to(device, non_blocking=nb)
-    batch["targets"] = [t.to(device, non_blocking=nb) for t in batch["targets"]]
-    return batch
-
-
 @torch.no_grad()
 def validate(model: torch.nn.Module, loader, objective: Objective, registry: HeadRegistry,
              device: torch.device, amp: torch.dtype | None, dinfo: DistInfo) -> dict:
@@ -204,7 +193,7 @@ def validate(model: torch.nn.Module, loader, objective: Objective, registry: Hea
     tp, fp, fn = (torch.zeros(h, dtype=torch.float64, device=device) for _ in range(3))
     losses = []
     for batch in loader:
-        batch = _to_device(batch, device, False)
+        batch = batch_to_device(batch, device)
         with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
             out = model(batch["image"])
         out = out if isinstance(out, (list, tuple)) else [out]
@@ -384,7 +373,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
                     net = wrap(model)
             for g in optimizer.param_groups:
                 g["lr"] = phases[phase_idx].lr(t_in, cfg.poly_exponent)
-            batch = _to_device(batch, device, channels_last)
+            batch = batch_to_device(batch, device, channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
                 out_ = net(batch["image"])
