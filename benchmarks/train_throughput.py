@@ -528,7 +528,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--paper-patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch of the paper config "
         "(default 96 192 192; smaller only to try the code paths quickly)")
     add("--paper-workers", type=int, nargs="+", help="loader processes of paper-real, one measurement per "
-        "value (default: CPU cores - 2, at most 12)")
+        "value (default: what `multitalent train` chooses: on CUDA CPU cores - 1, at most 12; on CPU 2)")
     add("--force", action="store_true", help="run the CPU paper config even if it may not fit in memory")
     add("--out", type=Path, help="also write the Markdown report here")
     return p.parse_args(argv)
@@ -646,9 +646,11 @@ def main(argv: list[str] | None = None) -> int:
                         warmup=1 if args.warmup < 0 else args.warmup, iterations=args.iterations or 4)
             results.append(result_from(isolated(_paper_loader, str(paper_pre), opts), name="paper loader"))
         if "paper-real" in parts:
+            from multitalent.data.loader import auto_num_workers
+
             batch = args.paper_batch or (4 if device.type == "cuda" else 2)
             for arch in args.archs:
-                for workers in args.paper_workers or [max(1, min(12, cores - 2))]:
+                for workers in args.paper_workers or [auto_num_workers(-1, device.type)]:
                     opts = dict(name="paper step, real loader", device=args.device, arch=arch, base_features=None,
                                 batch=batch, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                                 cudnn_benchmark=args.cudnn_benchmark, threads=args.threads or cores,

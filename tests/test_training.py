@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from multitalent.data.loader import PatchBatches, crop_padded
+from multitalent.data.loader import MAX_AUTO_WORKERS, PatchBatches, auto_num_workers, crop_padded
 from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import _expand_cpu, _expand_gather, batch_to_device, label_dtype
 from multitalent.errors import UserInputError
@@ -219,3 +219,12 @@ def test_poly_and_linear_phases():
     assert lin.lr(5) == pytest.approx(2.5e-4)
     phases = [loop.Phase("a", 3), loop.Phase("b", 4)]
     assert loop._phase_at(phases, 2) == (0, 2) and loop._phase_at(phases, 3) == (1, 0)
+
+
+def test_automatic_loader_workers():
+    assert auto_num_workers(3, "cuda", cores=64) == 3 and auto_num_workers(0, "cpu") == 0  # given: kept
+    assert auto_num_workers(-1, "cpu", cores=64) == 2
+    assert auto_num_workers(-1, "cuda", cores=16) == MAX_AUTO_WORKERS == 12
+    assert auto_num_workers(-1, "cuda", cores=8) == 7
+    assert auto_num_workers(-1, "cuda", local_processes=4, cores=32) == 7  # the node's cores are shared
+    assert auto_num_workers(-1, "cuda", local_processes=8, cores=8) == 1  # never fewer than one

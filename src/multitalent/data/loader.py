@@ -192,6 +192,27 @@ def _identity(batch: dict) -> dict:
     return batch
 
 
+#: most loader workers chosen automatically per training process (nnU-Net's default for 3D is 12)
+MAX_AUTO_WORKERS = 12
+
+
+def auto_num_workers(requested: int, device_type: str, local_processes: int = 1, cores: int | None = None) -> int:
+    """The loader workers to start: ``requested`` if >= 0, else automatic.
+
+    Automatic: on CUDA, the CPU cores this process may use, shared among the training processes of this node,
+    minus one for the training process itself, at most :data:`MAX_AUTO_WORKERS` (one paper-config worker
+    builds a batch of 4 in about 1.3 s, a GPU step takes 0.14-0.27 s: docs/distributed.md); on the CPU, 2
+    (the workers compete with the training threads for the same cores).
+    """
+    if requested >= 0:
+        return requested
+    if device_type != "cuda":
+        return 2
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, local_processes) - 1))
+
+
 def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False,
                 prefetch: int = 2) -> DataLoader:
     """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
@@ -210,5 +231,5 @@ def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:
             store._unpack(c)
 
 
-__all__ = ["PatchBatches", "CaseStore", "make_loader", "unpack_all", "crop_padded", "batch_to_device",
-           "expand_targets"]
+__all__ = ["PatchBatches", "CaseStore", "make_loader", "auto_num_workers", "unpack_all", "crop_padded",
+           "batch_to_device", "expand_targets"]

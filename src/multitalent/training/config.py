@@ -44,7 +44,9 @@ class TrainConfig:
                                 "about 1.9x faster here; off for CUDA, where it was slower), on or off",
                                 choices=["auto", "on", "off"])
     compile: bool = option(False, "torch.compile the network (CUDA)")
-    num_workers: int = option(2, "background processes building batches (0: in the main process)")
+    num_workers: int = option(-1, "background processes building batches, per training process; -1: automatic "
+                              "(on CUDA the CPU cores available / training processes on this node - 1, at most 12; "
+                              "on CPU 2); 0: in the main process")
     seed: int = option(0, "random seed (weights, sampling, augmentation)")
     resume: bool = option(False, "continue from RUN/checkpoint_latest.pt")
     max_nonfinite: int = option(5, "stop after this many consecutive steps with a non-finite loss")

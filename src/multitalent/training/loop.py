@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multitalent.data.loader import STREAM_VAL, PatchBatches, make_loader, unpack_all
+from multitalent.data.loader import STREAM_VAL, PatchBatches, auto_num_workers, make_loader, unpack_all
 from multitalent.data.targets import batch_to_device
 from multitalent.errors import UserInputError, ensure_output_dir, write_json
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
@@ -269,6 +269,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     total_iters = sum(p.iterations for p in phases)
     ipe = cfg.iterations_per_epoch
     epochs = math.ceil(total_iters / ipe)
+    if cfg.num_workers < -1:
+        raise UserInputError(f"--num-workers {cfg.num_workers}: give 0 or more, or -1 to choose automatically.")
     if not 0.0 <= cfg.head_prior < 1.0:
         raise UserInputError(f"--head-prior {cfg.head_prior}: give a probability in [0, 1) (0 keeps zero biases).")
     train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
@@ -307,6 +309,9 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     # each rank unpacks a share; this barrier allows hours (a large collection), the training collectives not
     unpack_all(pre, sorted(set(train_cases) | set(val_cases))[dinfo.rank :: dinfo.world_size])
     setup_barrier(dinfo)
+    workers = auto_num_workers(cfg.num_workers, device.type, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if main:
+        log.info("%d loader worker(s) per training process", workers)
 
     amp = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
@@ -358,7 +363,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     for epoch in range(start_iter // ipe, epochs):
         ep_start = time.perf_counter()
         ep_end_iter = min((epoch + 1) * ipe, total_iters)
-        loader = make_loader(train_data, it, ep_end_iter, cfg.num_workers, pin_memory=pin)
+        loader = make_loader(train_data, it, ep_end_iter, workers, pin_memory=pin)
         losses, skipped, wait = [], 0, 0.0
         bar = tqdm(total=ep_end_iter - it, desc=f"epoch {epoch + 1}/{epochs}", unit="it", disable=quiet, leave=False)
         t_wait = time.perf_counter()
@@ -411,7 +416,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         bar.close()
         del loader
         train_time = time.perf_counter() - ep_start
-        val = validate(net, make_loader(val_data, 0, cfg.val_iterations, cfg.num_workers, pin_memory=pin),
+        val = validate(net, make_loader(val_data, 0, cfg.val_iterations, workers, pin_memory=pin),
                        objective, registry, device, amp, dinfo) if cfg.val_iterations > 0 else {}
         mean_loss = reduce_detached(torch.tensor([float(np.mean(losses)) if losses else float("nan")],
                                                  device=device), dinfo)
