@@ -228,3 +228,32 @@ def test_automatic_loader_workers():
     assert auto_num_workers(-1, "cuda", cores=8) == 7
     assert auto_num_workers(-1, "cuda", local_processes=4, cores=32) == 7  # the node's cores are shared
     assert auto_num_workers(-1, "cuda", local_processes=8, cores=8) == 1  # never fewer than one
+
+
+def test_label_values_beyond_255(tmp_path):
+    """MM-WHS-style label values (205, 500, 850) survive preprocessing, batches and target expansion."""
+    from tests.conftest import blob_case, write_dataset
+
+    rng = np.random.default_rng(1)
+    cases = {}
+    for i in range(2):
+        img, seg = blob_case(rng, values=(1, 2, 3))
+        cases[f"heart_{i}"] = (img, np.choose(seg, [0, 205, 500, 850]).astype(np.int16))
+    write_dataset(tmp_path, 1, "Heart", {"myocardium": 205, "left_atrium": 500, "aorta": 850}, cases)
+    (tmp_path / "m.json").write_text(json.dumps({"datasets": ["Dataset001_Heart"]}))
+    pre = Preprocessed.open(run_preprocessing(tmp_path / "m.json", tmp_path / "pre", spacing=(2.0, 1.5, 1.5),
+                                              patch_size=(8, 16, 16), workers=1, progress=False))
+    data = PatchBatches(pre, ["heart_0", "heart_1"], 2, (8, 16, 16), [(1, 1, 1)], augment=True, fg_fraction=1.0)
+    assert data.label_dtype == torch.int16
+    for it in range(4):
+        raw = data[it]
+        batch = batch_to_device(raw, torch.device("cpu"))
+        lab = raw["labels"][0].numpy()
+        assert set(np.unique(lab)) <= {0, 205, 500, 850}
+        expected = np.concatenate([pre.registry.targets(lab[b], "D001") for b in range(2)]).astype(np.uint8)
+        assert np.array_equal(batch["targets"][0].numpy(), expected)
+        # the gather used on a GPU gives the same masks
+        gathered = [_expand_gather(raw["labels"][0][b], rows) for b, rows in
+                    enumerate(torch.split(raw["label_lut"], raw["pair_counts"]))]
+        assert np.array_equal(torch.cat(gathered).numpy().astype(np.uint8), expected)
+    assert batch["targets"][0].sum() > 0
