@@ -176,10 +176,15 @@ def test_resume_reaches_the_same_weights(pre, tmp_path, monkeypatch):
 
 
 def test_workers_do_not_change_the_batches(pre, tmp_path):
-    a = load_checkpoint(loop.train(pre.root, tmp_path / "a", small_cfg(epochs=1, num_workers=0)))
-    b = load_checkpoint(loop.train(pre.root, tmp_path / "b", small_cfg(epochs=1, num_workers=2)))
+    """One loader serves the whole run (its workers run on through the epochs' validations): with workers,
+    every epoch gets the same batches as without, and training ends with the same weights."""
+    a = load_checkpoint(loop.train(pre.root, tmp_path / "a", small_cfg(epochs=3, num_workers=0)))
+    b = load_checkpoint(loop.train(pre.root, tmp_path / "b", small_cfg(epochs=3, num_workers=2)))
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
+    logs = [[json.loads(x) for x in (tmp_path / r / "log.jsonl").read_text().splitlines()] for r in "ab"]
+    assert [r["train_loss"] for r in logs[0]] == [r["train_loss"] for r in logs[1]]
+    assert [r["val_loss"] for r in logs[0]] == [r["val_loss"] for r in logs[1]]
 
 
 def test_single_dataset_training_has_only_its_heads(pre, tmp_path):

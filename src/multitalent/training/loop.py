@@ -360,14 +360,17 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     it = start_iter
     quiet = cfg.quiet or not main
     model.train()
+    # one loader for the whole run: its workers keep building the next epoch's batches while the epoch's
+    # validation runs, instead of starting again (and the first batch's wait) at every epoch
+    train_batches = iter(make_loader(train_data, start_iter, total_iters, workers, pin_memory=pin))
     for epoch in range(start_iter // ipe, epochs):
         ep_start = time.perf_counter()
         ep_end_iter = min((epoch + 1) * ipe, total_iters)
-        loader = make_loader(train_data, it, ep_end_iter, workers, pin_memory=pin)
         losses, skipped, wait = [], 0, 0.0
         bar = tqdm(total=ep_end_iter - it, desc=f"epoch {epoch + 1}/{epochs}", unit="it", disable=quiet, leave=False)
-        t_wait = time.perf_counter()
-        for batch in loader:
+        for _ in range(ep_end_iter - it):
+            t_wait = time.perf_counter()
+            batch = next(train_batches)
             wait += time.perf_counter() - t_wait
             new_phase, t_in = _phase_at(phases, it)
             if new_phase != phase_idx:
@@ -412,9 +415,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
             it += 1
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "nan")
-            t_wait = time.perf_counter()
         bar.close()
-        del loader
         train_time = time.perf_counter() - ep_start
         val = validate(net, make_loader(val_data, 0, cfg.val_iterations, workers, pin_memory=pin),
                        objective, registry, device, amp, dinfo) if cfg.val_iterations > 0 else {}
@@ -433,6 +434,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
                            + (f", val {record['val_loss']:.4f}, pseudo-Dice {record['mean_pseudo_dice']:.3f}"
                               if record.get("mean_pseudo_dice") is not None else "")
                            + f", data wait {100 * record['data_wait_fraction']:.1f}%, {record['epoch_time_s']:.1f}s")
+    del train_batches  # ends the loader's workers
     final = out / "checkpoint_final.pt"
     if main:
         checkpoint(final, it, epochs)
