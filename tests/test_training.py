@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from multitalent.data.loader import MAX_AUTO_WORKERS, PatchBatches, auto_num_workers, crop_padded
+from multitalent.data import loader as loader_mod
+from multitalent.data.loader import (
+    MAX_AUTO_WORKERS,
+    PatchBatches,
+    auto_num_workers,
+    batch_nbytes,
+    crop_padded,
+    shared_memory_warning,
+)
 from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import _expand_cpu, _expand_gather, batch_to_device, label_dtype
 from multitalent.errors import UserInputError
@@ -262,3 +271,23 @@ def test_label_values_beyond_255(tmp_path):
                     enumerate(torch.split(raw["label_lut"], raw["pair_counts"]))]
         assert np.array_equal(torch.cat(gathered).numpy().astype(np.uint8), expected)
     assert batch["targets"][0].sum() > 0
+
+
+def test_shared_memory_warning(pre, tmp_path, monkeypatch, caplog):
+    data = PatchBatches(pre, [c["case"] for c in pre.cases], 2, pre.plans.patch_size, [(1, 1, 1), (2, 2, 2)])
+    batch = data[0]
+    shipped = sum(t.numel() * t.element_size() for t in [batch["image"], *batch["labels"]])
+    assert batch_nbytes(data) == shipped
+    assert shared_memory_warning(4, 10**6, shm=str(tmp_path)) is None  # plenty of room
+    assert shared_memory_warning(0, 10**12, shm=str(tmp_path)) is None  # no workers, no shared memory
+    assert shared_memory_warning(2, 10**6, shm=str(tmp_path / "missing")) is None
+    free = shutil.disk_usage(tmp_path).free
+    msg = shared_memory_warning(3, free // 2, shm=str(tmp_path))
+    assert msg and "--shm-size" in msg and "--num-workers" in msg
+    # the loop says it before training (here: shared memory smaller than one batch)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(loader_mod.shutil, "disk_usage", lambda path: usage._replace(free=shipped // 2))
+    with caplog.at_level("WARNING", logger="multitalent"):
+        loop.train(pre.root, tmp_path / "run", small_cfg(epochs=1, iterations_per_epoch=1, num_workers=1,
+                                                          batch_size=2))
+    assert any("bus error" in r.getMessage() for r in caplog.records)

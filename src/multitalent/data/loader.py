@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from collections.abc import Sequence
 
 import numpy as np
@@ -213,6 +214,35 @@ def auto_num_workers(requested: int, device_type: str, local_processes: int = 1,
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, local_processes) - 1))
 
 
+def batch_nbytes(dataset: PatchBatches) -> int:
+    """Bytes of one batch as the loader ships it (image and label maps at every level)."""
+    voxels = int(np.prod(dataset.patch_size))
+    labels = sum(voxels // int(np.prod(sc)) for sc in dataset.ds_scales)
+    return dataset.local * (4 * voxels + labels * dataset.label_dtype.itemsize)
+
+
+def shared_memory_warning(num_workers: int, batch_bytes: int, prefetch: int = 2,
+                          shm: str = "/dev/shm") -> str | None:
+    """A warning if ``shm`` cannot hold the batches that ``num_workers`` workers keep in flight.
+
+    Workers hand batches to the training process through shared memory; containers often give it 64 MB
+    (Docker's default), far less than a few paper-config batches (about 70 MB each), and the loader then
+    dies with a bus error. None when it fits, when there are no workers or when ``shm`` does not exist.
+    """
+    if num_workers <= 0:
+        return None
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return None
+    need = num_workers * prefetch * batch_bytes
+    if free >= need:
+        return None
+    return (f"{shm} has {free / 1e6:.0f} MB free, but {num_workers} loader workers keep about {need / 1e6:.0f} MB "
+            f"of batches there; the loader may fail with a bus error. Give the container more shared memory "
+            f"(docker run --shm-size=8g or --ipc=host) or lower --num-workers.")
+
+
 def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False,
                 prefetch: int = 2) -> DataLoader:
     """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
@@ -231,5 +261,5 @@ def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:
             store._unpack(c)
 
 
-__all__ = ["PatchBatches", "CaseStore", "make_loader", "auto_num_workers", "unpack_all", "crop_padded",
-           "batch_to_device", "expand_targets"]
+__all__ = ["PatchBatches", "CaseStore", "make_loader", "auto_num_workers", "shared_memory_warning", "batch_nbytes",
+           "unpack_all", "crop_padded", "batch_to_device", "expand_targets"]

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from multitalent.data.loader import STREAM_VAL, PatchBatches, auto_num_workers, make_loader, unpack_all
+from multitalent.data.loader import (
+    STREAM_VAL,
+    PatchBatches,
+    auto_num_workers,
+    batch_nbytes,
+    make_loader,
+    shared_memory_warning,
+    unpack_all,
+)
 from multitalent.data.targets import batch_to_device
 from multitalent.errors import UserInputError, ensure_output_dir, write_json
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
@@ -312,6 +320,9 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     workers = auto_num_workers(cfg.num_workers, device.type, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if main:
         log.info("%d loader worker(s) per training process", workers)
+    warning = shared_memory_warning(workers, batch_nbytes(train_data))
+    if warning and dinfo.local_rank == 0:
+        log.warning(warning)
 
     amp = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
