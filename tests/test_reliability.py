@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -237,6 +238,68 @@ def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(shared: Shared, 
     assert latest.read_bytes() == before
     assert load_checkpoint(latest)["epoch"] == 3
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_background_checkpoint_writes(tmp_path: Path):
+    """The loop's checkpoints are written by a background thread from a CPU snapshot: save() returns while
+    the file is being written, later in-place changes do not reach the file, and a failed write is raised
+    by the next call while the previous file stays intact."""
+    path = tmp_path / "c.pt"
+    started, release = threading.Event(), threading.Event()
+
+    def slow(p, payload):
+        started.set()
+        release.wait(10)
+        save_checkpoint(p, payload)
+
+    weights = torch.zeros(4)
+    saver = ckpt_mod.BackgroundSaver(writer=slow)
+    saver.save(path, {"state_dict": {"w": weights}, "epoch": 1})
+    assert started.wait(10) and not path.exists()  # returned before the write
+    weights += 5  # the training goes on changing the weights in place
+    release.set()
+    saver.wait()
+    assert torch.equal(torch.load(path)["state_dict"]["w"], torch.zeros(4))
+
+    def disk_full(p, payload):
+        raise OSError(28, "No space left on device")
+
+    before = path.read_bytes()
+    saver.save(path, {"state_dict": {"w": weights}, "epoch": 2}, writer=disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        saver.save(path, {"state_dict": {"w": weights}, "epoch": 3})  # the next call reports it
+    assert path.read_bytes() == before
+    # leaving the block waits for the pending write; the run's own error wins over a failed write
+    with pytest.raises(ValueError, match="the run's error"):
+        with ckpt_mod.BackgroundSaver(writer=disk_full) as failing:
+            failing.save(path, {"epoch": 4})
+            raise ValueError("the run's error")
+    with pytest.raises(OSError):
+        with ckpt_mod.BackgroundSaver(writer=disk_full) as failing:
+            failing.save(path, {"epoch": 5})
+    assert path.read_bytes() == before
+
+
+def test_training_stops_when_a_background_checkpoint_write_fails(shared: Shared, tmp_path: Path, monkeypatch):
+    """Disk full while the loop writes checkpoint_latest.pt in the background: the run stops with that
+    error by the next epoch end, and no half-written checkpoint is left under the final name."""
+    calls = {"n": 0}
+    real = loop.save_checkpoint
+
+    def fail_second(path, payload):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real(path, payload)
+
+    monkeypatch.setattr(loop, "save_checkpoint", fail_second)
+    run = tmp_path / "run"
+    cfg = loop.TrainConfig(epochs=3, iterations_per_epoch=1, val_iterations=0, base_features=4, num_workers=0,
+                           fold="all", quiet=True)
+    with pytest.raises(OSError, match="No space left"):
+        loop.train(shared.pre, run, cfg)
+    assert load_checkpoint(run / "checkpoint_latest.pt")["epoch"] == 1  # the first epoch's, intact
+    assert not (run / "checkpoint_final.pt").exists()
 
 
 def test_crash_in_the_middle_of_preprocessing_leaves_the_old_folder(shared: Shared, tmp_path: Path,

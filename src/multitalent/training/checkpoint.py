@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,70 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` (with the format tag) to a temporary name, fsync, rename."""
     with atomic_path(path, suffix=".tmp") as tmp:
         torch.save({"format": FORMAT, **payload}, tmp)
+
+
+def _cpu_snapshot(obj: object) -> object:
+    """``obj`` with every tensor in its dicts, lists and tuples copied to the CPU (training may go on
+    changing the originals in place)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_cpu_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundSaver:
+    """Writes checkpoints in a background thread, so that training goes on while the file is written.
+
+    :meth:`save` copies the payload's tensors to the CPU (a snapshot: the run keeps changing the weights)
+    and returns; the thread then writes the file atomically with ``writer``. One write at a time: a new
+    :meth:`save` first waits for the previous one. A failed write is raised by the next :meth:`save` or
+    :meth:`wait`, so it stops the run at the next epoch end at the latest; the previous checkpoint is
+    intact in the meantime (atomic rename).
+    """
+
+    def __init__(self, writer: Callable[[str | os.PathLike, dict], None] = save_checkpoint) -> None:
+        self.writer = writer
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | os.PathLike, payload: dict,
+             writer: Callable[[str | os.PathLike, dict], None] | None = None) -> None:
+        self.wait()
+        snapshot = _cpu_snapshot(payload)
+        write = writer or self.writer
+
+        def run() -> None:
+            try:
+                write(path, snapshot)
+            except BaseException as e:  # noqa: BLE001 - handed to the training thread
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer")
+        self._thread.start()
+
+    def __enter__(self) -> BackgroundSaver:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self.wait()
+        else:  # the run failed: let the pending write finish, but report the run's own error
+            try:
+                self.wait()
+            except Exception:  # noqa: BLE001, S110 - secondary to the error being raised
+                pass
+
+    def wait(self) -> None:
+        """Block until the pending write is on disk; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
