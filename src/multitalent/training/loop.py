@@ -366,7 +366,7 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         registry.save(out / "heads.json")
 
     # checkpoints are written in the background from a CPU snapshot (the residual U-Net's, optimiser
-    # included, is 816 MB: about 2 s per epoch that the device would otherwise wait)
+    # included, is 816 MB at the paper config: about 3 s per epoch that the device would otherwise wait)
     saver = BackgroundSaver()
 
     def checkpoint(path: Path, iteration: int, epoch: int) -> None:
