@@ -276,7 +276,8 @@ def paper_preprocessed(workdir: Path, patch: tuple[int, int, int] | None = None,
     """
     from multitalent.preprocessing.pipeline import run_preprocessing
 
-    name = "paper_pre" if patch is None else "paper_pre_" + "x".join(map(str, patch))
+    # "paper47": a workdir from before holds a 3-dataset collection under "paper_pre"
+    name = "paper47_pre" if patch is None else "paper47_pre_" + "x".join(map(str, patch))
     pre = workdir / name
     if not (pre / "plans.json").is_file():
         raw = workdir / (name.replace("_pre", "_raw"))

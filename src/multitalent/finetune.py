@@ -17,7 +17,7 @@ from multitalent.errors import UserInputError
 from multitalent.models import head_parameters, load_backbone
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import FinetuneConfig
-from multitalent.training.loop import Phase, train
+from multitalent.training.loop import Phase, standard_phases, train
 
 log = logging.getLogger("multitalent")
 
@@ -27,14 +27,13 @@ def finetune_phases(cfg: FinetuneConfig) -> list[Phase]:
     (head warm-up + whole-network warm-up + ``epochs``), so the baseline gets as many iterations."""
     ipe = cfg.iterations_per_epoch
     if cfg.from_scratch:
-        total = cfg.head_warmup_epochs + cfg.full_warmup_epochs + cfg.epochs
-        return [Phase("train", total * ipe, "sgd", cfg.lr, 0.0, "poly", "all")]
+        return standard_phases(cfg, cfg.head_warmup_epochs + cfg.full_warmup_epochs + cfg.epochs)
     phases = []
     if cfg.head_warmup_epochs > 0:
         phases.append(Phase("head_warmup", cfg.head_warmup_epochs * ipe, "adamw", 0.0, cfg.head_lr, "linear", "heads"))
     if cfg.full_warmup_epochs > 0:
         phases.append(Phase("full_warmup", cfg.full_warmup_epochs * ipe, "sgd", 0.0, cfg.lr, "linear", "all"))
-    phases.append(Phase("train", cfg.epochs * ipe, "sgd", cfg.lr, 0.0, "poly", "all"))
+    phases += standard_phases(cfg)
     return phases
 
 

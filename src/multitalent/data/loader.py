@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from multitalent.data.augment import initial_patch_size, training_transforms
 from multitalent.data.sampling import case_probabilities
-from multitalent.data.targets import batch_to_device, expand_targets, label_dtype
+from multitalent.data.targets import label_dtype
 from multitalent.preprocessing.normalization import normalize
 from multitalent.preprocessing.pipeline import Preprocessed
 from multitalent.registry import HeadRegistry
@@ -195,6 +195,8 @@ def _identity(batch: dict) -> dict:
 
 #: most loader workers chosen automatically per training process (nnU-Net's default for 3D is 12)
 MAX_AUTO_WORKERS = 12
+#: batches each loader worker builds ahead
+PREFETCH = 2
 
 
 def auto_num_workers(requested: int, device_type: str, local_processes: int = 1, cores: int | None = None) -> int:
@@ -221,7 +223,7 @@ def batch_nbytes(dataset: PatchBatches) -> int:
     return dataset.local * (4 * voxels + labels * dataset.label_dtype.itemsize)
 
 
-def shared_memory_warning(num_workers: int, batch_bytes: int, prefetch: int = 2,
+def shared_memory_warning(num_workers: int, batch_bytes: int, prefetch: int = PREFETCH,
                           shm: str = "/dev/shm") -> str | None:
     """A warning if ``shm`` cannot hold the batches that ``num_workers`` workers keep in flight.
 
@@ -244,7 +246,7 @@ def shared_memory_warning(num_workers: int, batch_bytes: int, prefetch: int = 2,
 
 
 def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False,
-                prefetch: int = 2) -> DataLoader:
+                prefetch: int = PREFETCH) -> DataLoader:
     """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
     kwargs = {}
     if num_workers > 0:
@@ -262,4 +264,4 @@ def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:
 
 
 __all__ = ["PatchBatches", "CaseStore", "make_loader", "auto_num_workers", "shared_memory_warning", "batch_nbytes",
-           "unpack_all", "crop_padded", "batch_to_device", "expand_targets"]
+           "unpack_all", "crop_padded"]

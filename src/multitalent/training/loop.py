@@ -85,8 +85,10 @@ class Phase:
         return self.lr_start + (self.lr_end - self.lr_start) * frac
 
 
-def standard_phases(cfg: TrainConfig) -> list[Phase]:
-    return [Phase("train", cfg.epochs * cfg.iterations_per_epoch, "sgd", cfg.lr, 0.0, "poly", "all")]
+def standard_phases(cfg: TrainConfig, epochs: int | None = None) -> list[Phase]:
+    """nnU-Net's schedule: one SGD phase with poly decay over ``epochs`` (default ``cfg.epochs``)."""
+    n = cfg.epochs if epochs is None else epochs
+    return [Phase("train", n * cfg.iterations_per_epoch, "sgd", cfg.lr, 0.0, "poly", "all")]
 
 
 def _make_optimizer(phase: Phase, model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
