@@ -84,12 +84,14 @@ class Sizes:
     max_test: int | None = None
     collection_seed: int = 0
     in_plane_step: int = 1  # >1 (tests only): keep every step-th voxel in plane of the sub-collection's scans
+    lesion_scale: float = 1.0  # lesion radii x this (CasePlan.lesion_scale): 2 keeps lesions resolved at 6 mm
     # the plans: None = preset "small" (4 mm, patch 32x64x64, batch 2)
     spacing: tuple[float, float, float] | None = None
     patch_size: tuple[int, int, int] | None = None
     # the networks
     base_features: int = 8
-    archs: tuple[str, ...] = ("plain_unet",)  # MultiTalent backbones; the first is the main one
+    archs: tuple[str, ...] = ("plain_unet",)  # backbones: MultiTalent and the K single-dataset models
+    # of each; the first is the main one (merged softmax, pre-training, fine-tuning)
     swin_probe_iterations: int = 0  # >0: time a few SwinUNETR iterations to report its cost
     swin_feature_size: int = 12  # SwinUNETR's size when probed or listed in ``archs``
     # training
@@ -97,6 +99,11 @@ class Sizes:
     single_epochs: int = 6
     multitalent_factor: int = 2
     num_workers: int = 0
+    # validation curves: every run holds out this fold of its training cases (nnU-Net's 5-fold split) and
+    # scores ``val_iterations`` fixed batches of them after every epoch (patch pseudo-Dice), which is the
+    # convergence evidence; "all" trains on every case and validates on the training cases
+    fold: str = "0"
+    val_iterations: int = 8
     # fine-tuning
     ft_iterations_per_epoch: int = 10
     ft_head_warmup_epochs: int = 1
@@ -125,16 +132,18 @@ class Sizes:
 # there within ~1000 iterations (docs/benchmarks.md); at 4 mm / 32x64x64 a patch holds less of the body
 # and the demo's network still predicted background everywhere after 240 iterations (before the head prior)
 FULL = Sizes(name="full", base_features=8, archs=("plain_unet", "resenc_unet"), swin_probe_iterations=4,
-             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), iterations_per_epoch=25, single_epochs=14,
-             ft_iterations_per_epoch=10, ft_head_warmup_epochs=1,
-             ft_full_warmup_epochs=5, ft_epochs=14, ft_seeds=3, timing_scans=3)
+             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), lesion_scale=2.0, iterations_per_epoch=50,
+             single_epochs=10, fold="0", val_iterations=8, ft_iterations_per_epoch=25, ft_head_warmup_epochs=1,
+             ft_full_warmup_epochs=3, ft_epochs=6, ft_seeds=3, timing_scans=3)
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
-              swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2, ft_iterations_per_epoch=1,
-              ft_head_warmup_epochs=1, ft_full_warmup_epochs=5, ft_epochs=4, ft_seeds=2, timing_scans=1)
+              lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
+              val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
+              ft_epochs=4, ft_seeds=2, timing_scans=1)
 TINY = Sizes(name="tiny", datasets=("D005", "D006", "D007"), max_train=2, max_test=1, in_plane_step=2,
              spacing=(8.0, 8.0, 8.0), patch_size=(16, 32, 32), base_features=4, iterations_per_epoch=2,
-             single_epochs=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=2,
-             ft_epochs=1, ft_seeds=1, timing_scans=1, eval_workers=1, preprocess_workers=1)
+             single_epochs=1, val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1,
+             ft_full_warmup_epochs=2, ft_epochs=1, ft_seeds=1, timing_scans=1, eval_workers=1,
+             preprocess_workers=1)
 SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY}
 
 # Calibration, measured while writing this script (2-core Xeon @ 2.5 GHz, torch 2.13 CPU with 2 threads,
@@ -151,9 +160,10 @@ def projection(sizes: Sizes) -> tuple[dict[str, int], int, float]:
     ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
     its = {sizes.archs[0]: 7 * sizes.n_single + 4 * sizes.n_multi + 3 * sizes.ft_seeds * ft_its}
     for arch in sizes.archs[1:]:
-        its[arch] = its.get(arch, 0) + sizes.n_multi
+        its[arch] = its.get(arch, 0) + 7 * sizes.n_single + sizes.n_multi
     multi_runs = 3 + len(sizes.archs)  # MultiTalent per arch, merged softmax, two pre-trainings
-    epochs = (7 * sizes.single_epochs + multi_runs * sizes.multitalent_factor * sizes.single_epochs
+    epochs = (7 * len(sizes.archs) * sizes.single_epochs
+              + multi_runs * sizes.multitalent_factor * sizes.single_epochs
               + 3 * sizes.ft_seeds * sizes.ft_total_epochs)
     seconds = sum(CALIBRATION_S_PER_IT.get(a, 1.0) * n for a, n in its.items())
     seconds += CALIBRATION_S_PER_EPOCH * epochs
@@ -298,10 +308,12 @@ def _write_phantom_case(args: tuple) -> str:
 
 
 def write_subset_collection(out: Path, seed: int, datasets: tuple[str, ...] | None, max_train: int | None,
-                            max_test: int | None, workers: int, step: int = 1) -> Path:
+                            max_test: int | None, workers: int, step: int = 1, lesion_scale: float = 1.0) -> Path:
     """A phantom collection with only some datasets and the first cases of each (for the quick and tiny
     runs); with ``step`` 1 the cases are byte-identical to the same cases of the full collection, with
     ``step`` > 1 only every step-th voxel in plane is kept (a coarser scan of the same anatomy)."""
+    import dataclasses
+
     from multitalent.errors import atomic_dir, write_json
     from multitalent.phantoms import DATASETS, dataset_def, plan_dataset
 
@@ -312,7 +324,7 @@ def write_subset_collection(out: Path, seed: int, datasets: tuple[str, ...] | No
     with atomic_dir(out) as tmp:
         jobs = []
         for d in defs:
-            plans = plan_dataset(seed, d, "small")
+            plans = [dataclasses.replace(p, lesion_scale=lesion_scale) for p in plan_dataset(seed, d, "small")]
             tr = [p for p in plans if p.split == "Tr"][:max_train]
             ts = [p for p in plans if p.split == "Ts"][:max_test]
             for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -336,7 +348,7 @@ def write_subset_collection(out: Path, seed: int, datasets: tuple[str, ...] | No
             "datasets": [{"path": d.folder} for d in defs],
             "generator": {"name": "multitalent-phantoms/1 (subset, benchmarks/reproduce.py)", "seed": seed,
                           "scale": "small", "max_train": max_train, "max_test": max_test,
-                          "in_plane_step": step},
+                          "in_plane_step": step, "lesion_scale": lesion_scale},
             "ground_truth": "ground_truth"})
     return manifest
 
@@ -462,14 +474,14 @@ class Reproduction:
         if not manifest.is_file():
             t = time.perf_counter()
             whole = s.datasets is None and s.max_train is None and s.max_test is None
-            if whole and s.in_plane_step == 1:
+            if whole and s.in_plane_step == 1 and s.lesion_scale == 1.0:
                 self.say(f"phantom collection (seed {s.collection_seed}, scale small) -> {self.raw}")
                 generate_collection(self.raw, seed=s.collection_seed, scale="small", progress=not self.quiet)
             else:
                 self.say(f"phantom sub-collection {s.datasets or 'all datasets'}, <= {s.max_train} "
-                         f"training / {s.max_test} test cases each -> {self.raw}")
+                         f"training / {s.max_test} test cases each, lesions x{s.lesion_scale} -> {self.raw}")
                 write_subset_collection(self.raw, s.collection_seed, s.datasets, s.max_train, s.max_test,
-                                        s.preprocess_workers, s.in_plane_step)
+                                        s.preprocess_workers, s.in_plane_step, s.lesion_scale)
             self._add_wall("data", "phantoms", time.perf_counter() - t)
         collection = load_manifest(manifest)
         self.dataset_ids = [d.id for d in collection.datasets]
@@ -515,8 +527,9 @@ class Reproduction:
         from multitalent.training.config import TrainConfig
 
         s = self.sizes
-        return TrainConfig(epochs=epochs, iterations_per_epoch=s.iterations_per_epoch, val_iterations=0,
-                           base_features=s.base_features, fold="all", num_workers=s.num_workers,
+        return TrainConfig(epochs=epochs, iterations_per_epoch=s.iterations_per_epoch,
+                           val_iterations=s.val_iterations, base_features=s.base_features, fold=s.fold,
+                           num_workers=s.num_workers,
                            seed=self.seed, device=self.device, quiet=self.quiet, **kw)
 
     def train_run(self, name: str, fn: Callable[[Path, bool], object]) -> Path:
@@ -555,10 +568,10 @@ class Reproduction:
         def fn(run: Path, resume: bool) -> None:
             # from scratch: one poly phase as long as the three phases (finetune_phases)
             cfg = FinetuneConfig(epochs=s.ft_epochs, iterations_per_epoch=s.ft_iterations_per_epoch,
-                                 val_iterations=0, base_features=s.base_features,
+                                 val_iterations=s.val_iterations, base_features=s.base_features,
                                  head_warmup_epochs=s.ft_head_warmup_epochs,
                                  full_warmup_epochs=s.ft_full_warmup_epochs, from_scratch=from_scratch,
-                                 fold="all", num_workers=s.num_workers, seed=seed, device=self.device,
+                                 fold=s.fold, num_workers=s.num_workers, seed=seed, device=self.device,
                                  quiet=self.quiet, resume=resume)
             finetune(pretrained, self.pre["target"], run, cfg)
 
@@ -593,15 +606,8 @@ class Reproduction:
 
         s = self.sizes
         registry = HeadRegistry.load(self.pre["all"] / "heads.json")
-        singles = {ds: self.train_plain(f"single_{ds}", self.pre["all"], s.single_epochs, datasets=[ds])
-                   for ds in self.dataset_ids}
-        pred_single = self.preds / "single"
-        for ds, run in singles.items():
-            missing = [c for c in self.test_cases[ds] if not (pred_single / c / "case.json").is_file()]
-            if missing:
-                self.say(f"predicting single_{ds} on its {len(self.test_cases[ds])} test cases")
-                self.predict(run, self.dataset_dirs[ds] / "imagesTs", pred_single)
-        summaries = {"single": self.evaluate(pred_single, self.dataset_ids, registry, "single")}
+        singles, summary = self.single_models(s.archs[0], registry, None)
+        summaries = {"single": summary}
         reference = reference_from_summary(summaries["single"])
         _write_json(self.results / "reference_dice.json", reference)
 
@@ -617,6 +623,18 @@ class Reproduction:
         self.table1_runs, self.registry, self.reference = runs, registry, reference
         return summaries
 
+    def single_models(self, arch: str, registry, reference: dict | None) -> tuple[dict[str, Path], dict]:
+        """Train, predict and evaluate the K single-dataset models of ``arch`` (N iterations each)."""
+        key = single_key(arch, self.sizes.archs[0])
+        runs = {ds: self.train_plain(f"{key}_{ds}", self.pre["all"], self.sizes.single_epochs, datasets=[ds],
+                                     arch=arch) for ds in self.dataset_ids}
+        pred = self.preds / key
+        for ds, run in runs.items():
+            if any(not (pred / c / "case.json").is_file() for c in self.test_cases[ds]):
+                self.say(f"predicting {key}_{ds} on its {len(self.test_cases[ds])} test cases")
+                self.predict(run, self.dataset_dirs[ds] / "imagesTs", pred)
+        return runs, self.evaluate(pred, self.dataset_ids, registry, key, reference)
+
     def predict_and_evaluate(self, key: str, run: Path, registry, reference: dict) -> dict:
         pred = self.preds / f"{key}_test"
         if not all((pred / c / "case.json").is_file() for v in self.test_cases.values() for c in v):
@@ -628,6 +646,8 @@ class Reproduction:
     def extra_archs(self, summaries: dict) -> None:
         s = self.sizes
         for arch in s.archs[1:]:
+            runs, summaries[single_key(arch, s.archs[0])] = self.single_models(arch, self.registry, self.reference)
+            self.table1_runs[single_key(arch, s.archs[0])] = runs
             key = f"multitalent_{arch}"
             run = self.train_plain(key, self.pre["all"], s.multitalent_factor * s.single_epochs, arch=arch)
             self.table1_runs[key] = run
@@ -758,6 +778,11 @@ class Reproduction:
             out["conflicts"][conflict] = entry
         _write_json(cache, out)
         return out
+
+
+def single_key(arch: str, main_arch: str) -> str:
+    """Name of the single-dataset models of ``arch``: ``single`` for the main architecture."""
+    return "single" if arch == main_arch else f"single_{arch}"
 
 
 def _extra_metric(conflict: str, head: str, mask: np.ndarray, case: str, truth: Callable) -> float:
@@ -1248,7 +1273,7 @@ def run(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool
 
     runs = {p.name: run_stats(p) for p in sorted(rep.runs.iterdir()) if (p / "log.jsonl").is_file()}
     main = f"multitalent_{sizes.archs[0]}"
-    singles = [v for name, v in runs.items() if name.startswith("single_")]
+    singles = [v for name, v in runs.items() if name.removeprefix("single_") in rep.dataset_ids]
     cost = {"multitalent_s": runs[main]["epoch_time_s"], "singles_s": sum(v["epoch_time_s"] for v in singles),
             "multitalent_it": runs[main]["iterations"], "singles_it": sum(v["iterations"] for v in singles)}
     cost["ratio"] = cost["singles_s"] / max(cost["multitalent_s"], 1e-9)

@@ -246,8 +246,9 @@ def _sample_inside(rng: np.random.Generator, level_fn, lo: np.ndarray, hi: np.nd
 
 
 def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: bool,
-                   pancreas_tumour: bool) -> Anatomy:
-    """Draw one case's anatomy. The order of random draws is fixed, so a seed gives one anatomy."""
+                   pancreas_tumour: bool, lesion_scale: float = 1.0) -> Anatomy:
+    """Draw one case's anatomy. The order of random draws is fixed, so a seed gives one anatomy;
+    ``lesion_scale`` multiplies the lesion radii (the draws stay the same)."""
     body = {
         "a_abd": rng.uniform(128, 142), "a_tho": rng.uniform(138, 150), "b_ant": rng.uniform(95, 108),
         "b_post": rng.uniform(90, 98), "belly": rng.uniform(0.0, 0.12), "fat": rng.uniform(9, 26),
@@ -329,7 +330,7 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
     for _ in range(liver_tumours):
         c = _sample_inside(rng, anat.liver_level_points, lo, hi, -0.25)
         if c is not None:
-            anat.liver_tumours.append(_lesion(rng, c, 6, 15))
+            anat.liver_tumours.append(_lesion(rng, c, 6 * lesion_scale, 15 * lesion_scale))
     if kidney_tumour:
         side = "left" if rng.random() < 0.5 else "right"
         k, notch = kidneys[side]
@@ -340,10 +341,10 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
 
         c = _sample_inside(rng, kid_level, *k.extent(), 0.0)
         if c is not None:
-            anat.kidney_tumour = (side, _lesion(rng, c, 7, 16))
+            anat.kidney_tumour = (side, _lesion(rng, c, 7 * lesion_scale, 16 * lesion_scale))
     if pancreas_tumour:
         i = int(rng.integers(2, len(pancreas.pts) - 2))
-        anat.pancreas_tumour = _lesion(rng, pancreas.pts[i] + rng.normal(0, 2, 3), 6, 11)
+        anat.pancreas_tumour = _lesion(rng, pancreas.pts[i] + rng.normal(0, 2, 3), 6 * lesion_scale, 11 * lesion_scale)
 
     # where the aorta crosses the diaphragm: the thorax protocol stops there
     pts = aorta.pts

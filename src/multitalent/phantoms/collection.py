@@ -145,6 +145,9 @@ class CasePlan:
     orientation: str
     fov: str
     phase: str
+    # lesion radii are multiplied by this (1: the collection's small lesions, radius 6-16 mm; the
+    # reproduction uses 2, radius 12-32 mm, still within what LiTS, KiTS and MSD Pancreas hold)
+    lesion_scale: float = 1.0
 
 
 def _allocate(rng: np.random.Generator, weights: dict[str, float], n: int) -> list[str]:
@@ -237,7 +240,7 @@ def render_case(plan: CasePlan, scale: str = "small") -> PhantomCase:
     n_liver = int(rng.integers(1, 4)) if rng.random() < d.tumours["liver"] else 0
     has_kidney = bool(rng.random() < d.tumours["kidney"])
     has_pancreas = bool(rng.random() < d.tumours["pancreas"])
-    anat = A.sample_anatomy(rng, n_liver, has_kidney, has_pancreas)
+    anat = A.sample_anatomy(rng, n_liver, has_kidney, has_pancreas, lesion_scale=plan.lesion_scale)
     extent = np.array(scan.shape) * np.array(scan.spacing)
     bowel, gas = random_field(rng, extent, 14.0), random_field(rng, extent, 9.0)
     zcut = float(frame.to_physical(anat.hiatus)[0])
