@@ -133,8 +133,8 @@ class Sizes:
 # and the demo's network still predicted background everywhere after 240 iterations (before the head prior)
 FULL = Sizes(name="full", base_features=8, archs=("plain_unet", "resenc_unet"), swin_probe_iterations=4,
              spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), lesion_scale=2.0, iterations_per_epoch=50,
-             single_epochs=10, fold="0", val_iterations=8, ft_iterations_per_epoch=25, ft_head_warmup_epochs=1,
-             ft_full_warmup_epochs=3, ft_epochs=6, ft_seeds=3, timing_scans=3)
+             single_epochs=16, fold="0", val_iterations=12, ft_iterations_per_epoch=25, ft_head_warmup_epochs=1,
+             ft_full_warmup_epochs=3, ft_epochs=10, ft_seeds=3, timing_scans=3)
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
               val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
