@@ -38,15 +38,52 @@ def _table_numbers(section: str) -> list[float]:
     return [float(x) for line in rows[1:] for x in re.findall(r"(?<![\w.])[-+]?\d+\.\d+", line)]
 
 
-def test_transfer_tests_are_one_sided_paired(reproduce):
-    per_seed = {c: {s: {"dataset_dice": d, "heads": {"h1": d, "h2": d / 2}} for s, d in zip((0, 1, 2), v)}
-                for c, v in {"multitalent": (0.8, 0.7, 0.9), "scratch": (0.5, 0.6, 0.55),
-                             "supervised": (0.85, 0.75, 0.95)}.items()}
-    tests = reproduce.transfer_tests(per_seed)
-    assert tests["multitalent_vs_scratch"]["seeds"]["n"] == 3
-    assert tests["multitalent_vs_scratch"]["seeds"]["p"] < 0.1  # clearly better
-    assert tests["multitalent_vs_supervised"]["seeds"]["p"] > 0.9  # clearly worse: one-sided p near 1
-    assert tests["multitalent_vs_scratch"]["seeds"]["mean_difference"] == pytest.approx(0.25)
+def test_paired_tests_are_one_sided_both_ways(reproduce):
+    better = reproduce.paired([0.8, 0.7, 0.9, 0.85], [0.5, 0.6, 0.55, 0.6])
+    assert better["n"] == 4 and better["mean_difference"] == pytest.approx(0.25)
+    assert better["p_greater"] < 0.05 and better["p_less"] > 0.95
+    worse = reproduce.paired([0.5, 0.6, 0.55, 0.6], [0.8, 0.7, 0.9, 0.85])
+    assert worse["p_less"] < 0.05 and worse["p_greater"] > 0.95
+    same_shift = reproduce.paired([0.6, 0.7], [0.5, 0.6])  # identical differences: no t statistic
+    assert same_shift["p_greater"] == 0.0 and same_shift["p_less"] == 1.0
+    assert reproduce.paired([0.5], [0.4])["p_greater"] is None
+
+
+def test_a_verdict_needs_converged_models_and_a_significant_test(reproduce):
+    sig = {"p_greater": 0.01, "p_less": 0.99}
+    rev = {"p_greater": 0.99, "p_less": 0.01}
+    flat = {"p_greater": 0.3, "p_less": 0.7}
+    assert reproduce.judge([sig, sig], converged=True, judged=True) == "holds"
+    assert reproduce.judge([sig, flat], converged=True, judged=True) == "no significant difference"
+    assert reproduce.judge([sig, rev], converged=True, judged=True) == "does not hold"
+    assert reproduce.judge([sig, sig], converged=False, judged=True) == reproduce.NOT_CONVERGED
+    assert reproduce.judge([sig, sig], converged=None, judged=True) == reproduce.NOT_CONVERGED
+    assert reproduce.judge([sig, sig], converged=True, judged=False) == reproduce.QUICK_VERDICT
+
+
+def _write_log(run: Path, curve: list[float]) -> None:
+    run.mkdir(parents=True)
+    with open(run / "log.jsonl", "w") as fh:
+        for i, y in enumerate(curve):
+            fh.write(json.dumps({"epoch": i, "iteration": 10 * (i + 1), "mean_pseudo_dice": y}) + "\n")
+
+
+def test_convergence_is_the_trend_over_the_last_quarter(reproduce, tmp_path):
+    rising = [0.1 * i for i in range(8)]  # +0.1 per epoch: gains 0.2 over the last quarter
+    _write_log(tmp_path / "rising", rising)
+    c = reproduce.convergence(tmp_path / "rising")
+    assert c["converged"] is False and c["gain_last_quarter"] == pytest.approx(0.2)
+    assert c["iterations"] == [10 * (i + 1) for i in range(8)]
+    # a plateau with validation noise of a few points: converged (the trend, not the last value)
+    plateau = [0.3, 0.6, 0.75, 0.80, 0.83, 0.79, 0.84, 0.80, 0.82, 0.81]
+    _write_log(tmp_path / "plateau", plateau)
+    assert reproduce.convergence(tmp_path / "plateau")["converged"] is True
+    _write_log(tmp_path / "short", [0.1, 0.2, 0.3])
+    assert reproduce.convergence(tmp_path / "short")["converged"] is None
+
+
+def t1_text(text: str) -> str:
+    return _section(text, "## 1. MultiTalent")
 
 
 def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
@@ -55,10 +92,20 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     report = out / "results.md"
     text = report.read_text()
     assert (out / "results_boxplot.png").stat().st_size > 0
-    for title in ("## Run", "## 1. MultiTalent vs single-dataset", "## 2. Protocol fidelity",
+    assert (out / "results_curves.png").stat().st_size > 0
+    for title in ("## Run", "## 0. Convergence", "## 1. MultiTalent vs single-dataset", "## 2. Protocol fidelity",
                   "## 3. Transfer", "## 4. Cost", "## Runs and calibration", "## Summary"):
         assert title in text, title
     assert "date: " in text and "machine: " in text and "wall time: " in text and "command: " in text
+    # test sizes judge nothing: every verdict says so, none holds or fails
+    verdicts = [f["verdict"] for f in ctx["findings"]]
+    assert verdicts and "holds" not in verdicts and "does not hold" not in verdicts
+    assert "**holds**" not in text and "**does not hold**" not in text
+    conv = _section(text, "## 0. Convergence")
+    for name in ("multitalent_plain_unet", "merged_softmax", "single_D005", "finetune_scratch_seed0"):
+        assert f"| {name} |" in conv
+    # the paper's figures beside ours
+    assert "80.21" in t1_text(text) and "84.41" in _section(text, "## 3. Transfer")
 
     t1 = _section(text, "## 1. MultiTalent")
     for head in ctx["registry"].ids:
