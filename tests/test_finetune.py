@@ -117,3 +117,32 @@ def test_a_backbone_of_another_shape_is_refused(pretrained, tmp_path, tiny_colle
         finetune(ckpt_path, other, tmp_path / "ft", cfg)
     assert "has 3 stages" in str(err.value) and "pre_other" in str(err.value)
     assert not (tmp_path / "ft").exists()
+
+
+def test_network_options_come_from_the_checkpoint_and_conflicts_are_refused():
+    from multitalent.finetune import adopt_network
+
+    ckpt_cfg = {"name": "plain_unet", "base_features": 4, "n_stages": 3}  # written before max_features existed
+    cfg = FinetuneConfig()
+    adopt_network(cfg, ckpt_cfg, "ckpt.pt")
+    assert (cfg.arch, cfg.base_features, cfg.n_stages, cfg.max_features) == ("plain_unet", 4, 3, 320)
+    cfg = FinetuneConfig(base_features=4)  # the same value as the checkpoint: fine
+    adopt_network(cfg, ckpt_cfg, "ckpt.pt")
+    for bad, flag in ((dict(arch="resenc_unet"), "--arch resenc_unet"), (dict(base_features=16), "--base-features 16"),
+                      (dict(n_stages=5), "--n-stages 5")):
+        with pytest.raises(UserInputError, match=f"ckpt.pt: {flag} conflicts"):
+            adopt_network(FinetuneConfig(**bad), ckpt_cfg, "ckpt.pt")
+    swin = {"name": "swin_unetr", "feature_size": 12}
+    cfg = FinetuneConfig()
+    adopt_network(cfg, swin, "s.pt")
+    assert (cfg.arch, cfg.feature_size) == ("swin_unetr", 12)
+    with pytest.raises(UserInputError, match="--feature-size 24 conflicts"):
+        adopt_network(FinetuneConfig(feature_size=24), swin, "s.pt")
+
+
+def test_finetune_batch_help_is_true():
+    from multitalent.finetune import FINETUNE_BATCH
+    from multitalent.training.config import FinetuneConfig as F
+
+    field = {f.name: f for f in __import__("dataclasses").fields(F)}["batch_size"]
+    assert str(FINETUNE_BATCH) in field.metadata["help"] and "plans.json" not in field.metadata["help"]

@@ -101,13 +101,19 @@ def test_nan_and_non_3d_and_absurd_spacing(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4), np.float32)), str(tmp_path / "flat.nii.gz"))
     with pytest.raises(UserInputError, match="3D"):
         io.read_image(tmp_path / "flat.nii.gz")
-    for bad in [(0.0001, 1, 1), (60.0, 1, 1)]:
+    # below 0.01 mm (a 1e-9 mm slice spacing was once preprocessed and written) or above 50 mm: refused,
+    # naming the file; the limits themselves are accepted
+    for bad in [(1e-9, 1, 1), (0.0001, 1, 1), (1, 0.005, 1), (60.0, 1, 1)]:
         img = sitk.GetImageFromArray(np.zeros((3, 4, 4), np.float32))
         img.SetSpacing(tuple(reversed(bad)))
         sitk.WriteImage(img, str(tmp_path / "sp.nii.gz"))
-        if bad[0] > 50:
-            with pytest.raises(UserInputError, match="absurd voxel spacing"):
-                io.read_image(tmp_path / "sp.nii.gz")
+        with pytest.raises(UserInputError, match=r"sp\.nii\.gz: absurd voxel spacing"):
+            io.read_image(tmp_path / "sp.nii.gz")
+    for ok in [(0.01, 1, 1), (50.0, 1, 1)]:
+        img = sitk.GetImageFromArray(np.zeros((3, 4, 4), np.float32))
+        img.SetSpacing(tuple(reversed(ok)))
+        sitk.WriteImage(img, str(tmp_path / "ok.nii.gz"))
+        assert io.read_image(tmp_path / "ok.nii.gz")[1].spacing[0] == pytest.approx(ok[0], rel=1e-5)
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   multitalent phantoms work/raw
   multitalent preprocess work/raw/collection.json -o work/pre --preset small
   multitalent train work/pre -o work/run --epochs 20 --iterations-per-epoch 50 --base-features 8
+  multitalent validate work/run --checkpoint best
   multitalent predict -m work/run -i scan.nii.gz -o work/pred
   multitalent evaluate work/pred work/raw/Dataset001_Liver/labelsTs --heads work/run/heads.json -o work/eval
   multitalent demo -o demo_output
@@ -77,6 +78,18 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
     final = finetune(a.model, a.preprocessed, a.output, cfg)
     if os.environ.get("RANK", "0") == "0":
         print(f"fine-tuning finished; checkpoint: {final}")
+
+
+def _cmd_validate(a: argparse.Namespace) -> None:
+    from multitalent.evaluation import format_dataset_table
+    from multitalent.training.validation import final_validation
+
+    summary = final_validation(a.run, checkpoint=a.checkpoint, device=a.device, quiet=a.quiet, workers=a.workers)
+    if summary is None:
+        print(f"{a.run} was trained with --fold all: no held-out case to validate on")
+        return
+    print(format_dataset_table(summary))
+    print(f"\nvalidation written to {Path(a.run) / 'validation'} (summary.json, summary.md)")
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
@@ -145,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="run folder")
     add_dataclass_arguments(p, FinetuneConfig, skip=("quiet",))
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("validate", help="predict and evaluate a run's held-out fold on whole scans "
+                                        "(RUN/validation/; train does it at the end)")
+    p.add_argument("run", help="run folder written by `multitalent train` or `finetune`")
+    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
+                   help="final or best (best moving average of the validation pseudo-Dice) (default: final)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--workers", type=int, default=1, help="parallel evaluation processes (default: 1)")
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("demo", help="phantoms -> preprocess -> train -> predict -> evaluate, end to end")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")

@@ -15,6 +15,7 @@ import torch
 
 from multitalent.errors import UserInputError
 from multitalent.models import head_parameters, load_backbone
+from multitalent.models.unet import NNUNET_MAX_FEATURES
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import FinetuneConfig
 from multitalent.training.loop import Phase, standard_phases, train
@@ -37,20 +38,49 @@ def finetune_phases(cfg: FinetuneConfig) -> list[Phase]:
     return phases
 
 
+FINETUNE_BATCH = 2  # the paper's fine-tuning batch size
+
+
+def checkpoint_network(model_config: dict, cfg: FinetuneConfig) -> dict:
+    """The training options that a checkpoint's ``model_config`` fixes (checkpoints written before
+    ``max_features`` existed were built with nnU-Net's cap of 320 only when their features reached it)."""
+    arch = model_config.get("name", cfg.arch)
+    if arch == "swin_unetr":
+        return {"arch": arch, "feature_size": model_config.get("feature_size", cfg.feature_size)}
+    return {"arch": arch, "base_features": model_config.get("base_features", cfg.base_features),
+            "max_features": model_config.get("max_features", NNUNET_MAX_FEATURES) or 0,
+            "n_stages": model_config.get("n_stages") or 0}
+
+
+def adopt_network(cfg: FinetuneConfig, model_config: dict, source: str) -> None:
+    """Take the network's options from the pre-trained checkpoint.
+
+    An option left at its default is replaced by the checkpoint's value (logged); an option set to another
+    value than the checkpoint's is refused: the pre-trained weights fix the network.
+    """
+    defaults = FinetuneConfig()
+    used = []
+    for field, value in checkpoint_network(model_config, cfg).items():
+        mine = getattr(cfg, field)
+        if mine == value:
+            continue
+        if mine != getattr(defaults, field):
+            flag = "--" + field.replace("_", "-")
+            raise UserInputError(f"{source}: {flag} {mine} conflicts with the pre-trained network's {value}; "
+                                 f"fine-tuning keeps the checkpoint's network, so leave {flag} out.")
+        used.append(f"{field}={value}")
+        setattr(cfg, field, value)
+    if used:
+        log.info("fine-tuning: the network comes from %s (%s)", source, ", ".join(used))
+
+
 def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str | os.PathLike,
              cfg: FinetuneConfig) -> Path:
     """Fine-tune the network of ``model`` (run folder or checkpoint) on ``pre_target``."""
     ckpt = load_checkpoint(model)
-    config = dict(ckpt["model_config"])
-    kwargs = {k: v for k, v in config.items() if k != "name"}  # create_model stores options flat
-    cfg.arch = config.get("name", cfg.arch)
-    if cfg.arch == "swin_unetr":
-        cfg.feature_size = kwargs.get("feature_size", cfg.feature_size)
-    else:
-        cfg.base_features = kwargs.get("base_features", cfg.base_features)
-        cfg.n_stages = kwargs.get("n_stages", 0) or 0
+    adopt_network(cfg, dict(ckpt["model_config"]), ckpt["path"])
     if cfg.batch_size == 0:
-        cfg.batch_size = 2
+        cfg.batch_size = FINETUNE_BATCH
     if cfg.arch != "swin_unetr" and cfg.n_stages:
         from multitalent.preprocessing.pipeline import Preprocessed
 

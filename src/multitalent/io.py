@@ -26,7 +26,9 @@ import SimpleITK as sitk
 
 from multitalent.errors import UserInputError, atomic_path
 
+MIN_SPACING_MM = 0.01  # below this a voxel size is a broken header, not a scan
 MAX_SPACING_MM = 50.0
+_F32 = 1 - 1e-6  # the limits hold for spacings stored as float32 in a NIfTI header
 CANONICAL = "LPS"  # ITK orientation code whose direction matrix is the identity
 
 
@@ -89,10 +91,10 @@ def _to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
 
 def _check_geometry(geometry: Geometry, path: os.PathLike | str) -> None:
     sp = np.asarray(geometry.spacing)
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0) or np.any(sp > MAX_SPACING_MM):
+    if not np.all(np.isfinite(sp)) or np.any(sp < MIN_SPACING_MM * _F32) or np.any(sp > MAX_SPACING_MM / _F32):
         raise UserInputError(
             f"{path}: absurd voxel spacing {sp.round(4).tolist()} mm (z,y,x); each must be in "
-            f"(0, {MAX_SPACING_MM:g}] mm. Fix the file's header."
+            f"[{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm. Fix the file's header."
         )
     d = np.asarray(geometry.direction).reshape(3, 3)
     if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1) > 1e-2:
@@ -171,11 +173,11 @@ def _check_nifti_pixdim(path: Path) -> None:
     header, endian = found
     ndim = struct.unpack(endian + "h", header[40:42])[0]
     pixdim = struct.unpack(endian + "8f", header[76:108])[1 : 1 + min(max(ndim, 0), 3)]
-    if any(not math.isfinite(v) or v <= 0 for v in pixdim):
+    if any(not math.isfinite(v) or v < MIN_SPACING_MM * _F32 or v > MAX_SPACING_MM / _F32 for v in pixdim):
         shown = [round(float(v), 4) for v in reversed(pixdim)]
         raise UserInputError(
             f"{path}: absurd voxel spacing {shown} mm (z,y,x) in the NIfTI header; each must be in "
-            f"(0, {MAX_SPACING_MM:g}] mm. Fix the file's header."
+            f"[{MIN_SPACING_MM:g}, {MAX_SPACING_MM:g}] mm. Fix the file's header."
         )
 
 

@@ -9,6 +9,9 @@ from multitalent.config import option
 
 @dataclass
 class PredictConfig:
+    checkpoint: str = option("final", "which checkpoint of a run folder: final (the end of training) or best "
+                             "(best moving average of the validation pseudo-Dice, nnU-Net's rule)",
+                             choices=["final", "best"])
     step: float = option(0.5, "sliding-window step as a fraction of the patch size")
     mirror: bool = option(False, "test-time augmentation by mirroring (the training mirror axes)")
     window_batch: int = option(2, "windows per forward pass")

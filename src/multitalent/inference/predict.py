@@ -100,13 +100,14 @@ def _strip_wrappers(state: dict) -> dict:
     return out
 
 
-def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.device = "cpu") -> Predictor:
-    """Rebuild the network of a checkpoint (or a run folder's final/latest checkpoint) for inference."""
+def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.device = "cpu",
+                   checkpoint: str = "final") -> Predictor:
+    """Rebuild the network of a checkpoint (or a run folder's final/latest or best checkpoint) for inference."""
     from multitalent.models import create_model
     from multitalent.training.checkpoint import load_checkpoint
 
     dev = resolve_device(str(device))
-    ckpt = load_checkpoint(checkpoint_or_run, map_location="cpu")
+    ckpt = load_checkpoint(checkpoint_or_run, map_location="cpu", which=checkpoint)
     plans = Plans.from_dict(ckpt["plans"])
     registry = HeadRegistry.from_dict(ckpt["heads"])
     merged = (ckpt.get("train_config") or {}).get("objective") == "merged_softmax"
@@ -377,5 +378,5 @@ def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str |
 def predict(model: str | Path, input: str | Path, output: str | Path, cfg: PredictConfig) -> list[Path]:
     """Segment every scan of ``input`` with every (selected) head of ``model``; returns the case folders
     written (cases skipped by ``--continue`` are not listed)."""
-    predictor = load_predictor(model, cfg.device)
+    predictor = load_predictor(model, cfg.device, cfg.checkpoint)
     return run_prediction(predictor, input, output, cfg)

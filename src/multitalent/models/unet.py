@@ -13,6 +13,8 @@ from multitalent.preprocessing.plans import Plans
 
 # nnU-Net ResEnc presets: residual blocks per encoder stage (truncated to the number of stages)
 RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6)
+# nnU-Net's cap on features per stage (the paper's networks: 32, 64, 128, 256, 320, 320)
+NNUNET_MAX_FEATURES = 320
 
 
 def _nnunet_ops() -> dict:
@@ -24,7 +26,8 @@ def _nnunet_ops() -> dict:
 
 def _topology(plans: Plans, n_stages: int | None, base_features: int | None,
               max_features: int | None) -> tuple[list[int], list[list[int]], list[list[int]]]:
-    """Features, kernels and strides from ``plans.topology``, optionally truncated and rescaled."""
+    """Features, kernels and strides from ``plans.topology``, optionally truncated and rescaled; every
+    stage is capped at ``max_features`` (None or 0: no cap)."""
     topo = plans.topology
     n = topo.n_stages if n_stages is None else int(n_stages)
     if not 2 <= n <= topo.n_stages:
@@ -35,7 +38,9 @@ def _topology(plans: Plans, n_stages: int | None, base_features: int | None,
         if int(base_features) < 1:
             raise UserInputError(f"base_features must be positive, got {base_features}.")
         features = [int(base_features) * 2 ** i for i in range(n)]
-    if max_features is not None:
+    if max_features is not None and int(max_features) < 0:
+        raise UserInputError(f"max_features must be positive (or 0 for no cap), got {max_features}.")
+    if max_features:
         features = [min(f, int(max_features)) for f in features]
     kernels = [list(k) for k in topo.kernel_sizes[:n]]
     strides = [list(s) for s in topo.strides[:n]]
@@ -58,13 +63,14 @@ def _wrap(net: nn.Module, arch: str, num_heads: int, deep_supervision: bool, pla
 
 @register("plain_unet")
 def plain_unet(plans: Plans, num_heads: int, deep_supervision: bool = True, *,
-               base_features: int | None = None, max_features: int | None = None, n_stages: int | None = None,
-               n_conv_per_stage: int = 2, n_conv_per_stage_decoder: int = 2,
+               base_features: int | None = None, max_features: int | None = NNUNET_MAX_FEATURES,
+               n_stages: int | None = None, n_conv_per_stage: int = 2, n_conv_per_stage_decoder: int = 2,
                in_channels: int = 1) -> MultiHeadNet:
     """nnU-Net's plain convolutional U-Net (``PlainConvUNet``) with the topology of ``plans``.
 
     Options: ``base_features`` (features 2**i * base per stage instead of the plans'), ``max_features``
-    (cap on features per stage), ``n_stages`` (keep only the first stages of the topology, >= 2),
+    (cap on features per stage, nnU-Net's 320 by default; 0 or None: no cap), ``n_stages`` (keep only
+    the first stages of the topology, >= 2),
     ``n_conv_per_stage`` / ``n_conv_per_stage_decoder`` (default 2), ``in_channels`` (default 1, CT).
     """
     features, kernels, strides = _topology(plans, n_stages, base_features, max_features)
@@ -78,7 +84,7 @@ def plain_unet(plans: Plans, num_heads: int, deep_supervision: bool = True, *,
 
 @register("resenc_unet")
 def resenc_unet(plans: Plans, num_heads: int, deep_supervision: bool = True, *,
-                base_features: int | None = None, max_features: int | None = None,
+                base_features: int | None = None, max_features: int | None = NNUNET_MAX_FEATURES,
                 n_stages: int | None = None,
                 n_conv_per_stage_decoder: int = 1, in_channels: int = 1) -> MultiHeadNet:
     """nnU-Net's residual-encoder U-Net (``ResidualEncoderUNet``, ResEnc-M layout: 1, 3, 4, 6, 6, 6(, 6)

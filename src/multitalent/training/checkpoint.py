@@ -101,16 +101,29 @@ class BackgroundSaver:
             raise error
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load and check a multitalent checkpoint; a foreign or truncated file is a user error."""
+CHECKPOINT_CHOICES = ("final", "best")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    which: str = "final") -> dict:
+    """Load and check a multitalent checkpoint; a foreign or truncated file is a user error.
+
+    For a run folder, ``which`` picks ``checkpoint_final.pt`` (falling back to ``checkpoint_latest.pt`` of an
+    unfinished run) or ``checkpoint_best.pt`` (best moving average of the validation pseudo-Dice).
+    """
     path = Path(path)
+    if which not in CHECKPOINT_CHOICES:
+        raise UserInputError(f"--checkpoint {which}: choose one of {', '.join(CHECKPOINT_CHOICES)}.")
     if path.is_dir():
-        for name in ("checkpoint_final.pt", "checkpoint_latest.pt"):
+        names = ("checkpoint_final.pt", "checkpoint_latest.pt") if which == "final" else ("checkpoint_best.pt",)
+        for name in names:
             if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise UserInputError(f"{path}: no checkpoint_final.pt or checkpoint_latest.pt in this folder.")
+            raise UserInputError(f"{path}: no {' or '.join(names)} in this folder"
+                                 + (" (a run validated with --val-iterations 0 has none; use --checkpoint final)."
+                                    if which == "best" else "."))
     if not path.is_file():
         raise UserInputError(f"{path}: checkpoint not found.")
     try:

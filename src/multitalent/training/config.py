@@ -35,6 +35,7 @@ class TrainConfig:
     head_prior: float = option(0.01, "initial foreground probability of every sigmoid head (output biases start at "
                                "logit(p), which speeds up early training a lot; 0: nnU-Net's zero bias)")
     base_features: int = option(32, "features of the first stage (32 in nnU-Net; smaller for CPU tests)")
+    max_features: int = option(320, "cap on the features of any stage (nnU-Net's and the paper's 320; 0: no cap)")
     n_stages: int = option(0, "truncate the U-Net to this many stages (0: all from plans)")
     feature_size: int = option(48, "SwinUNETR feature size")
     device: str = option("cpu", "cpu, cuda or cuda:N")
@@ -47,6 +48,8 @@ class TrainConfig:
     num_workers: int = option(-1, "background processes building batches, per training process; -1: automatic "
                               "(on CUDA the CPU cores available / training processes on this node - 1, at most 12; "
                               "on CPU 2); 0: in the main process")
+    final_validation: bool = option(True, "at the end, predict the held-out fold's whole scans and evaluate "
+                                    "them into RUN/validation/ (summary.json, summary.md)")
     seed: int = option(0, "random seed (weights, sampling, augmentation)")
     resume: bool = option(False, "continue from RUN/checkpoint_latest.pt")
     max_nonfinite: int = option(5, "stop after this many consecutive steps with a non-finite loss")
@@ -55,7 +58,7 @@ class TrainConfig:
     def model_kwargs(self) -> dict:
         if self.arch == "swin_unetr":
             return {"feature_size": self.feature_size}
-        kw = {"base_features": self.base_features}
+        kw = {"base_features": self.base_features, "max_features": self.max_features}
         if self.n_stages:
             kw["n_stages"] = self.n_stages
         return kw
@@ -63,6 +66,7 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig(TrainConfig):
+    batch_size: int = option(0, "global batch size; 0 takes the paper's fine-tuning batch, 2")
     head_warmup_epochs: int = option(10, "phase 1: epochs training only the new heads (AdamW, lr rising linearly)")
     head_lr: float = option(5e-4, "phase 1: learning rate reached at the end of the head warm-up")
     full_warmup_epochs: int = option(50, "phase 2: epochs of whole-network SGD with lr rising linearly to --lr")

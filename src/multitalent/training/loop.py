@@ -246,7 +246,8 @@ def train(pre_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConf
           registry: HeadRegistry | None = None, extra_meta: dict | None = None) -> Path:
     """Train one network on the preprocessed collection ``pre_dir``; artefacts go to ``out_dir``.
 
-    Returns the path of ``checkpoint_final.pt``.
+    Returns the path of ``checkpoint_final.pt``. With ``cfg.final_validation`` the held-out fold's whole
+    scans are then predicted and evaluated into ``out_dir/validation/`` (:mod:`multitalent.training.validation`).
     """
     pre = Preprocessed.open(pre_dir)
     device = resolve_device(cfg.device)
@@ -254,9 +255,15 @@ def train(pre_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConf
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
     try:
-        return _train(pre, Path(out_dir), cfg, phases, init_fn, registry, extra_meta, device, dinfo)
+        final = _train(pre, Path(out_dir), cfg, phases, init_fn, registry, extra_meta, device, dinfo)
     finally:
         cleanup(dinfo)
+    if cfg.final_validation and dinfo.is_main:
+        from multitalent.training.validation import final_validation
+
+        log.info("final validation: predicting the held-out fold's whole scans")
+        final_validation(out_dir, device=str(device), quiet=cfg.quiet)
+    return final
 
 
 def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] | None,
@@ -289,6 +296,8 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         raise UserInputError(f"--num-workers {cfg.num_workers}: give 0 or more, or -1 to choose automatically.")
     if not 0.0 <= cfg.head_prior < 1.0:
         raise UserInputError(f"--head-prior {cfg.head_prior}: give a probability in [0, 1) (0 keeps zero biases).")
+    if not 0.0 <= cfg.fg_fraction <= 1.0:
+        raise UserInputError(f"--fg-fraction {cfg.fg_fraction}: give a fraction in [0, 1] (the paper: 1/3).")
     train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
     if not train_cases:
         raise UserInputError(f"{pre.root}: no training cases for fold {cfg.fold} and datasets {cfg.datasets or 'all'}.")
@@ -371,13 +380,21 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
     # included, is 816 MB at the paper config: about 3 s per epoch that the device would otherwise wait)
     saver = BackgroundSaver()
 
-    def checkpoint(path: Path, iteration: int, epoch: int) -> None:
-        saver.save(path, writer=save_checkpoint, payload={
+    def checkpoint(path: Path, iteration: int, epoch: int, also: Path | None = None) -> None:
+        def write(target: str | os.PathLike, snapshot: dict) -> None:  # one snapshot for both files
+            save_checkpoint(target, snapshot)
+            if also is not None:
+                save_checkpoint(also, snapshot)
+
+        saver.save(path, writer=write, payload={
             "model_config": model.config, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
             "phase": phase_idx, "scaler": scaler.state_dict() if scaler else None, "rng": rng_state(),
             "iteration": iteration, "epoch": epoch, "plans": plans.to_dict(), "heads": registry.to_dict(),
             "train_config": asdict(cfg), "meta": meta})
 
+    # checkpoint_best.pt: the best exponential moving average of the mean validation pseudo-Dice (nnU-Net)
+    best_path = out / "checkpoint_best.pt"
+    ema, best_ema = _ema_from_log(read_log(out / "log.jsonl")) if cfg.resume and main else (None, -math.inf)
     pin = device.type == "cuda"
     nonfinite_run = 0
     it = start_iter
@@ -452,10 +469,17 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
                       **val, "lr": optimizer.param_groups[0]["lr"], "phase": phases[phase_idx].name,
                       "epoch_time_s": time.perf_counter() - ep_start, "train_time_s": train_time,
                       "data_wait_fraction": wait / max(train_time, 1e-9), "skipped_steps": skipped}
+            better = False
+            if record.get("mean_pseudo_dice") is not None:
+                dice = record["mean_pseudo_dice"]
+                ema = dice if ema is None else EMA_DECAY * ema + (1 - EMA_DECAY) * dice
+                record["ema_pseudo_dice"] = ema
+                better = ema > best_ema
+                best_ema = max(best_ema, ema)
             if main:
                 append_log(out / "log.jsonl", record)
                 plot_progress(read_log(out / "log.jsonl"), out / "progress.png")
-                checkpoint(latest, it, epoch + 1)
+                checkpoint(latest, it, epoch + 1, also=best_path if better else None)
                 if not quiet:
                     dice = record.get("mean_pseudo_dice")
                     tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}"
@@ -467,6 +491,15 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         if main:
             checkpoint(final, it, epochs)
     return final
+
+
+EMA_DECAY = 0.9  # nnU-Net's moving average of the pseudo-Dice
+
+
+def _ema_from_log(records: list[dict]) -> tuple[float | None, float]:
+    """(last moving average, best moving average) of the epochs already logged (for a resumed run)."""
+    values = [r["ema_pseudo_dice"] for r in records if r.get("ema_pseudo_dice") is not None]
+    return (values[-1], max(values)) if values else (None, -math.inf)
 
 
 def read_config(run: str | os.PathLike) -> dict:

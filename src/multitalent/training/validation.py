@@ -1,0 +1,84 @@
+"""Final validation on whole scans, as nnU-Net does at the end of training.
+
+The held-out fold's cases (``RUN/config.json``: ``val_cases``) are predicted from their raw images with the
+real predictor, in their original geometry, and evaluated against their labels:
+``RUN/validation/summary.json`` and ``summary.md`` (Dice and HD95 per head, dataset and case), beside
+``RUN/validation/predictions/``. The patch pseudo-Dice of the training log stays for the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from multitalent.errors import UserInputError
+
+log = logging.getLogger("multitalent")
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    try:
+        dst.symlink_to(Path(src).resolve())
+    except OSError:  # file systems without symbolic links
+        shutil.copyfile(src, dst)
+
+
+def validation_cases(run: Path) -> tuple[list[dict], str]:
+    """The held-out cases of a run (records with ``case``, ``dataset``, ``image``, ``label``) and its fold."""
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise UserInputError(f"{config_path}: missing; is {run} a run folder made by `multitalent train`?")
+    meta = json.loads(config_path.read_text(encoding="utf-8"))
+    fold = str(meta["config"].get("fold", "0"))
+    pre = Path(meta["preprocessed"])
+    cases_json = pre / "cases.json"
+    if not cases_json.is_file():
+        raise UserInputError(f"{cases_json}: missing; the run's preprocessed folder is needed to find the "
+                             "validation cases' scans.")
+    records = {c["case"]: c for c in json.loads(cases_json.read_text(encoding="utf-8"))}
+    wanted = [] if fold == "all" else meta.get("val_cases", [])
+    missing = [c for c in wanted if c not in records]
+    if missing:
+        raise UserInputError(f"{cases_json}: validation case(s) {missing[:3]} of {run} are not in it.")
+    return [records[c] for c in wanted], fold
+
+
+def final_validation(run: str | os.PathLike, checkpoint: str = "final", device: str = "cpu",
+                     quiet: bool = True, workers: int = 1) -> dict | None:
+    """Predict and evaluate the run's held-out fold on whole scans; returns the summary (None for fold 'all',
+    which holds nothing out)."""
+    from multitalent.evaluation import evaluate
+    from multitalent.inference.config import PredictConfig
+    from multitalent.inference.predict import predict
+    from multitalent.registry import HeadRegistry
+
+    run = Path(run)
+    cases, fold = validation_cases(run)
+    if not cases:
+        log.info("final validation skipped: fold %s holds out no case", fold)
+        return None
+    out = run / "validation"
+    work = out / "inputs"
+    shutil.rmtree(work, ignore_errors=True)
+    for c in cases:
+        for key in ("image", "label"):
+            if not Path(c[key]).is_file():
+                raise UserInputError(f"{c[key]}: the validation case {c['case']}'s {key} is missing.")
+        _link(Path(c["image"]), work / "images" / f"{c['case']}_0000.nii.gz")
+        _link(Path(c["label"]), work / "labels" / c["dataset"] / f"{c['case']}.nii.gz")
+    preds = out / "predictions"
+    shutil.rmtree(preds, ignore_errors=True)
+    predict(run, work / "images", preds, PredictConfig(device=device, quiet=quiet, checkpoint=checkpoint))
+    registry = HeadRegistry.load(run / "heads.json")
+    datasets = sorted({c["dataset"] for c in cases})
+    gts = [f"{ds}={work / 'labels' / ds}" for ds in datasets]
+    summary = evaluate(preds, gts, registry.subset(datasets), out, progress=not quiet, workers=workers)
+    (out / "validation.json").write_text(json.dumps(
+        {"fold": fold, "checkpoint": checkpoint, "cases": [c["case"] for c in cases]}, indent=1))
+    return summary
