@@ -529,7 +529,7 @@ class Reproduction:
         s = self.sizes
         return TrainConfig(epochs=epochs, iterations_per_epoch=s.iterations_per_epoch,
                            val_iterations=s.val_iterations, base_features=s.base_features, fold=s.fold,
-                           num_workers=s.num_workers,
+                           final_validation=False, num_workers=s.num_workers,
                            seed=self.seed, device=self.device, quiet=self.quiet, **kw)
 
     def train_run(self, name: str, fn: Callable[[Path, bool], object]) -> Path:
@@ -571,7 +571,8 @@ class Reproduction:
                                  val_iterations=s.val_iterations, base_features=s.base_features,
                                  head_warmup_epochs=s.ft_head_warmup_epochs,
                                  full_warmup_epochs=s.ft_full_warmup_epochs, from_scratch=from_scratch,
-                                 fold=s.fold, num_workers=s.num_workers, seed=seed, device=self.device,
+                                 fold=s.fold, final_validation=False, num_workers=s.num_workers, seed=seed,
+                                 device=self.device,
                                  quiet=self.quiet, resume=resume)
             finetune(pretrained, self.pre["target"], run, cfg)
 
