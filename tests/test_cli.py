@@ -652,3 +652,16 @@ def test_docs_table_matches_reality():
     found = pattern.search(text)
     assert found, f"{DOC} lacks the table markers; rerun with MULTITALENT_WRITE_DOCS=1"
     assert found.group(0) == block, f"the table in {DOC} is out of date; rerun with MULTITALENT_WRITE_DOCS=1"
+
+
+def test_global_flags_are_accepted_after_the_subcommand():
+    from multitalent.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["-q", "predict", "-m", "r", "-i", "x", "-o", "o"],
+                 ["predict", "-q", "-m", "r", "-i", "x", "-o", "o"]):
+        args = parser.parse_args(argv)
+        assert args.quiet is True and args.verbose is False
+    args = parser.parse_args(["train", "pre", "-o", "run", "-v"])
+    assert args.verbose is True and args.quiet is False
+    assert parser.parse_args(["validate", "run"]).quiet is False

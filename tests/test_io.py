@@ -38,10 +38,10 @@ def test_canonical_keeps_every_voxel_at_its_physical_point(code):
     g = _geom(code)
     a = np.zeros(g.shape, np.float32)
     a[4, 1, 6] = 1
-    point = io._to_sitk(a, g).TransformIndexToPhysicalPoint((6, 1, 4))
+    point = io.to_sitk(a, g).TransformIndexToPhysicalPoint((6, 1, 4))
     c, cg = io.to_canonical(a, g)
     k, j, i = (int(v) for v in np.argwhere(c)[0])
-    np.testing.assert_allclose(io._to_sitk(c, cg).TransformIndexToPhysicalPoint((i, j, k)), point, atol=1e-6)
+    np.testing.assert_allclose(io.to_sitk(c, cg).TransformIndexToPhysicalPoint((i, j, k)), point, atol=1e-6)
 
 
 @pytest.mark.parametrize("code", ["RAS", "LPS"])
@@ -65,7 +65,7 @@ def test_dicom_with_missing_slice_is_refused(tmp_path):
 def test_dicom_folder_with_two_series_is_refused(tmp_path):
     g = _geom("LPS", shape=(3, 8, 8))
     io.write_dicom_series(tmp_path / "a", np.zeros(g.shape, np.int16), g)
-    img = io._to_sitk(np.zeros(g.shape, np.int16), g)
+    img = io.to_sitk(np.zeros(g.shape, np.int16), g)
     sl = img[:, :, 0]
     for k, v in {"0020|000e": "1.2.3.999", "0020|0013": "1", "0008|0060": "CT"}.items():
         sl.SetMetaData(k, v)

@@ -110,15 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # -q / -v are accepted after the subcommand too (`multitalent predict -q ...`); SUPPRESS keeps the
+    # top-level value when the subcommand does not repeat them
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
 
-    p = sub.add_parser("phantoms", help="write the synthetic phantom collection (raw nnU-Net format)")
+    p = sub.add_parser("phantoms", parents=[common],
+                       help="write the synthetic phantom collection (raw nnU-Net format)")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--scale", choices=["small", "full"], default="small",
                    help="small: ~3 mm voxels for CPU work; full: 512x512 slices (default: small)")
     p.set_defaults(func=_cmd_phantoms)
 
-    p = sub.add_parser("preprocess", help="check, resample and write a collection for training")
+    p = sub.add_parser("preprocess", parents=[common],
+                       help="check, resample and write a collection for training")
     p.add_argument("manifest", help="collection manifest (collection.json or .yaml)")
     p.add_argument("-o", "--output", required=True, help="preprocessed folder to write")
     p.add_argument("--preset", choices=["paper", "small"], default="paper",
@@ -129,20 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
     p.set_defaults(func=_cmd_preprocess)
 
-    p = sub.add_parser("train", help="train one network on a preprocessed collection")
+    p = sub.add_parser("train", parents=[common], help="train one network on a preprocessed collection")
     p.add_argument("preprocessed", help="folder written by `multitalent preprocess`")
     p.add_argument("-o", "--output", required=True, help="run folder (checkpoints, log, plots)")
     add_dataclass_arguments(p, TrainConfig, skip=("quiet",))
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("predict", help="segment scans with every head in one pass")
+    p = sub.add_parser("predict", parents=[common], help="segment scans with every head in one pass")
     p.add_argument("-m", "--model", required=True, help="run folder or checkpoint file")
     p.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, or DICOM series folder")
     p.add_argument("-o", "--output", required=True, help="output folder")
     add_dataclass_arguments(p, PredictConfig, skip=("quiet",))
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("evaluate", help="Dice and HD95 per head and case, summaries and plots")
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="Dice and HD95 per head and case, summaries and plots")
     p.add_argument("predictions", help="folder written by `multitalent predict`")
     p.add_argument("ground_truth", nargs="+", help="label folders (e.g. DatasetNNN_Name/labelsTs) or D001=PATH")
     p.add_argument("--heads", required=True, help="heads.json of the model (RUN/heads.json)")
@@ -152,14 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("finetune", help="fine-tune a trained network on a new collection (new heads)")
+    p = sub.add_parser("finetune", parents=[common],
+                       help="fine-tune a trained network on a new collection (new heads)")
     p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the pre-trained network")
     p.add_argument("preprocessed", help="preprocessed target collection")
     p.add_argument("-o", "--output", required=True, help="run folder")
     add_dataclass_arguments(p, FinetuneConfig, skip=("quiet",))
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("validate", help="predict and evaluate a run's held-out fold on whole scans "
+    p = sub.add_parser("validate", parents=[common], help="predict and evaluate a run's held-out fold on whole scans "
                                         "(RUN/validation/; train does it at the end)")
     p.add_argument("run", help="run folder written by `multitalent train` or `finetune`")
     p.add_argument("--checkpoint", choices=["final", "best"], default="final",
@@ -168,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel evaluation processes (default: 1)")
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("demo", help="phantoms -> preprocess -> train -> predict -> evaluate, end to end")
+    p = sub.add_parser("demo", parents=[common],
+                       help="phantoms -> preprocess -> train -> predict -> evaluate, end to end")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--epochs", type=int, help="training epochs of 50 iterations (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

@@ -79,7 +79,8 @@ def geometry_of(img: sitk.Image) -> Geometry:
     )
 
 
-def _to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of a (z, y, x) array with ``geometry``."""
     if tuple(array.shape) != tuple(geometry.shape):
         raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
@@ -89,7 +90,8 @@ def _to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return img
 
 
-def _check_geometry(geometry: Geometry, path: os.PathLike | str) -> None:
+def check_geometry(geometry: Geometry, path: os.PathLike | str) -> None:
+    """Refuse a voxel spacing outside [0.01, 50] mm or not finite, and a non-orthonormal direction."""
     sp = np.asarray(geometry.spacing)
     if not np.all(np.isfinite(sp)) or np.any(sp < MIN_SPACING_MM * _F32) or np.any(sp > MAX_SPACING_MM / _F32):
         raise UserInputError(
@@ -272,7 +274,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
             f"{img.GetNumberOfComponentsPerPixel()} component(s)."
         )
     geometry = geometry_of(img)
-    _check_geometry(geometry, path)
+    check_geometry(geometry, path)
     array = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
     n = _scan_nifti(path) if _is_nifti(path) else 0
     n = n or int((~np.isfinite(array)).sum())
@@ -288,7 +290,7 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
         raise UserInputError(f"{path}: expected a 3D single-channel label map, got {img.GetDimension()}D.")
     geometry = geometry_of(img)
-    _check_geometry(geometry, path)
+    check_geometry(geometry, path)
     nonfinite = _scan_nifti(path) if _is_nifti(path) else 0
     array = sitk.GetArrayFromImage(img)
     if array.dtype.kind == "f":
@@ -301,7 +303,7 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, compress: bool = True) -> None:
     """Write a (z, y, x) array with ``geometry`` atomically (temporary name, then rename)."""
-    img = _to_sitk(array, geometry)
+    img = to_sitk(array, geometry)
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), useCompression=compress)
 
@@ -314,13 +316,13 @@ def write_label(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) 
 
 def to_canonical(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
     """Permute/flip the array so its direction is (close to) the identity (orientation LPS)."""
-    img = sitk.DICOMOrient(_to_sitk(array, geometry), CANONICAL)
+    img = sitk.DICOMOrient(to_sitk(array, geometry), CANONICAL)
     return sitk.GetArrayFromImage(img), geometry_of(img)
 
 
 def from_canonical(array: np.ndarray, canonical: Geometry, original: Geometry) -> np.ndarray:
     """Undo :func:`to_canonical`: return ``array`` (on the canonical grid) on the original grid."""
-    img = sitk.DICOMOrient(_to_sitk(array, canonical), original.orientation)
+    img = sitk.DICOMOrient(to_sitk(array, canonical), original.orientation)
     out = sitk.GetArrayFromImage(img)
     problem = geometry_of(img).matches(original)
     if problem is not None:  # pragma: no cover - would be a bug, not a user error
@@ -344,7 +346,7 @@ def _write_dicom_series(folder: str | os.PathLike, array: np.ndarray, geometry: 
         raise ValueError("DICOM cannot store a left-handed direction matrix (e.g. LAS)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    img = _to_sitk(array.astype(np.int16), geometry)
+    img = to_sitk(array.astype(np.int16), geometry)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = img.GetDirection()

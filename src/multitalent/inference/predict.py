@@ -45,6 +45,9 @@ _CHANNEL_RE = re.compile(r"^(.*)_(\d{4})$")
 
 
 # --- the model ------------------------------------------------------------------------------------
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
 @dataclass
 class Predictor:
     """A network ready for inference with everything needed to feed it: plans, heads, TTA axes."""
@@ -60,6 +63,53 @@ class Predictor:
     def pad_value(self) -> float:
         """Normalised air: what the volume is padded with when it is smaller than the patch."""
         return float(normalize(np.array([AIR_HU], np.float32), self.plans.normalization)[0])
+
+    @classmethod
+    def from_run(cls, run: str | os.PathLike, device: str = "cpu", checkpoint: str = "final") -> Predictor:
+        """The network of a run folder (its final or best checkpoint) or of a checkpoint file."""
+        return load_predictor(run, device, checkpoint)
+
+    def __call__(self, image: sitk.Image | np.ndarray, spacing: tuple[float, float, float] | None = None,
+                 origin: tuple[float, float, float] = (0.0, 0.0, 0.0), direction: tuple[float, ...] | None = None,
+                 heads: bool = False, step: float = 0.5, mirror: bool = False) -> dict:
+        """Segment one scan in memory: a SimpleITK image, or a (z, y, x) array in HU with its ``spacing``
+        (z, y, x, mm), ``origin`` and ``direction`` (ITK's, row-major; identity by default).
+
+        Returns ``{dataset id: label map}`` in each dataset's own label values and in the input's geometry
+        (SimpleITK images for an image input, arrays for an array input); with ``heads=True`` also
+        ``{"heads": {head id: binary mask}}``, the same way.
+        """
+        as_array = not isinstance(image, sitk.Image)
+        if as_array:
+            if spacing is None:
+                raise UserInputError("an array needs its spacing (z, y, x in mm).")
+            array = np.asarray(image, dtype=np.float32)
+            if array.ndim != 3:
+                raise UserInputError(f"expected a 3D (z, y, x) array, got shape {array.shape}.")
+            geometry = io.Geometry(tuple(array.shape), tuple(float(v) for v in spacing),
+                                   tuple(float(v) for v in origin), tuple(direction or IDENTITY))
+        else:
+            if image.GetDimension() != 3:
+                raise UserInputError(f"expected a 3D image, got {image.GetDimension()}D.")
+            array = sitk.GetArrayFromImage(image).astype(np.float32)
+            geometry = io.geometry_of(image)
+        io.check_geometry(geometry, "the input image")
+        if not np.all(np.isfinite(array)):
+            raise UserInputError("the input image holds NaN or infinite intensities.")
+        prepared, props = prepare_image(array, geometry, self.plans.spacing)
+        del array
+        asm = MaskAssembler(props, len(self.registry))
+        self.sliding_window(normalize(prepared, self.plans.normalization), asm, step=step, mirror=mirror)
+        asm.finish()
+        local = {i: i for i in range(len(self.registry))}
+
+        def out(a: np.ndarray):
+            return a if as_array else io.to_sitk(a, asm.original)
+
+        result: dict = {ds: out(asm.labelmap(self.registry, ds, local)) for ds in self.registry.dataset_ids}
+        if heads:
+            result["heads"] = {h.id: out(asm.mask(k)) for k, h in enumerate(self.registry.heads)}
+        return result
 
     def sliding_window(self, image: np.ndarray | torch.Tensor, on_slab: SlabCallback | None = None,
                        heads: list[int] | None = None, step: float = 0.5, window_batch: int = 2,

@@ -1,0 +1,64 @@
+"""The public API: the same code paths as the CLI, with the same options as keyword arguments.
+
+    import multitalent as mt
+    mt.preprocess("raw/collection.json", "pre", preset="small")
+    final = mt.train("pre", "run", epochs=20, base_features=8)      # any `multitalent train` option
+    predictor = mt.Predictor.from_run("run")
+    maps = predictor(sitk_image)                                     # {dataset id: label map}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def preprocess(manifest: str | os.PathLike, out: str | os.PathLike, preset: str = "paper", **options) -> Path:
+    """``multitalent preprocess``: options ``spacing``, ``patch_size``, ``batch_size``, ``workers``, ``progress``."""
+    from multitalent.preprocessing.pipeline import run_preprocessing
+
+    return Path(run_preprocessing(manifest, out, preset=preset, **options))
+
+
+def train(preprocessed: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
+    """``multitalent train``: ``options`` are :class:`~multitalent.training.config.TrainConfig` fields.
+    Returns the path of ``checkpoint_final.pt``."""
+    from multitalent.training.config import TrainConfig
+    from multitalent.training.loop import train as _train
+
+    return _train(preprocessed, out, TrainConfig(**options))
+
+
+def finetune(model: str | os.PathLike, preprocessed: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
+    """``multitalent finetune``: ``options`` are :class:`~multitalent.training.config.FinetuneConfig` fields."""
+    from multitalent.finetune import finetune as _finetune
+    from multitalent.training.config import FinetuneConfig
+
+    return _finetune(model, preprocessed, out, FinetuneConfig(**options))
+
+
+def predict(model: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike, **options) -> list[Path]:
+    """``multitalent predict`` on files: ``options`` are :class:`~multitalent.inference.config.PredictConfig`
+    fields. Returns the case folders written."""
+    from multitalent.inference.config import PredictConfig
+    from multitalent.inference.predict import predict as _predict
+
+    return _predict(model, input, output, PredictConfig(**options))
+
+
+def evaluate(predictions: str | os.PathLike, ground_truth: list, heads: str | os.PathLike,
+             out: str | os.PathLike | None = None, **options) -> dict:
+    """``multitalent evaluate``: ``ground_truth`` label folders (or ``"D001=PATH"``), ``heads`` a
+    ``heads.json``; returns the summary (and writes it to ``out``)."""
+    from multitalent.evaluation import evaluate as _evaluate
+    from multitalent.registry import HeadRegistry
+
+    return _evaluate(Path(predictions), list(ground_truth), HeadRegistry.load(heads),
+                     Path(out) if out is not None else None, **options)
+
+
+def validate(run: str | os.PathLike, checkpoint: str = "final", device: str = "cpu") -> dict | None:
+    """``multitalent validate``: whole-scan validation of a run's held-out fold into ``RUN/validation/``."""
+    from multitalent.training.validation import final_validation
+
+    return final_validation(run, checkpoint=checkpoint, device=device)
