@@ -311,7 +311,6 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         init_head_bias(model, cfg.head_prior)  # before init_fn: fine-tuning keeps its loaded weights
     if init_fn is not None:
         init_fn(model)
-    _check_memory(model, cfg, plans, batch_size // dinfo.world_size, device, dinfo)
     if main:  # only now, after every option and the model were checked: a refused run leaves no folder
         ensure_output_dir(out)
     model.to(device)
@@ -492,21 +491,6 @@ def _train(pre: Preprocessed, out: Path, cfg: TrainConfig, phases: list[Phase] |
         if main:
             checkpoint(final, it, epochs)
     return final
-
-
-def _check_memory(model: torch.nn.Module, cfg: TrainConfig, plans, batch: int, device: torch.device,
-                  dinfo: DistInfo) -> None:
-    """Refuse a CPU run whose first step cannot fit in RAM (exit code 2), warn when it is close or on CUDA."""
-    from multitalent.training.memory import WARN_ABOVE, check_step_memory, processes_on_node
-
-    levels = len(deep_supervision_scales(plans, cfg.model_kwargs().get("n_stages"))) if cfg.deep_supervision else 1
-    override = os.environ.get("MULTITALENT_MEMORY_AVAILABLE")  # bytes; for tests and containers that lie
-    est = check_step_memory(model, cfg.arch, plans, batch, model.num_heads, levels, str(device), cfg.amp,
-                            processes_on_node(), float(override) if override else None)
-    if est.share is not None and est.share > WARN_ABOVE and dinfo.local_rank == 0:
-        log.warning("one training step needs about %.1f GB of %s%s and %.1f GB is available%s",
-                    est.bytes / 1e9, est.where, " per process" if processes_on_node() > 1 else "",
-                    est.available / 1e9, "" if est.certain else " (a rough estimate on CUDA: training goes on)")
 
 
 EMA_DECAY = 0.9  # nnU-Net's moving average of the pseudo-Dice
