@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 
 import torch
@@ -104,3 +106,16 @@ def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str |
 
     return train(pre_target, out, cfg, phases=finetune_phases(cfg), init_fn=init,
                  extra_meta={"pretrained": ckpt["path"], "from_scratch": cfg.from_scratch})
+
+
+class _CallableModule(types.ModuleType):
+    """``multitalent.finetune`` is both this module and the public ``mt.finetune(model, pre, out, **options)``:
+    importing the module replaces the package attribute, so the module itself answers the call."""
+
+    def __call__(self, *args, **kwargs):
+        from multitalent.api import finetune as api_finetune
+
+        return api_finetune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
