@@ -176,17 +176,13 @@ def calibration_note(sizes: Sizes) -> str:
     full_min = projection(FULL)[2] + CALIBRATION_FULL_FIXED_MIN
     total = " + ".join(f"{n} {a}" for a, n in its.items())
     return (
-        "Calibration (measured while writing the script; 2-core Xeon @ 2.5 GHz, 6 mm, patch 32x48x48, "
-        "batch 2, `num_workers=0`): the plain U-Net with 8 base features takes 0.27-0.32 s per iteration "
-        "(data wait 6-7 %), the residual U-Net 0.35-0.39 s; at 4 mm / patch 32x64x64 the plain U-Net took "
-        "0.38-0.39 s (0.42 s with `num_workers=1`: the loader process competes with the two compute threads, "
-        "so batches are built in the main process) and SwinUNETR (feature size 12) ~4.5x as much. "
-        "Predicting one test scan takes 1-3 s. On a shared machine (another process's threads on "
-        "the same 2 cores) iterations were 5-10x slower. Projection for these sizes at the calibrated "
-        f"speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} min of training on 2 idle "
-        f"cores. The `--full` sizes project to ~{full_min:.0f} min in all "
-        f"(~{CALIBRATION_FULL_FIXED_MIN:.0f} min of it "
-        "for data, prediction and evaluation), chosen to stay below 70 min."
+        "Calibration (measured on 2-core machines while sizing the script, 6 mm, patch 32x48x48, batch 2, "
+        "`num_workers=0`): the plain U-Net with 8 base features took 0.18-0.30 s per iteration, the residual "
+        "U-Net 0.23-0.37 s (the lower figures on an AMD EPYC, the higher on a Xeon @ 2.5 GHz); another "
+        "CPU-heavy process on the same 2 cores makes iterations 2-7x slower. Projection for these sizes at "
+        f"the slower speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} min of training on 2 idle "
+        f"cores; the `--full` sizes project to ~{full_min:.0f} min in all (~{CALIBRATION_FULL_FIXED_MIN:.0f} "
+        "min of it for data, prediction and evaluation), chosen to stay below the 150 min the issue allows."
     )
 
 
@@ -1474,7 +1470,11 @@ def write_report(path: Path, ctx: dict) -> str:
           "the loss's balance of BCE and batch Dice, batch size, backbone width) are not part of this "
           "invocation; until they are measured, the cause is open.\n")
     else:
-        w("No accuracy claim was found to fail between converged models, so no ablation was run.\n")
+        unjudged = [f for f in ctx["findings"] if f["verdict"] == NOT_CONVERGED]
+        w("No accuracy claim was found to fail between converged models, so no ablation was run"
+           + (f"; {len(unjudged)} comparison(s) involve an unconverged model and are not measurable at this "
+              "budget, so a loss there is not yet established either (the ablations belong to a run whose "
+              "models converge)" if unjudged else "") + ".\n")
 
     # calibration
     w("## Runs and calibration\n")
