@@ -68,13 +68,13 @@ def _write_log(run: Path, curve: list[float]) -> None:
             fh.write(json.dumps({"epoch": i, "iteration": 10 * (i + 1), "mean_pseudo_dice": y}) + "\n")
 
 
-def test_convergence_is_the_trend_over_the_last_quarter(reproduce, tmp_path):
+def test_convergence_is_the_gain_over_the_last_quarter(reproduce, tmp_path):
     rising = [0.1 * i for i in range(8)]  # +0.1 per epoch: gains 0.2 over the last quarter
     _write_log(tmp_path / "rising", rising)
     c = reproduce.convergence(tmp_path / "rising")
     assert c["converged"] is False and c["gain_last_quarter"] == pytest.approx(0.2)
     assert c["iterations"] == [10 * (i + 1) for i in range(8)]
-    # a plateau with validation noise of a few points: converged (the trend, not the last value)
+    # a plateau with validation noise of a few points: converged (means of epochs, not the last value)
     plateau = [0.3, 0.6, 0.75, 0.80, 0.83, 0.79, 0.84, 0.80, 0.82, 0.81]
     _write_log(tmp_path / "plateau", plateau)
     assert reproduce.convergence(tmp_path / "plateau")["converged"] is True
@@ -101,6 +101,9 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     verdicts = [f["verdict"] for f in ctx["findings"]]
     assert verdicts and "holds" not in verdicts and "does not hold" not in verdicts
     assert "**holds**" not in text and "**does not hold**" not in text
+    abl = _section(text, "## Ablations")
+    assert "| ablation_width16 |" in abl and ctx["summaries"]["ablation_width16"]["heads"]
+    assert (out / "runs" / "ablation_width16" / "checkpoint_final.pt").is_file()
     conv = _section(text, "## 0. Convergence")
     for name in ("multitalent_plain_unet", "merged_softmax", "single_D005", "finetune_scratch_seed0"):
         assert f"| {name} |" in conv
