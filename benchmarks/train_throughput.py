@@ -33,7 +33,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -123,69 +122,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 class Trainer:
-    """The training step of ``multitalent.training.loop`` (SGD with Nesterov momentum, gradient clipping,
-    GradScaler for fp16), without the bookkeeping, so each step can be timed."""
+    """``multitalent train``'s own step (:class:`multitalent.training.step.TrainStep`: the objective's loss,
+    SGD with the TrainConfig defaults, gradient clipping, GradScaler for fp16, the non-finite policy), without
+    the loop's bookkeeping, so each step can be timed."""
 
     def __init__(self, model: torch.nn.Module, n_outputs: int, heads: int, device: torch.device,
                  amp: str = "off", channels_last: bool = False, compile: bool = False,
                  info: DistInfo | None = None) -> None:
-        from multitalent.loss import MultiTalentLoss, deep_supervision_weights
-        from multitalent.training.distributed import all_reduce_sum, wrap_ddp
+        from multitalent.loss import deep_supervision_weights
+        from multitalent.objectives import MultiTalentObjective
+        from multitalent.registry import Head, HeadRegistry
+        from multitalent.training.config import TrainConfig
+        from multitalent.training.distributed import all_reduce_sum
+        from multitalent.training.schedule import standard_phases
+        from multitalent.training.step import TrainStep
 
         self.info = info or DistInfo()
         self.device = device
-        self.heads = heads
-        self.amp = amp_dtype(amp, device)
         self.channels_last = channels_last
         weights = deep_supervision_weights(n_outputs)
         self.used = max([i for i, w in enumerate(weights) if w > 0] or [0]) + 1
-        self.model = model.to(device)
+        model = model.to(device)
         if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
-        self.loss_fn = MultiTalentLoss(ds_weights=weights[: self.used],
-                                       sum_fn=all_reduce_sum if self.info.enabled else None)
-        keep = self.used if self.used < n_outputs else None
-        net = wrap_ddp(self.model, self.info, device, keep_outputs=keep)
-        self.net = torch.compile(net) if compile else net
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
-                                         weight_decay=3e-5)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+            model = model.to(memory_format=torch.channels_last_3d)
+        registry = HeadRegistry([Head(f"D000_h{i}", "D000", f"h{i}", (i + 1,)) for i in range(heads)])
+        objective = MultiTalentObjective(registry, weights[: self.used],
+                                         sum_fn=all_reduce_sum if self.info.enabled else None,
+                                         bce_scale=float(self.info.world_size))
+        cfg = TrainConfig(amp=amp, compile=compile, device=str(device), epochs=1, iterations_per_epoch=10**6)
+        self.train_step = TrainStep(model, objective, cfg, standard_phases(cfg), device, self.info,
+                                    keep_outputs=self.used if self.used < n_outputs else None,
+                                    channels_last=channels_last)
+        self.amp = self.train_step.amp
+        self.iteration = 0
 
-    def step(self, batch: dict) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        ctx = torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
-        with ctx:
-            out = self.net(batch["image"])
-        out = out if isinstance(out, (list, tuple)) else [out]
-        # as multitalent.training.loop.loss_on_batch (not imported: the loop pulls in the loader's
-        # dependencies, SimpleITK and batchgeneratorsv2, which a GPU box measuring the model may lack)
-        pairs = batch["pairs"]
-        selected = [o.float()[pairs[:, 0], pairs[:, 1]] for o in out[: len(batch["targets"])]]
-        loss = self.loss_fn.pairs(selected, batch["targets"][: len(selected)], pairs[:, 1], self.heads,
-                                  bce_scale=float(self.info.world_size))
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
-            self.optimizer.step()
-        return float(loss.detach())  # synchronises, like the loop's logging of the loss
+    def step(self, batch: dict) -> float | None:
+        self.train_step.set_iteration(self.iteration)
+        loss = self.train_step(batch, self.iteration)  # float(loss) synchronises, like the loop's logging
+        self.iteration += 1
+        return loss
 
 
 def timed_steps(trainer: Trainer, batches: Iterator[dict], n: int) -> StepTimes:

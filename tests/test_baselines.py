@@ -52,6 +52,6 @@ def test_merged_softmax_training_runs(tiny_collection, tmp_path):
     pre = run_preprocessing(tiny_collection, tmp_path / "pre", spacing=(2.0, 2.0, 2.0), patch_size=(16, 32, 32),
                             workers=1, progress=False)
     ckpt = load_checkpoint(loop.train(pre, tmp_path / "run", small_cfg(objective="merged_softmax")))
-    assert ckpt["train_config"]["objective"] == "merged_softmax"
+    assert ckpt.config["objective"] == "merged_softmax"
     # background, liver, tumor@D001, spleen
-    assert ckpt["state_dict"][[k for k in ckpt["state_dict"] if "seg_layers.0.weight" in k][0]].shape[0] == 4
+    assert ckpt.state_dict[[k for k in ckpt.state_dict if "seg_layers.0.weight" in k][0]].shape[0] == 4

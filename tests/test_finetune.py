@@ -32,7 +32,7 @@ def _split(state: dict, heads: set[str]) -> tuple[dict, dict]:
 
 
 def _head_keys(ckpt: dict) -> set[str]:
-    return {k for k in ckpt["state_dict"] if ".seg_layers." in k}  # the U-Net's output convolutions
+    return {k for k in ckpt.state_dict if ".seg_layers." in k}  # the U-Net's output convolutions
 
 
 def test_phases_follow_the_recipe():
@@ -55,17 +55,17 @@ def test_head_warmup_keeps_the_pretrained_backbone(pretrained, tmp_path):
     cfg = FinetuneConfig(epochs=0, head_warmup_epochs=1, full_warmup_epochs=0, **COMMON)
     final = load_checkpoint(finetune(ckpt_path, pre, tmp_path / "ft", cfg))
     # the options of the pre-trained model were taken over (not the defaults of 32 features / all stages)
-    assert final["model_config"] == source["model_config"]
+    assert final.model_config == source.model_config
     heads = _head_keys(final)
     assert heads
-    src_backbone, _ = _split(source["state_dict"], heads)
-    ft_backbone, ft_heads = _split(final["state_dict"], heads)
+    src_backbone, _ = _split(source.state_dict, heads)
+    ft_backbone, ft_heads = _split(final.state_dict, heads)
     # only the heads trained: every backbone tensor is the pre-trained one, bit for bit
     assert src_backbone.keys() == ft_backbone.keys()
     for k in src_backbone:
         assert torch.equal(src_backbone[k], ft_backbone[k]), k
     # the heads are new (the prior's bias after two small AdamW steps), not the pre-trained ones
-    assert any(not torch.equal(v, source["state_dict"][k]) for k, v in ft_heads.items())
+    assert any(not torch.equal(v, source.state_dict[k]) for k, v in ft_heads.items())
     log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in log] == ["head_warmup"]
     meta = json.loads((tmp_path / "ft" / "config.json").read_text())
@@ -79,15 +79,15 @@ def test_whole_network_phases_change_the_backbone(pretrained, tmp_path):
     final = load_checkpoint(finetune(ckpt_path, pre, tmp_path / "ft", cfg))
     log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in log] == ["head_warmup", "full_warmup", "train"]
-    assert final["iteration"] == 6
+    assert final.iteration == 6
     heads = _head_keys(final)
-    backbone = _split(final["state_dict"], heads)[0]
-    assert [k for k, v in backbone.items() if not torch.equal(v, source["state_dict"][k])]
+    backbone = _split(final.state_dict, heads)[0]
+    assert [k for k, v in backbone.items() if not torch.equal(v, source.state_dict[k])]
 
 
 def test_from_scratch_ignores_the_pretrained_weights(pretrained, tmp_path, monkeypatch):
     ckpt_path, pre = pretrained
-    source = load_checkpoint(ckpt_path)["state_dict"]
+    source = load_checkpoint(ckpt_path).state_dict
     first = "backbone.encoder.stages.0.0.convs.0.conv.weight"
     start = {}
 

@@ -15,6 +15,7 @@ from scipy import ndimage
 from torch import nn
 
 from multitalent import io
+from multitalent.device import resolve_device
 from multitalent.errors import UserInputError
 from multitalent.inference.config import PredictConfig
 from multitalent.inference.export import MaskAssembler
@@ -23,7 +24,6 @@ from multitalent.inference.predict import (
     find_cases,
     load_predictor,
     predict,
-    resolve_device,
     run_prediction,
 )
 from multitalent.inference.sliding_window import (
@@ -112,7 +112,7 @@ def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("run") / "checkpoint_final.pt"
     save_checkpoint(path, {"model_config": model.config, "state_dict": model.state_dict(),
                            "plans": p.to_dict(), "heads": reg.to_dict(),
-                           "train_config": {"mirror_axes": [0, 1]}, "epoch": 1})
+                           "config": {"mirror_axes": [0, 1]}, "epoch": 1})
     return path
 
 

@@ -14,7 +14,10 @@ from multitalent.models import (
     init_head_bias,
     list_models,
     load_backbone,
+    model_options,
+    register,
     replace_heads,
+    training_options,
 )
 from multitalent.preprocessing.plans import Plans
 
@@ -40,6 +43,34 @@ def _as_list(y):
 
 def test_registry_lists_the_three_architectures():
     assert {"plain_unet", "resenc_unet", "swin_unetr"} <= set(list_models())
+
+
+def test_the_torch_free_table_is_the_registry():
+    """``multitalent.architectures`` (``--arch`` choices and ``TrainConfig.model_kwargs`` without importing
+    torch) lists every registered architecture with the options declared on ``@register``, and nothing else;
+    those options are keyword-only builder parameters and ``TrainConfig`` fields."""
+    from dataclasses import fields
+
+    from multitalent.architectures import ARCHITECTURE_OPTIONS, list_architectures
+    from multitalent.training.config import TrainConfig
+
+    assert list_architectures() == list_models()
+    train_fields = {f.name for f in fields(TrainConfig)}
+    for name in list_models():
+        assert ARCHITECTURE_OPTIONS[name] == training_options(name), name
+        assert set(training_options(name)) <= set(model_options(name)) & train_fields, name
+        assert set(TrainConfig(arch=name).model_kwargs()) <= set(training_options(name)), name
+
+
+def test_register_refuses_options_its_builder_does_not_take():
+    def builder(plans, num_heads, deep_supervision=True, *, width=8):
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="keyword-only"):
+        register("test_only_net", options=("height",))(builder)
+    with pytest.raises(ValueError, match="keyword-only"):
+        register("test_only_net", options=("num_heads",))(builder)
+    assert "test_only_net" not in list_models()
 
 
 @pytest.mark.parametrize("name", list_models())

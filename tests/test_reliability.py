@@ -28,7 +28,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multitalent import io
+from multitalent import io, objectives
 from multitalent.cli import main
 from multitalent.data.sampling import case_probabilities
 from multitalent.errors import write_json
@@ -89,7 +89,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(shared: Shared, t
     assert proc.wait(timeout=30) == -9
     assert log_epochs(run) == [0], "the kill did not land in epoch 2"
     killed = load_checkpoint(run / "checkpoint_latest.pt")
-    assert killed["epoch"] == 1 and killed["iteration"] == 4
+    assert killed.epoch == 1 and killed.iteration == 4
     assert not (run / "checkpoint_final.pt").exists()
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")], "temporary files after the kill"
 
@@ -97,8 +97,8 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(shared: Shared, t
     assert rc == 2 and "--resume" in capsys.readouterr().err  # an existing run is never replaced silently
     assert main(["-q", "train", str(shared.pre), "-o", str(run), *TRAIN_ARGS, "--resume"]) == 0
     assert log_epochs(run) == [0, 1, 2]
-    resumed = load_checkpoint(run / "checkpoint_final.pt")["state_dict"]
-    straight = load_checkpoint(shared.run / "checkpoint_final.pt")["state_dict"]
+    resumed = load_checkpoint(run / "checkpoint_final.pt").state_dict
+    straight = load_checkpoint(shared.run / "checkpoint_final.pt").state_dict
     assert resumed.keys() == straight.keys()
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
@@ -172,7 +172,7 @@ def test_nonfinite_loss_stops_training_through_the_cli(shared: Shared, tmp_path:
                                                        monkeypatch):
     """Every step non-finite: each is skipped and logged, and after --max-nonfinite in a row the command
     stops with exit code 1 and one line naming the last good checkpoint."""
-    monkeypatch.setattr(loop, "loss_on_batch", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(objectives, "loss_on_batch", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     with caplog.at_level(logging.WARNING, logger="multitalent"):
         rc = main(["-q", "train", str(shared.pre), "-o", str(tmp_path / "run"), *TRAIN_ARGS,
                    "--max-nonfinite", "3"])
@@ -187,7 +187,7 @@ def test_nonfinite_loss_stops_training_through_the_cli(shared: Shared, tmp_path:
 
 def test_nonfinite_stop_names_only_a_checkpoint_that_exists(shared: Shared, tmp_path: Path, capsys,
                                                              monkeypatch):
-    monkeypatch.setattr(loop, "loss_on_batch", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(objectives, "loss_on_batch", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     run = tmp_path / "run"
     assert main(["-q", "train", str(shared.pre), "-o", str(run), *TRAIN_ARGS, "--max-nonfinite", "2"]) == 1
     err = capsys.readouterr().err
@@ -196,7 +196,7 @@ def test_nonfinite_stop_names_only_a_checkpoint_that_exists(shared: Shared, tmp_
 
 def test_an_isolated_nonfinite_step_is_skipped_and_training_goes_on(shared: Shared, tmp_path: Path,
                                                                      monkeypatch):
-    real = loop.loss_on_batch
+    real = objectives.loss_on_batch
     calls = {"n": 0}
 
     def nan_on_second_call(*a, **k):
@@ -204,12 +204,12 @@ def test_an_isolated_nonfinite_step_is_skipped_and_training_goes_on(shared: Shar
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(loop, "loss_on_batch", nan_on_second_call)
+    monkeypatch.setattr(objectives, "loss_on_batch", nan_on_second_call)
     args = [*TRAIN_ARGS, "--epochs", "1", "--iterations-per-epoch", "3", "--val-iterations", "0"]
     assert main(["-q", "train", str(shared.pre), "-o", str(tmp_path / "run"), *args]) == 0
     record = json.loads((tmp_path / "run" / "log.jsonl").read_text())
     assert record["skipped_steps"] == 1 and np.isfinite(record["train_loss"])
-    weights = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt")["state_dict"]
+    weights = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt").state_dict
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 
@@ -221,7 +221,7 @@ def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(shared: Shared, 
     shutil.copytree(shared.run, run)
     latest = run / "checkpoint_latest.pt"
     before = latest.read_bytes()
-    payload = {k: v for k, v in load_checkpoint(latest).items() if k not in ("format", "path")}
+    payload = load_checkpoint(latest).payload()
     payload["epoch"] = 99
     real_save = torch.save
 
@@ -236,7 +236,7 @@ def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(shared: Shared, 
         save_checkpoint(latest, payload)
     monkeypatch.undo()
     assert latest.read_bytes() == before
-    assert load_checkpoint(latest)["epoch"] == 3
+    assert load_checkpoint(latest).epoch == 3
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
@@ -298,7 +298,7 @@ def test_training_stops_when_a_background_checkpoint_write_fails(shared: Shared,
                            fold="all", quiet=True)
     with pytest.raises(OSError, match="No space left"):
         loop.train(shared.pre, run, cfg)
-    assert load_checkpoint(run / "checkpoint_latest.pt")["epoch"] == 1  # the first epoch's, intact
+    assert load_checkpoint(run / "checkpoint_latest.pt").epoch == 1  # the first epoch's, intact
     assert not (run / "checkpoint_final.pt").exists()
 
 

@@ -1,30 +1,67 @@
-"""``benchmarks/reproduce.py``: the reduced (``--tiny``) reproduction runs end to end, writes a report with
-every section and table filled with numbers, and a second invocation resumes without training again."""
+"""``benchmarks/reproduce.py`` (the package ``benchmarks/repro``): the reduced (``--tiny``) reproduction runs
+end to end, writes a report with every section and table filled with numbers, and a second invocation resumes
+without training again."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = module
-    spec.loader.exec_module(module)
-    return module
+    if str(BENCHMARKS) not in sys.path:  # as benchmarks/reproduce.py does; the training workers inherit it
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module("repro")
 
 
 @pytest.fixture(scope="module")
 def reproduce():
     return _load()
+
+
+def test_the_entry_script_parses_its_options():
+    res = subprocess.run([sys.executable, str(BENCHMARKS / "reproduce.py"), "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for flag in ("--quick", "--full", "--gpu", "--out", "--device"):
+        assert flag in res.stdout
+
+
+def test_gpu_sizes_train_every_backbone_within_the_projected_ten_minutes(reproduce, tmp_path, monkeypatch):
+    gpu = reproduce.GPU
+    assert reproduce.SIZES["gpu"] is gpu and gpu.archs == ("plain_unet", "resenc_unet", "swin_unetr")
+    assert all(p % 32 == 0 for p in gpu.patch_size)  # SwinUNETR needs every axis divisible by 32
+    assert gpu.single_epochs >= 8  # enough validated epochs to judge convergence
+    assert reproduce.gpu_projection(gpu)["total_min"] <= 10
+    rep = reproduce.Reproduction(gpu, tmp_path, device="cuda")
+    rep.dataset_ids = ["D001", "D005", "D006"]
+    jobs = rep.training_jobs()
+    assert jobs["multitalent_swin_unetr"]["kw"] == {"arch": "swin_unetr"}
+    assert jobs["single_swin_unetr_D005"]["kw"] == {"datasets": ["D005"], "arch": "swin_unetr"}
+    assert jobs["ablation_width32"]["kw"] == {"arch": "plain_unet", "base_features": 32}
+    assert len(jobs) == 3 * 3 + 3 + 3 + 1 + 3 * gpu.ft_seeds
+    # the SwinUNETR runs get its feature size (train_plain), not a U-Net's base features
+    import multitalent.training.loop
+
+    configs = {}
+    monkeypatch.setattr(multitalent.training.loop, "train", lambda pre, run, cfg: configs.setdefault(run.name, cfg))
+    monkeypatch.setattr(rep, "train_run", lambda name, fn: fn(tmp_path / name, False))
+    for name in ("multitalent_swin_unetr", "single_swin_unetr_D005", "multitalent_resenc_unet"):
+        rep.train(name)
+    swin = configs["multitalent_swin_unetr"]
+    assert swin.arch == "swin_unetr" and swin.model_kwargs() == {"feature_size": gpu.swin_feature_size}
+    assert configs["single_swin_unetr_D005"].datasets == ["D005"]
+    assert configs["multitalent_resenc_unet"].model_kwargs()["base_features"] == gpu.base_features
+    assert swin.device == "cuda" and swin.num_workers == gpu.num_workers
+    assert "GPU" in reproduce.calibration_note(gpu) and "not measured" in reproduce.calibration_note(gpu)
 
 
 def _section(text: str, title: str) -> str:

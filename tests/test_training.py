@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from multitalent import objectives
 from multitalent.data import loader as loader_mod
 from multitalent.data.loader import (
     MAX_AUTO_WORKERS,
@@ -27,6 +28,7 @@ from multitalent.registry import region_masks
 from multitalent.training import loop
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import TrainConfig
+from multitalent.training.schedule import phase_at
 
 
 @pytest.fixture
@@ -153,8 +155,8 @@ def test_train_writes_artefacts_and_loss_falls(pre, tmp_path):
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     assert 0 <= log[0]["data_wait_fraction"] <= 1 and set(log[0]["pseudo_dice"]) == set(pre.registry.ids)
     ckpt = load_checkpoint(final)
-    assert ckpt["iteration"] == 20 and ckpt["heads"]["heads"][0]["id"] == "D001_liver"
-    assert load_checkpoint(run)["path"].endswith("checkpoint_final.pt")
+    assert ckpt.iteration == 20 and ckpt.heads["heads"][0]["id"] == "D001_liver"
+    assert load_checkpoint(run).path.endswith("checkpoint_final.pt")
 
 
 def test_resume_reaches_the_same_weights(pre, tmp_path, monkeypatch):
@@ -178,8 +180,8 @@ def test_resume_reaches_the_same_weights(pre, tmp_path, monkeypatch):
         loop.train(pre.root, tmp_path / "b", cfg)
     cfg.resume = True
     resumed = load_checkpoint(loop.train(pre.root, tmp_path / "b", cfg))
-    for k, v in straight["state_dict"].items():
-        assert torch.equal(v, resumed["state_dict"][k]), k
+    for k, v in straight.state_dict.items():
+        assert torch.equal(v, resumed.state_dict[k]), k
     log = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2]
 
@@ -189,8 +191,8 @@ def test_workers_do_not_change_the_batches(pre, tmp_path):
     every epoch gets the same batches as without, and training ends with the same weights."""
     a = load_checkpoint(loop.train(pre.root, tmp_path / "a", small_cfg(epochs=3, num_workers=0)))
     b = load_checkpoint(loop.train(pre.root, tmp_path / "b", small_cfg(epochs=3, num_workers=2)))
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
+    for k, v in a.state_dict.items():
+        assert torch.equal(v, b.state_dict[k]), k
     logs = [[json.loads(x) for x in (tmp_path / r / "log.jsonl").read_text().splitlines()] for r in "ab"]
     assert [r["train_loss"] for r in logs[0]] == [r["train_loss"] for r in logs[1]]
     assert [r["val_loss"] for r in logs[0]] == [r["val_loss"] for r in logs[1]]
@@ -198,7 +200,7 @@ def test_workers_do_not_change_the_batches(pre, tmp_path):
 
 def test_single_dataset_training_has_only_its_heads(pre, tmp_path):
     ckpt = load_checkpoint(loop.train(pre.root, tmp_path / "r", small_cfg(epochs=1, datasets=["D002"])))
-    assert [h["id"] for h in ckpt["heads"]["heads"]] == ["D002_spleen"]
+    assert [h["id"] for h in ckpt.heads["heads"]] == ["D002_spleen"]
     with pytest.raises(UserInputError, match="unknown id"):
         loop.train(pre.root, tmp_path / "r2", small_cfg(epochs=1, datasets=["D009"]))
 
@@ -220,7 +222,7 @@ def test_nonfinite_loss_stops_training_with_a_clear_message(pre, tmp_path, monke
     def nan_loss(*a, **k):
         return torch.tensor(float("nan"), requires_grad=True)
 
-    monkeypatch.setattr(loop, "loss_on_batch", nan_loss)
+    monkeypatch.setattr(objectives, "loss_on_batch", nan_loss)
     with pytest.raises(loop.TrainingError, match="non-finite in 3 consecutive"):
         loop.train(pre.root, tmp_path / "r", small_cfg(max_nonfinite=3))
 
@@ -232,7 +234,7 @@ def test_poly_and_linear_phases():
     lin = loop.Phase("l", 10, lr_start=0.0, lr_end=5e-4, schedule="linear")
     assert lin.lr(5) == pytest.approx(2.5e-4)
     phases = [loop.Phase("a", 3), loop.Phase("b", 4)]
-    assert loop._phase_at(phases, 2) == (0, 2) and loop._phase_at(phases, 3) == (1, 0)
+    assert phase_at(phases, 2) == (0, 2) and phase_at(phases, 3) == (1, 0)
 
 
 def test_automatic_loader_workers():
@@ -304,8 +306,8 @@ def test_best_checkpoint_and_final_validation_on_whole_scans(pre, tmp_path):
     dice = [r["mean_pseudo_dice"] for r in records]
     assert ema[0] == pytest.approx(dice[0]) and ema[1] == pytest.approx(0.9 * ema[0] + 0.1 * dice[1])
     best = load_checkpoint(run, which="best")
-    assert best["path"].endswith("checkpoint_best.pt")
-    assert best["epoch"] == int(np.argmax(ema)) + 1
+    assert best.path.endswith("checkpoint_best.pt")
+    assert best.epoch == int(np.argmax(ema)) + 1
     meta = json.loads((run / "config.json").read_text())
     val_ds = {c["dataset"] for c in pre.cases if c["case"] in meta["val_cases"]}
     summary = json.loads((run / "validation" / "summary.json").read_text())

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 
 
-def preprocess(manifest: str | os.PathLike, out: str | os.PathLike, preset: str = "paper", **options) -> Path:
-    """``multitalent preprocess``: options ``spacing``, ``patch_size``, ``batch_size``, ``workers``, ``progress``."""
+def preprocess(manifest: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
+    """``multitalent preprocess``: ``options`` are :class:`~multitalent.preprocessing.config.PreprocessConfig`
+    fields (``preset``, ``spacing``, ``patch_size``, ``batch_size``, ``workers``) and ``progress``."""
     from multitalent.preprocessing.pipeline import run_preprocessing
 
-    return Path(run_preprocessing(manifest, out, preset=preset, **options))
+    return Path(run_preprocessing(manifest, out, **options))
 
 
 def train(preprocessed: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
@@ -49,7 +50,9 @@ def predict(model: str | os.PathLike, input: str | os.PathLike, output: str | os
 def evaluate(predictions: str | os.PathLike, ground_truth: list, heads: str | os.PathLike,
              out: str | os.PathLike | None = None, **options) -> dict:
     """``multitalent evaluate``: ``ground_truth`` label folders (or ``"D001=PATH"``), ``heads`` a
-    ``heads.json``; returns the summary (and writes it to ``out``)."""
+    ``heads.json``; ``options`` are :class:`~multitalent.evaluation.config.EvaluateConfig` fields
+    (``difficult_threshold``, ``workers``), ``reference`` and ``progress``. Returns the summary (and writes it
+    to ``out``)."""
     from multitalent.evaluation import evaluate as _evaluate
     from multitalent.registry import HeadRegistry
 
@@ -57,8 +60,10 @@ def evaluate(predictions: str | os.PathLike, ground_truth: list, heads: str | os
                      Path(out) if out is not None else None, **options)
 
 
-def validate(run: str | os.PathLike, checkpoint: str = "final", device: str = "cpu") -> dict | None:
-    """``multitalent validate``: whole-scan validation of a run's held-out fold into ``RUN/validation/``."""
+def validate(run: str | os.PathLike, **options) -> dict | None:
+    """``multitalent validate``: whole-scan validation of a run's held-out fold into ``RUN/validation/``;
+    ``options`` are :class:`~multitalent.training.validation.ValidateConfig` fields (``checkpoint``, ``device``,
+    ``workers``)."""
     from multitalent.training.validation import final_validation
 
-    return final_validation(run, checkpoint=checkpoint, device=device)
+    return final_validation(run, **options)

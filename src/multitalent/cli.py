@@ -27,16 +27,17 @@ EXAMPLES = """examples:
 
 def _cmd_phantoms(a: argparse.Namespace) -> None:
     from multitalent.phantoms import generate_collection
+    from multitalent.phantoms.config import PhantomsConfig
 
-    manifest = generate_collection(a.out, seed=a.seed, scale=a.scale, progress=not a.quiet)
+    manifest = generate_collection(a.out, from_namespace(PhantomsConfig, a), progress=not a.quiet)
     print(f"phantom collection written; manifest: {manifest}")
 
 
 def _cmd_preprocess(a: argparse.Namespace) -> None:
+    from multitalent.preprocessing.config import PreprocessConfig
     from multitalent.preprocessing.pipeline import run_preprocessing
 
-    out = run_preprocessing(a.manifest, a.output, preset=a.preset, spacing=a.spacing, patch_size=a.patch_size,
-                            batch_size=a.batch_size, workers=a.workers, progress=not a.quiet)
+    out = run_preprocessing(a.manifest, a.output, from_namespace(PreprocessConfig, a), progress=not a.quiet)
     print(f"preprocessed collection written to {out} (plans.json, heads.json, cases/)")
 
 
@@ -61,11 +62,12 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from multitalent.evaluation import evaluate, format_dataset_table
+    from multitalent.evaluation.config import EvaluateConfig
     from multitalent.registry import HeadRegistry
 
     registry = HeadRegistry.load(a.heads)
     summary = evaluate(Path(a.predictions), [Path(g) for g in a.ground_truth], registry, Path(a.output),
-                       difficult_threshold=a.difficult_threshold, progress=not a.quiet, workers=a.workers)
+                       from_namespace(EvaluateConfig, a), progress=not a.quiet)
     print(format_dataset_table(summary))
     print(f"\nsummary written to {a.output}/summary.json")
 
@@ -82,9 +84,9 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
 
 def _cmd_validate(a: argparse.Namespace) -> None:
     from multitalent.evaluation import format_dataset_table
-    from multitalent.training.validation import final_validation
+    from multitalent.training.validation import ValidateConfig, final_validation
 
-    summary = final_validation(a.run, checkpoint=a.checkpoint, device=a.device, quiet=a.quiet, workers=a.workers)
+    summary = final_validation(a.run, from_namespace(ValidateConfig, a), quiet=a.quiet)
     if summary is None:
         print(f"{a.run} was trained with --fold all: no held-out case to validate on")
         return
@@ -93,15 +95,20 @@ def _cmd_validate(a: argparse.Namespace) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
-    from multitalent.demo import run_demo
+    from multitalent.demo import DemoConfig, run_demo
 
-    run_demo(Path(a.output), seed=a.seed, device=a.device, quiet=a.quiet, quick=a.quick, epochs=a.epochs)
+    run_demo(Path(a.output), from_namespace(DemoConfig, a), quiet=a.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
     # configuration modules only: building the parser must not import torch (fast --help and errors)
+    from multitalent.demo import DemoConfig
+    from multitalent.evaluation.config import EvaluateConfig
     from multitalent.inference.config import PredictConfig
+    from multitalent.phantoms.config import PhantomsConfig
+    from multitalent.preprocessing.config import PreprocessConfig
     from multitalent.training.config import FinetuneConfig, TrainConfig
+    from multitalent.training.validation import ValidateConfig
 
     parser = argparse.ArgumentParser(
         prog="multitalent", description="MultiTalent: one 3D network for many partially-labelled CT datasets.",
@@ -119,21 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantoms", parents=[common],
                        help="write the synthetic phantom collection (raw nnU-Net format)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--scale", choices=["small", "full"], default="small",
-                   help="small: ~3 mm voxels for CPU work; full: 512x512 slices (default: small)")
+    add_dataclass_arguments(p, PhantomsConfig)
     p.set_defaults(func=_cmd_phantoms)
 
     p = sub.add_parser("preprocess", parents=[common],
                        help="check, resample and write a collection for training")
     p.add_argument("manifest", help="collection manifest (collection.json or .yaml)")
     p.add_argument("-o", "--output", required=True, help="preprocessed folder to write")
-    p.add_argument("--preset", choices=["paper", "small"], default="paper",
-                   help="paper: 1.5x1x1 mm, patch 96x192x192, batch 4; small: CPU-sized (default: paper)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size in voxels")
-    p.add_argument("--batch-size", type=int, help="batch size recorded in plans.json")
-    p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
+    add_dataclass_arguments(p, PreprocessConfig)
     p.set_defaults(func=_cmd_preprocess)
 
     p = sub.add_parser("train", parents=[common], help="train one network on a preprocessed collection")
@@ -155,9 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ground_truth", nargs="+", help="label folders (e.g. DatasetNNN_Name/labelsTs) or D001=PATH")
     p.add_argument("--heads", required=True, help="heads.json of the model (RUN/heads.json)")
     p.add_argument("-o", "--output", required=True, help="folder for summary.json, summary.md and plots")
-    p.add_argument("--difficult-threshold", type=float, default=75.0,
-                   help="heads with a reference Dice below this (percent) count as difficult (default: 75)")
-    p.add_argument("--workers", type=int, default=2, help="parallel processes (default: 2)")
+    add_dataclass_arguments(p, EvaluateConfig)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("finetune", parents=[common],
@@ -171,19 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", parents=[common], help="predict and evaluate a run's held-out fold on whole scans "
                                         "(RUN/validation/; train does it at the end)")
     p.add_argument("run", help="run folder written by `multitalent train` or `finetune`")
-    p.add_argument("--checkpoint", choices=["final", "best"], default="final",
-                   help="final or best (best moving average of the validation pseudo-Dice) (default: final)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--workers", type=int, default=1, help="parallel evaluation processes (default: 1)")
+    add_dataclass_arguments(p, ValidateConfig)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("demo", parents=[common],
                        help="phantoms -> preprocess -> train -> predict -> evaluate, end to end")
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--epochs", type=int, help="training epochs of 50 iterations (default: 30)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--quick", action="store_true", help="a minute-long smoke run (used by CI)")
+    add_dataclass_arguments(p, DemoConfig)
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from multitalent.config import option, with_options
 from multitalent.errors import ensure_output_dir, write_json
 
 
@@ -30,9 +32,20 @@ DEMO_PATCH = (32, 48, 48)
 QUICK = DemoSize(epochs=2, iterations_per_epoch=4, val_iterations=1, base_features=4)
 
 
-def run_demo(out: Path, seed: int = 0, device: str = "cpu", quiet: bool = False, quick: bool = False,
-             epochs: int | None = None) -> dict:
-    """Run the pipeline into ``out``; returns the evaluation summary."""
+@dataclass
+class DemoConfig:
+    """``multitalent demo``: every field is a flag."""
+
+    epochs: int | None = option(None, f"training epochs of {FULL.iterations_per_epoch} iterations "
+                                      f"(default: {FULL.epochs})")
+    seed: int = option(0, "random seed")
+    device: str = option("cpu", "cpu or cuda")
+    quick: bool = option(False, "a minute-long smoke run (used by CI)")
+
+
+def run_demo(out: Path, config: DemoConfig | None = None, *, quiet: bool = False, **options: Any) -> dict:
+    """Run the pipeline into ``out``; returns the evaluation summary. ``options`` are :class:`DemoConfig`
+    fields and replace those of ``config``."""
     from multitalent.evaluation import evaluate, format_dataset_table
     from multitalent.inference.config import PredictConfig
     from multitalent.inference.predict import predict
@@ -42,7 +55,9 @@ def run_demo(out: Path, seed: int = 0, device: str = "cpu", quiet: bool = False,
     from multitalent.training.config import TrainConfig
     from multitalent.training.loop import train
 
-    size = QUICK if quick else FULL
+    cfg = with_options(DemoConfig, config, **options)
+    seed, device, epochs = cfg.seed, cfg.device, cfg.epochs
+    size = QUICK if cfg.quick else FULL
     out = ensure_output_dir(out)
     progress = not quiet
     t0 = time.perf_counter()

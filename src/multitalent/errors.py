@@ -17,6 +17,11 @@ class UserInputError(Exception):
     """
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stayed non-finite, a training process died); the message says
+    why. The CLI prints it in one line and exits with code 1."""
+
+
 def _mkdir(path: Path) -> None:
     """``mkdir -p``; a folder it cannot create (a file in the way, no permission) is a user error."""
     try:

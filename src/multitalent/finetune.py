@@ -20,7 +20,8 @@ from multitalent.models import head_parameters, load_backbone
 from multitalent.models.unet import NNUNET_MAX_FEATURES
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import FinetuneConfig
-from multitalent.training.loop import Phase, standard_phases, train
+from multitalent.training.loop import train
+from multitalent.training.schedule import Phase, standard_phases
 
 log = logging.getLogger("multitalent")
 
@@ -80,7 +81,7 @@ def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str |
              cfg: FinetuneConfig) -> Path:
     """Fine-tune the network of ``model`` (run folder or checkpoint) on ``pre_target``."""
     ckpt = load_checkpoint(model)
-    adopt_network(cfg, dict(ckpt["model_config"]), ckpt["path"])
+    adopt_network(cfg, dict(ckpt.model_config), ckpt.path)
     if cfg.batch_size == 0:
         cfg.batch_size = FINETUNE_BATCH
     if cfg.arch != "swin_unetr" and cfg.n_stages:
@@ -96,16 +97,16 @@ def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str |
         if cfg.from_scratch:
             return
         head_names = {n for n, p in net.named_parameters() if any(p is q for q in head_parameters(net))}
-        state = {k: v for k, v in ckpt["state_dict"].items() if k not in head_names}
+        state = {k: v for k, v in ckpt.state_dict.items() if k not in head_names}
         loaded, skipped = load_backbone(net, state)
         if not loaded:
-            raise UserInputError(f"{ckpt['path']}: no backbone weight matches the target network's shapes; "
+            raise UserInputError(f"{ckpt.path}: no backbone weight matches the target network's shapes; "
                                  "is the target preprocessed with the same patch size?")
         if skipped:
             log.warning("fine-tuning: %d backbone tensors did not match in shape and stay random", len(skipped))
 
     return train(pre_target, out, cfg, phases=finetune_phases(cfg), init_fn=init,
-                 extra_meta={"pretrained": ckpt["path"], "from_scratch": cfg.from_scratch})
+                 extra_meta={"pretrained": ckpt.path, "from_scratch": cfg.from_scratch})
 
 
 class _CallableModule(types.ModuleType):

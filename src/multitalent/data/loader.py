@@ -27,11 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 from multitalent.data.augment import initial_patch_size, training_transforms
 from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import label_dtype
-from multitalent.preprocessing.normalization import normalize
+from multitalent.preprocessing.normalization import AIR_HU, normalize, normalized_air
 from multitalent.preprocessing.pipeline import Preprocessed
 from multitalent.registry import HeadRegistry
 
-AIR_HU = -1024.0
 STREAM_TRAIN = 0
 STREAM_VAL = 1
 
@@ -113,7 +112,7 @@ class PatchBatches(Dataset):
         self.length = length
         norm = pre.plans.normalization
         self.norm = norm
-        self.pad_value = float(normalize(np.array([AIR_HU], np.float32), norm)[0])
+        self.pad_value = normalized_air(norm)
         self.in_size = initial_patch_size(self.patch_size) if augment else self.patch_size
         self.transforms = (training_transforms(self.patch_size, self.pad_value, mirror_axes) if augment else None)
         self.store = CaseStore(pre)

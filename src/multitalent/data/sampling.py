@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 
-SAMPLING_MODES = ("inv_sqrt", "uniform", "dataset_balanced")
+SamplingMode = Literal["inv_sqrt", "uniform", "dataset_balanced"]
+SAMPLING_MODES: tuple[str, ...] = get_args(SamplingMode)
 
 
 def case_probabilities(case_datasets: Sequence[str], mode: str = "inv_sqrt") -> np.ndarray:

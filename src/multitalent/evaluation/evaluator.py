@@ -8,12 +8,15 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from multitalent.config import with_options
 from multitalent.errors import UserInputError, atomic_path, ensure_output_dir, write_json
+from multitalent.evaluation.config import EvaluateConfig
 from multitalent.evaluation.metrics import diagonal_mm, dice, hd95
 from multitalent.evaluation.plots import plot_boxplot
 from multitalent.evaluation.summary import format_markdown, summarize
@@ -175,16 +178,18 @@ def _run(tasks: list[CaseTask], workers: int, progress: bool) -> dict[str, dict[
 
 
 def evaluate(pred_dir: Path, gt_dirs: list[Path], registry: HeadRegistry, out_dir: Path | None = None,
-             reference: dict[str, float] | None = None, difficult_threshold: float = 75.0,
-             heads: list[str] | None = None, progress: bool = True, workers: int = 2,
-             allow_missing: bool = False) -> dict:
+             config: EvaluateConfig | None = None, *, reference: dict[str, float] | None = None,
+             heads: list[str] | None = None, progress: bool = True, allow_missing: bool = False,
+             **options: Any) -> dict:
     """Score predictions against ground truth; return the summary and, with ``out_dir``, write
-    ``summary.json``, ``summary.md`` and ``boxplot.png`` there.
+    ``summary.json``, ``summary.md`` and ``boxplot.png`` there. ``options`` are :class:`EvaluateConfig`
+    fields (``difficult_threshold``, ``workers``) and replace those of ``config``.
 
     ``reference`` maps head id -> reference Dice in percent (e.g. a single-dataset baseline); heads
     below ``difficult_threshold`` percent form the "difficult" group (own mean Dice when None).
     ``heads`` limits the evaluation to those head ids. See ``docs/evaluation.md`` for all rules.
     """
+    cfg = with_options(EvaluateConfig, config, **options)
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise UserInputError(f"{pred_dir}: prediction folder not found.")
@@ -193,9 +198,9 @@ def evaluate(pred_dir: Path, gt_dirs: list[Path], registry: HeadRegistry, out_di
     tasks, missing = collect_tasks(pred_dir, gt, registry, head_ids, allow_missing)
     if not tasks:
         raise UserInputError(f"{pred_dir}: no case with both a prediction and a ground truth to evaluate.")
-    results = _run(tasks, workers, progress)
+    results = _run(tasks, cfg.workers, progress)
     evaluated = [h for h in head_ids if registry.heads[registry.index(h)].dataset in results]
-    summary = summarize(results, registry, evaluated, reference, difficult_threshold)
+    summary = summarize(results, registry, evaluated, reference, cfg.difficult_threshold)
     summary["pred_dir"] = str(pred_dir)
     summary["gt_dirs"] = {ds: str(p) for ds, p in gt.items()}
     summary["missing"] = missing

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from multitalent.errors import UserInputError
+from multitalent.evaluation.config import EvaluateConfig
 from multitalent.registry import HeadRegistry
 
 FORMAT = "multitalent-evaluation/1"
@@ -34,7 +35,8 @@ def _mean(values: list[float]) -> float | None:
 
 
 def summarize(results: dict[str, dict[str, dict[str, dict]]], registry: HeadRegistry, head_ids: list[str],
-              reference: dict[str, float] | None = None, difficult_threshold: float = 75.0) -> dict:
+              reference: dict[str, float] | None = None,
+              difficult_threshold: float = EvaluateConfig.difficult_threshold) -> dict:
     """Build the summary from ``results`` (dataset -> case -> head id -> metrics of one case).
 
     Head means are over cases (HD95 with undefined values counted as the image diagonal); dataset

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from multitalent.config import option
 
 
 @dataclass
 class PredictConfig:
-    checkpoint: str = option("final", "which checkpoint of a run folder: final (the end of training) or best "
-                             "(best moving average of the validation pseudo-Dice, nnU-Net's rule)",
-                             choices=["final", "best"])
+    checkpoint: Literal["final", "best"] = option(
+        "final", "which checkpoint of a run folder: final (the end of training) or best (best moving average of "
+        "the validation pseudo-Dice, nnU-Net's rule)")
     step: float = option(0.5, "sliding-window step as a fraction of the patch size")
     mirror: bool = option(False, "test-time augmentation by mirroring (the training mirror axes)")
     window_batch: int = option(2, "windows per forward pass")

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from multitalent import io
+from multitalent.device import resolve_device, strip_wrappers
 from multitalent.errors import UserInputError, atomic_dir, ensure_output_dir, write_json
 from multitalent.inference.config import PredictConfig
 from multitalent.inference.export import (
@@ -34,12 +35,12 @@ from multitalent.inference.export import (
     write_statistics,
 )
 from multitalent.inference.sliding_window import SlabCallback, sliding_window
-from multitalent.preprocessing.normalization import normalize
+from multitalent.objectives import get_objective
+from multitalent.preprocessing.normalization import normalize, normalized_air
 from multitalent.preprocessing.pipeline import prepare_image
 from multitalent.preprocessing.plans import Plans
 from multitalent.registry import SUPPORTED_ENDINGS, HeadRegistry
 
-AIR_HU = -1024.0
 CASE_FILE = "case.json"  # written last into every case folder
 _CHANNEL_RE = re.compile(r"^(.*)_(\d{4})$")
 
@@ -62,7 +63,7 @@ class Predictor:
     @property
     def pad_value(self) -> float:
         """Normalised air: what the volume is padded with when it is smaller than the patch."""
-        return float(normalize(np.array([AIR_HU], np.float32), self.plans.normalization)[0])
+        return normalized_air(self.plans.normalization)
 
     @classmethod
     def from_run(cls, run: str | os.PathLike, device: str = "cpu", checkpoint: str = "final") -> Predictor:
@@ -124,32 +125,6 @@ class Predictor:
                               pad_value=self.pad_value, device=self.device, progress=progress, stats=stats)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``; a CUDA device that is not there is a user error."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserInputError(f"--device {name!r}: not a device; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserInputError(f"--device {name}: CUDA is not available on this machine; use --device cpu.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserInputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here.")
-    elif device.type != "cpu":
-        raise UserInputError(f"--device {name}: use cpu, cuda or cuda:N.")
-    return device
-
-
-def _strip_wrappers(state: dict) -> dict:
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
-
-
 def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.device = "cpu",
                    checkpoint: str = "final") -> Predictor:
     """Rebuild the network of a checkpoint (or a run folder's final/latest or best checkpoint) for inference."""
@@ -158,29 +133,24 @@ def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.dev
 
     dev = resolve_device(str(device))
     ckpt = load_checkpoint(checkpoint_or_run, map_location="cpu", which=checkpoint)
-    plans = Plans.from_dict(ckpt["plans"])
-    registry = HeadRegistry.from_dict(ckpt["heads"])
-    merged = (ckpt.get("train_config") or {}).get("objective") == "merged_softmax"
-    if merged:
-        from multitalent.baselines import SoftmaxAsHeads, union_classes
-
-        n_out = len(union_classes(registry)[0])
-    else:
-        n_out = len(registry)
-    net = create_model(**ckpt["model_config"], plans=plans, num_heads=n_out, deep_supervision=False)
+    plans = Plans.from_dict(ckpt.plans)
+    registry = HeadRegistry.from_dict(ckpt.heads)
+    objective = get_objective(ckpt.config.get("objective", "multitalent"))
+    net = create_model(**ckpt.model_config, plans=plans, num_heads=objective.num_outputs(registry),
+                       deep_supervision=False)
     try:
-        net.load_state_dict(_strip_wrappers(ckpt["state_dict"]))
+        net.load_state_dict(strip_wrappers(ckpt.state_dict))
     except RuntimeError as e:
-        raise UserInputError(f"{ckpt['path']}: the weights do not fit the model described in the checkpoint "
+        raise UserInputError(f"{ckpt.path}: the weights do not fit the model described in the checkpoint "
                              f"({str(e).splitlines()[0]}).") from None
     net.deep_supervision = False
-    if merged:  # the merged-softmax baseline answers with one logit per head like a MultiTalent net
-        net = SoftmaxAsHeads(net, registry)
+    # one logit per head, whatever the objective (the merged softmax's classes are mapped to heads)
+    net = objective.for_prediction(net, registry)
     if dev.type == "cpu":  # oneDNN's 3D convolutions are markedly faster in channels-last on CPU
         net = net.to(memory_format=torch.channels_last_3d)
     net.to(dev).eval()
-    mirror = (ckpt.get("train_config") or {}).get("mirror_axes", [0, 1])
-    return Predictor(net, plans, registry, tuple(int(a) for a in mirror), dev, ckpt["path"])
+    mirror = ckpt.config.get("mirror_axes", [0, 1])
+    return Predictor(net, plans, registry, tuple(int(a) for a in mirror), dev, ckpt.path)
 
 
 # --- the input ------------------------------------------------------------------------------------

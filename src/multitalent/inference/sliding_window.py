@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from multitalent.device import amp_dtype, autocast
+
 #: on_slab(z_start, logits) receives finished slices [heads, k, Y, X] (float32, CPU) in z order.
 SlabCallback = Callable[[int, torch.Tensor], None]
 
@@ -82,10 +84,7 @@ def _mirror_sets(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return autocast(device, amp_dtype("auto", device))  # bf16 where supported, on CUDA only
 
 
 def sliding_window(net: nn.Module, image: torch.Tensor, patch_size: Sequence[int], step: float = 0.5,

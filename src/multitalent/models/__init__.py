@@ -8,6 +8,7 @@ from multitalent.models import swin as _swin  # noqa: F401  (registers swin_unet
 from multitalent.models import unet as _unet  # noqa: F401  (registers plain_unet, resenc_unet)
 from multitalent.models.core import (
     ARCHITECTURES,
+    TRAINING_OPTIONS,
     MultiHeadNet,
     backbone_parameters,
     create_model,
@@ -19,10 +20,12 @@ from multitalent.models.core import (
     model_options,
     register,
     replace_heads,
+    training_options,
 )
 
 __all__ = [
     "ARCHITECTURES",
+    "TRAINING_OPTIONS",
     "MultiHeadNet",
     "backbone_parameters",
     "create_model",
@@ -34,4 +37,5 @@ __all__ = [
     "model_options",
     "register",
     "replace_heads",
+    "training_options",
 ]

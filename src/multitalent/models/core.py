@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from multitalent.device import strip_wrapper_prefixes
 from multitalent.errors import UserInputError
 from multitalent.preprocessing.plans import Plans
 
@@ -18,18 +19,25 @@ Scale = tuple[int, int, int]
 
 #: name -> builder ``fn(plans, num_heads, deep_supervision, **kwargs) -> MultiHeadNet``.
 ARCHITECTURES: dict[str, Callable[..., MultiHeadNet]] = {}
+#: name -> the keyword options that training sets from ``TrainConfig`` fields of the same name (``--flags``)
+TRAINING_OPTIONS: dict[str, tuple[str, ...]] = {}
 
-# prefixes that DistributedDataParallel and torch.compile put in front of parameter names
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-
-def register(name: str) -> Callable[[Callable[..., MultiHeadNet]], Callable[..., MultiHeadNet]]:
-    """Decorator: register an architecture builder under ``name`` (timm style)."""
+def register(name: str, options: Sequence[str] = ()) -> Callable[[Callable[..., MultiHeadNet]],
+                                                                  Callable[..., MultiHeadNet]]:
+    """Decorator: register an architecture builder under ``name`` (timm style). ``options`` are the builder's
+    keyword-only options that ``multitalent train`` sets from its flags of the same name (the torch-free
+    table :data:`multitalent.architectures.ARCHITECTURE_OPTIONS` lists them for the CLI)."""
 
     def deco(fn: Callable[..., MultiHeadNet]) -> Callable[..., MultiHeadNet]:
         if name in ARCHITECTURES:
             raise ValueError(f"architecture {name!r} is registered twice")
+        params = inspect.signature(fn).parameters
+        missing = [o for o in options if o not in params or params[o].kind is not inspect.Parameter.KEYWORD_ONLY]
+        if missing:
+            raise ValueError(f"architecture {name!r}: options {missing} are not keyword-only parameters of its builder")
         ARCHITECTURES[name] = fn
+        TRAINING_OPTIONS[name] = tuple(options)
         return fn
 
     return deco
@@ -45,6 +53,12 @@ def model_options(name: str) -> list[str]:
     fn = _builder(name)
     params = inspect.signature(fn).parameters.values()
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def training_options(name: str) -> tuple[str, ...]:
+    """The options of architecture ``name`` that training sets from its flags (declared on ``@register``)."""
+    _builder(name)
+    return TRAINING_OPTIONS[name]
 
 
 def _builder(name: str) -> Callable[..., MultiHeadNet]:
@@ -214,16 +228,6 @@ def backbone_parameters(model: MultiHeadNet) -> Iterator[nn.Parameter]:
     return (p for p in model.parameters() if id(p) not in ids)
 
 
-def _strip_prefixes(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
-
-
 def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     """Copy into ``model`` the entries of ``state_dict`` whose name and shape match (DDP ``module.`` and
     ``torch.compile`` ``_orig_mod.`` prefixes are ignored). Returns ``(loaded_keys, skipped_keys)``, with
@@ -233,7 +237,7 @@ def load_backbone(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> t
     skipped: list[str] = []
     to_load: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        name = _strip_prefixes(key)
+        name = strip_wrapper_prefixes(key)
         if name in own and tuple(own[name].shape) == tuple(value.shape):
             to_load[name] = value
             loaded.append(key)

@@ -10,7 +10,7 @@ from multitalent.preprocessing.plans import Plans
 SWIN_DIVISOR = 32
 
 
-@register("swin_unetr")
+@register("swin_unetr", options=("feature_size",))
 def swin_unetr(plans: Plans, num_heads: int, deep_supervision: bool = False, *, feature_size: int = 48,
                use_checkpoint: bool = False, use_v2: bool = False, in_channels: int = 1) -> MultiHeadNet:
     """MONAI ``SwinUNETR`` (3D, patch tokens of 2). It has no deep supervision: ``deep_supervision`` is

@@ -61,7 +61,7 @@ def _wrap(net: nn.Module, arch: str, num_heads: int, deep_supervision: bool, pla
                         ds_module="decoder", deep_supervision=deep_supervision)
 
 
-@register("plain_unet")
+@register("plain_unet", options=("base_features", "max_features", "n_stages"))
 def plain_unet(plans: Plans, num_heads: int, deep_supervision: bool = True, *,
                base_features: int | None = None, max_features: int | None = NNUNET_MAX_FEATURES,
                n_stages: int | None = None, n_conv_per_stage: int = 2, n_conv_per_stage_decoder: int = 2,
@@ -82,7 +82,7 @@ def plain_unet(plans: Plans, num_heads: int, deep_supervision: bool = True, *,
     return _wrap(net, "plain_unet", num_heads, deep_supervision, plans, n)
 
 
-@register("resenc_unet")
+@register("resenc_unet", options=("base_features", "max_features", "n_stages"))
 def resenc_unet(plans: Plans, num_heads: int, deep_supervision: bool = True, *,
                 base_features: int | None = None, max_features: int | None = NNUNET_MAX_FEATURES,
                 n_stages: int | None = None,

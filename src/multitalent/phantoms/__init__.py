@@ -1,25 +1,41 @@
 """Synthetic "phantom" collection: partially-labelled CT datasets with conflicting protocols and full truth.
 
 ``generate_collection(out)`` writes seven nnU-Net raw datasets, a manifest and the complete ground truth;
-see docs/phantoms.md.
+see docs/phantoms.md. The names below are imported on first use, so that the CLI can read
+:class:`~multitalent.phantoms.config.PhantomsConfig` without loading numpy, SciPy and SimpleITK.
 """
 
-from multitalent.phantoms.collection import (
-    CONFLICTS,
-    DATASETS,
-    TRUTH_NAMES,
-    CasePlan,
-    DatasetDef,
-    PhantomCase,
-    dataset_def,
-    generate_case,
-    generate_collection,
-    head_recipe,
-    plan_dataset,
-    render_case,
-    truth_for_head,
-)
-from multitalent.phantoms.preview import save_preview
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multitalent.phantoms.collection import (
+        CONFLICTS,
+        DATASETS,
+        TRUTH_NAMES,
+        CasePlan,
+        DatasetDef,
+        PhantomCase,
+        dataset_def,
+        generate_case,
+        generate_collection,
+        head_recipe,
+        plan_dataset,
+        render_case,
+        truth_for_head,
+    )
+    from multitalent.phantoms.config import PhantomsConfig
+    from multitalent.phantoms.preview import save_preview
+
+_MODULES = {
+    **dict.fromkeys(["CONFLICTS", "DATASETS", "TRUTH_NAMES", "CasePlan", "DatasetDef", "PhantomCase", "dataset_def",
+                     "generate_case", "generate_collection", "head_recipe", "plan_dataset", "render_case",
+                     "truth_for_head"], "multitalent.phantoms.collection"),
+    "PhantomsConfig": "multitalent.phantoms.config",
+    "save_preview": "multitalent.phantoms.preview",
+}
 
 __all__ = [
     "CONFLICTS",
@@ -28,6 +44,7 @@ __all__ = [
     "CasePlan",
     "DatasetDef",
     "PhantomCase",
+    "PhantomsConfig",
     "dataset_def",
     "generate_case",
     "generate_collection",
@@ -37,3 +54,10 @@ __all__ = [
     "save_preview",
     "truth_for_head",
 ]
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        value = globals()[name] = getattr(importlib.import_module(_MODULES[name]), name)
+        return value
+    raise AttributeError(f"module 'multitalent.phantoms' has no attribute {name!r}")

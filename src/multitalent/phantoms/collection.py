@@ -13,17 +13,20 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, get_args
 
 import numpy as np
 from scipy import ndimage
 
+from multitalent.config import with_options
 from multitalent.errors import UserInputError, atomic_dir, write_json
 from multitalent.io import Geometry, read_label, write_image, write_label
 from multitalent.phantoms import anatomy as A
 from multitalent.phantoms import scanner
+from multitalent.phantoms.config import PhantomsConfig, Scale
 from multitalent.phantoms.space import orient, random_field
 
-SCALES = ("small", "full")
+SCALES: tuple[str, ...] = get_args(Scale)
 GENERATOR = "multitalent-phantoms/1"
 TRUTH_FORMAT = "multitalent-phantom-truth/1"
 
@@ -415,13 +418,16 @@ def _run(jobs: list[CasePlan], scale: str, root: Path, workers: int,
     return metas
 
 
-def generate_collection(out: str | Path, seed: int = 0, scale: str = "small", progress: bool = True,
-                        workers: int | None = None) -> Path:
-    """Write the collection under ``out``; return the manifest path (out/collection.json).
+def generate_collection(out: str | Path, config: PhantomsConfig | None = None, *, progress: bool = True,
+                        workers: int | None = None, **options: Any) -> Path:
+    """Write the collection under ``out``; return the manifest path (out/collection.json). ``options`` are
+    :class:`PhantomsConfig` fields (``seed``, ``scale``) and replace those of ``config``.
 
     The collection is built in a temporary sibling folder and renamed into place, so a crash leaves
     nothing under ``out``. An existing ``out`` is replaced only if it is empty or an earlier collection.
     """
+    cfg = with_options(PhantomsConfig, config, **options)
+    seed, scale = cfg.seed, cfg.scale
     _check_args(seed, scale)
     out = Path(out)
     if out.exists() and not out.is_dir():

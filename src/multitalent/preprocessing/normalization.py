@@ -38,3 +38,11 @@ def normalize(image: np.ndarray, norm: Normalization, inplace: bool = False) -> 
     out -= np.float32(norm.mean)
     out /= np.float32(norm.std)
     return out
+
+
+AIR_HU = -1024.0  # what a CT scanner reports for air
+
+
+def normalized_air(norm: Normalization) -> float:
+    """Air after the normalisation: the value patches and volumes are padded with beyond the scan."""
+    return float(normalize(np.array([AIR_HU], np.float32), norm)[0])

@@ -25,24 +25,23 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from multitalent import io
+from multitalent.config import with_options
 from multitalent.errors import UserInputError, atomic_dir, write_json
+from multitalent.preprocessing.config import PreprocessConfig
 from multitalent.preprocessing.normalization import compute_normalization, sample_foreground
-from multitalent.preprocessing.plans import PAPER_PATCH, PAPER_SPACING, SMALL_PATCH, SMALL_SPACING, Plans
+from multitalent.preprocessing.plans import Plans
 from multitalent.preprocessing.resample import resample_image, resample_labels, target_shape
 from multitalent.registry import Collection, HeadRegistry, build_registry, load_manifest
 
 log = logging.getLogger("multitalent")
 
 BODY_THRESHOLD_HU = -500.0
-PRESETS = {
-    "paper": {"spacing": PAPER_SPACING, "patch_size": PAPER_PATCH, "batch_size": 4},
-    "small": {"spacing": SMALL_SPACING, "patch_size": SMALL_PATCH, "batch_size": 2},
-}
 
 
 @dataclass(frozen=True)
@@ -204,12 +203,12 @@ def make_splits(records: list[CaseRecord], n_folds: int = 5, seed: int = 12345) 
     return folds
 
 
-def run_preprocessing(manifest: str | os.PathLike, out: str | os.PathLike, preset: str = "paper",
-                      spacing: Sequence[float] | None = None, patch_size: Sequence[int] | None = None,
-                      batch_size: int | None = None, workers: int = 2, progress: bool = True) -> Path:
-    """Preprocess a collection into ``out``. Returns ``out``."""
-    if preset not in PRESETS:
-        raise UserInputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+def run_preprocessing(manifest: str | os.PathLike, out: str | os.PathLike, config: PreprocessConfig | None = None,
+                      *, progress: bool = True, **options: Any) -> Path:
+    """Preprocess a collection into ``out``. ``options`` are :class:`PreprocessConfig` fields (``preset``,
+    ``spacing``, ``patch_size``, ``batch_size``, ``workers``) and replace those of ``config``; spacing, patch
+    size and batch size not given come from the preset. Returns ``out``."""
+    cfg = with_options(PreprocessConfig, config, **options).resolved()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
@@ -220,18 +219,12 @@ def run_preprocessing(manifest: str | os.PathLike, out: str | os.PathLike, prese
     collection = load_manifest(manifest)
     registry = build_registry(collection)
     records = list_cases(collection)
-    cfg = dict(PRESETS[preset])
-    if spacing is not None:
-        cfg["spacing"] = tuple(spacing)
-    if patch_size is not None:
-        cfg["patch_size"] = tuple(patch_size)
-    if batch_size is not None:
-        cfg["batch_size"] = batch_size
-    for name, vals in (("spacing", cfg["spacing"]), ("patch_size", cfg["patch_size"])):
+    for name, vals in (("spacing", cfg.spacing), ("patch_size", cfg.patch_size)):
         if len(vals) != 3 or any(v <= 0 for v in vals):
             raise UserInputError(f"--{name.replace('_', '-')} needs three positive numbers (z y x), got {list(vals)}.")
-    plans = Plans(spacing=[float(v) for v in cfg["spacing"]], patch_size=[int(v) for v in cfg["patch_size"]],
-                  batch_size=int(cfg["batch_size"]))
+    plans = Plans(spacing=[float(v) for v in cfg.spacing], patch_size=[int(v) for v in cfg.patch_size],
+                  batch_size=int(cfg.batch_size))
+    workers = cfg.workers
 
     with atomic_dir(out) as tmp:
         cases_dir = tmp / "cases"

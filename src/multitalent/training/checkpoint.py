@@ -1,4 +1,5 @@
-"""Checkpoints: everything needed to resume training or to predict, written atomically."""
+"""Checkpoints: one typed record (:class:`Checkpoint`) holding everything needed to resume training or
+to predict, saved atomically (optionally in the background) and loaded with its format checked."""
 
 from __future__ import annotations
 
@@ -6,14 +7,18 @@ import os
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from multitalent.errors import UserInputError, atomic_path
 
-FORMAT = "multitalent-checkpoint/1"
+FORMAT_NAME = "multitalent-checkpoint"
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 
 
 def rng_state() -> dict:
@@ -32,9 +37,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` (with the format tag) to a temporary name, fsync, rename."""
+    """Write ``payload`` (a :meth:`Checkpoint.payload`; the format tag is added) to a temporary name,
+    fsync, rename."""
     with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        torch.save({**payload, "format": FORMAT}, tmp)
 
 
 def _cpu_snapshot(obj: object) -> object:
@@ -104,37 +110,94 @@ class BackgroundSaver:
 CHECKPOINT_CHOICES = ("final", "best")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    which: str = "final") -> dict:
-    """Load and check a multitalent checkpoint; a foreign or truncated file is a user error.
+@dataclass
+class Checkpoint:
+    """A training run's state at the end of an epoch.
 
-    For a run folder, ``which`` picks ``checkpoint_final.pt`` (falling back to ``checkpoint_latest.pt`` of an
-    unfinished run) or ``checkpoint_best.pt`` (best moving average of the validation pseudo-Dice).
+    ``model_config``: :func:`multitalent.models.create_model` keyword arguments (``name`` + options);
+    ``plans`` and ``heads``: the plans and head registry as dicts; ``config``: the run's training options
+    (``TrainConfig`` / ``FinetuneConfig`` as a dict, stored once); ``run``: the rest of the run's record
+    (batch size, processes, cases, phases, preprocessed folder, provenance); ``optimizer``, ``phase``,
+    ``scaler`` and ``rng``: what an exact resume needs. ``path``: where it was loaded from (not saved).
     """
-    path = Path(path)
+
+    model_config: dict
+    state_dict: dict
+    plans: dict
+    heads: dict
+    config: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+    iteration: int = 0
+    epoch: int = 0
+    optimizer: dict | None = None
+    phase: int = 0
+    scaler: dict | None = None
+    rng: dict | None = None
+    path: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        """What is written to disk (everything but ``path``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "path"}
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(path, self.payload())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+             which: str = "final") -> Checkpoint:
+        return load_checkpoint(path, map_location, which)
+
+
+def _migrate(raw: dict, path: Path) -> dict:
+    """The fields of a format-2 record from a file of any readable format version."""
+    tag = raw.get("format") if isinstance(raw, dict) else None
+    if not isinstance(tag, str) or not tag.startswith(FORMAT_NAME + "/"):
+        raise UserInputError(f"{path}: not a multitalent checkpoint (no '{FORMAT_NAME}' tag).")
+    version = tag.rsplit("/", 1)[1]
+    if version == "1":  # the config was stored twice: as train_config and inside meta
+        meta = dict(raw.get("meta") or {})
+        config = raw.get("train_config") or meta.get("config") or {}
+        meta.pop("config", None)
+        raw = {**{k: v for k, v in raw.items() if k not in ("train_config", "meta")}, "config": config, "run": meta}
+    elif version != str(FORMAT_VERSION):
+        raise UserInputError(f"{path}: checkpoint format version {version}; this multitalent (format "
+                             f"{FORMAT_VERSION}) reads versions 1-{FORMAT_VERSION}. Use the multitalent "
+                             "version that wrote it.")
+    for key in ("model_config", "state_dict", "plans", "heads"):
+        if key not in raw:
+            raise UserInputError(f"{path}: checkpoint lacks '{key}'; it is incomplete.")
+    names = {f.name for f in fields(Checkpoint)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def _checkpoint_file(path: Path, which: str) -> Path:
+    """The checkpoint file of ``path`` (a file, or a run folder and ``which`` of its checkpoints)."""
     if which not in CHECKPOINT_CHOICES:
         raise UserInputError(f"--checkpoint {which}: choose one of {', '.join(CHECKPOINT_CHOICES)}.")
     if path.is_dir():
         names = ("checkpoint_final.pt", "checkpoint_latest.pt") if which == "final" else ("checkpoint_best.pt",)
         for name in names:
             if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise UserInputError(f"{path}: no {' or '.join(names)} in this folder"
-                                 + (" (a run validated with --val-iterations 0 has none; use --checkpoint final)."
-                                    if which == "best" else "."))
+                return path / name
+        raise UserInputError(f"{path}: no {' or '.join(names)} in this folder"
+                             + (" (a run validated with --val-iterations 0 has none; use --checkpoint final)."
+                                if which == "best" else "."))
     if not path.is_file():
         raise UserInputError(f"{path}: checkpoint not found.")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    which: str = "final") -> Checkpoint:
+    """Load and check a multitalent checkpoint; a foreign, truncated or newer file is a user error.
+
+    For a run folder, ``which`` picks ``checkpoint_final.pt`` (falling back to ``checkpoint_latest.pt`` of an
+    unfinished run) or ``checkpoint_best.pt`` (best moving average of the validation pseudo-Dice).
+    """
+    path = _checkpoint_file(Path(path), which)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        raw = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle means a bad file
         raise UserInputError(f"{path}: cannot read the checkpoint (truncated or not a PyTorch file: "
                              f"{type(e).__name__}).") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise UserInputError(f"{path}: not a multitalent checkpoint (no '{FORMAT}' tag).")
-    for key in ("model_config", "state_dict", "plans", "heads"):
-        if key not in ckpt:
-            raise UserInputError(f"{path}: checkpoint lacks '{key}'; it is incomplete.")
-    ckpt["path"] = str(path)
-    return ckpt
+    return Checkpoint(**_migrate(raw, path), path=str(path))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from multitalent.architectures import UNSET_VALUES, architecture_options, list_architectures
 from multitalent.config import option
-from multitalent.data.sampling import SAMPLING_MODES
+from multitalent.data.sampling import SamplingMode
 
 
 @dataclass
 class TrainConfig:
-    arch: str = option("plain_unet", "backbone architecture", choices=["plain_unet", "resenc_unet", "swin_unetr"])
-    objective: str = option("multitalent", "multitalent: one sigmoid head per (dataset, class) with the masked "
-                            "loss; merged_softmax: the baseline with one softmax over the union of classes",
-                            choices=["multitalent", "merged_softmax"])
+    arch: str = option("plain_unet", "backbone architecture", choices=list_architectures())
+    objective: Literal["multitalent", "merged_softmax"] = option(
+        "multitalent", "multitalent: one sigmoid head per (dataset, class) with the masked loss; merged_softmax: "
+        "the baseline with one softmax over the union of classes")
     epochs: int = option(1000, "number of epochs (the paper trains MultiTalent for 2000)")
     iterations_per_epoch: int = option(250, "training iterations per epoch")
     val_iterations: int = option(50, "validation batches per epoch (fixed, no augmentation)")
@@ -25,8 +27,8 @@ class TrainConfig:
     grad_clip: float = option(12.0, "gradient-norm clipping threshold")
     fold: str = option("0", "cross-validation fold 0-4 held out for validation, or 'all' (validate on training cases)")
     datasets: list[str] = option([], "train only on these dataset ids (e.g. D001 D003); default all", nargs="+")
-    sampling: str = option("inv_sqrt", "case sampling: 1/sqrt(n) per dataset (paper), uniform or dataset_balanced",
-                           choices=list(SAMPLING_MODES))
+    sampling: SamplingMode = option("inv_sqrt", "case sampling: 1/sqrt(n) per dataset (paper), uniform or "
+                                    "dataset_balanced")
     fg_fraction: float = option(1 / 3, "fraction of patches centred on a random annotated head's foreground")
     mirror_axes: list[int] = option([0, 1], "axes (z=0, y=1, x=2) mirrored in augmentation; x is off by default "
                                     "because left/right heads would swap", nargs="*")
@@ -39,11 +41,11 @@ class TrainConfig:
     n_stages: int = option(0, "truncate the U-Net to this many stages (0: all from plans)")
     feature_size: int = option(48, "SwinUNETR feature size")
     device: str = option("cpu", "cpu, cuda or cuda:N")
-    amp: str = option("auto", "mixed precision on CUDA: auto (bf16 if supported else fp16), bf16, fp16 or off",
-                      choices=["auto", "bf16", "fp16", "off"])
-    channels_last: str = option("auto", "channels-last 3D memory format: auto (on for CPU, where it made training "
-                                "about 1.9x faster here; off for CUDA, where it was slower), on or off",
-                                choices=["auto", "on", "off"])
+    amp: Literal["auto", "bf16", "fp16", "off"] = option(
+        "auto", "mixed precision on CUDA: auto (bf16 if supported else fp16), bf16, fp16 or off")
+    channels_last: Literal["auto", "on", "off"] = option(
+        "auto", "channels-last 3D memory format: auto (on for CPU, where it made training about 1.9x faster here; "
+        "off for CUDA, where it was slower), on or off")
     compile: bool = option(False, "torch.compile the network (CUDA)")
     num_workers: int = option(-1, "background processes building batches, per training process; -1: automatic "
                               "(on CUDA the CPU cores available / training processes on this node - 1, at most 12; "
@@ -56,11 +58,14 @@ class TrainConfig:
     quiet: bool = option(False, "no progress bars")
 
     def model_kwargs(self) -> dict:
-        if self.arch == "swin_unetr":
-            return {"feature_size": self.feature_size}
-        kw = {"base_features": self.base_features, "max_features": self.max_features}
-        if self.n_stages:
-            kw["n_stages"] = self.n_stages
+        """The builder options of ``arch`` (:mod:`multitalent.architectures`) with this configuration's values;
+        one at its "unset" value (``n_stages`` 0) is left to the builder."""
+        kw = {}
+        for name in architecture_options(self.arch):
+            value = getattr(self, name)
+            if name in UNSET_VALUES and value == UNSET_VALUES[name]:
+                continue
+            kw[name] = value
         return kw
 
 

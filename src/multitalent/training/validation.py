@@ -12,11 +12,24 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+from multitalent.config import option, with_options
 from multitalent.errors import UserInputError
 
 log = logging.getLogger("multitalent")
+
+
+@dataclass
+class ValidateConfig:
+    """``multitalent validate``: every field is a flag."""
+
+    checkpoint: Literal["final", "best"] = option(
+        "final", "final or best (best moving average of the validation pseudo-Dice)")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    workers: int = option(1, "parallel evaluation processes")
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -49,15 +62,16 @@ def validation_cases(run: Path) -> tuple[list[dict], str]:
     return [records[c] for c in wanted], fold
 
 
-def final_validation(run: str | os.PathLike, checkpoint: str = "final", device: str = "cpu",
-                     quiet: bool = True, workers: int = 1) -> dict | None:
+def final_validation(run: str | os.PathLike, config: ValidateConfig | None = None, *, quiet: bool = True,
+                     **options: Any) -> dict | None:
     """Predict and evaluate the run's held-out fold on whole scans; returns the summary (None for fold 'all',
-    which holds nothing out)."""
+    which holds nothing out). ``options`` are :class:`ValidateConfig` fields and replace those of ``config``."""
     from multitalent.evaluation import evaluate
     from multitalent.inference.config import PredictConfig
     from multitalent.inference.predict import predict
     from multitalent.registry import HeadRegistry
 
+    cfg = with_options(ValidateConfig, config, **options)
     run = Path(run)
     cases, fold = validation_cases(run)
     if not cases:
@@ -74,11 +88,11 @@ def final_validation(run: str | os.PathLike, checkpoint: str = "final", device: 
         _link(Path(c["label"]), work / "labels" / c["dataset"] / f"{c['case']}.nii.gz")
     preds = out / "predictions"
     shutil.rmtree(preds, ignore_errors=True)
-    predict(run, work / "images", preds, PredictConfig(device=device, quiet=quiet, checkpoint=checkpoint))
+    predict(run, work / "images", preds, PredictConfig(device=cfg.device, quiet=quiet, checkpoint=cfg.checkpoint))
     registry = HeadRegistry.load(run / "heads.json")
     datasets = sorted({c["dataset"] for c in cases})
     gts = [f"{ds}={work / 'labels' / ds}" for ds in datasets]
-    summary = evaluate(preds, gts, registry.subset(datasets), out, progress=not quiet, workers=workers)
+    summary = evaluate(preds, gts, registry.subset(datasets), out, progress=not quiet, workers=cfg.workers)
     (out / "validation.json").write_text(json.dumps(
-        {"fold": fold, "checkpoint": checkpoint, "cases": [c["case"] for c in cases]}, indent=1))
+        {"fold": fold, "checkpoint": cfg.checkpoint, "cases": [c["case"] for c in cases]}, indent=1))
     return summary

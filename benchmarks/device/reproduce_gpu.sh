@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The reproduction at the GPU sizes (benchmarks/repro/sizes.py: GPU; <= 10 min projected on one H200 with 16
+# CPU cores), prepared as one command for a session that is lent a GPU machine.
+# First, here: bash benchmarks/device/fetch_wheels.sh   (SimpleITK, batchgeneratorsv2, dnn-architectures, MONAI)
+# Then, through the device tool: run(command="bash benchmarks/device/reproduce_gpu.sh", carry=[".whl"], timeout_s=600)
+# The output folder stays on the machine ($WORK, default /tmp/reproduce_gpu: checkpoints and predictions are far
+# more than the 8 files that come back from $OUT); to $OUT go: results_gpu.md (the report, written to
+# docs/results_gpu.md there), results_gpu_boxplot.png, results_gpu_curves.png, log.txt (everything printed),
+# gpu.txt (the card), findings.json and logs.tar.gz (every run's log.jsonl and config.json, results/*.json).
+# Copy results_gpu*.{md,png} into docs/ here to keep them. The run is resumable: if it is cut off and the
+# machine is still warm, the same command continues where it stopped.
+set -uo pipefail
+out=${OUT:-/tmp/reproduce_gpu_out}
+work=${WORK:-/tmp/reproduce_gpu}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing the carried wheels failed (run benchmarks/device/fetch_wheels.sh first)"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; \
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'; } 2>&1 | tee "$out/gpu.txt"
+# 540 s leaves the installation above and the copies below inside the device tool's 600 s per command
+timeout 540 python3 benchmarks/reproduce.py --gpu --device cuda --out "$work" 2>&1 | tee "$out/log.txt"
+rc=${PIPESTATUS[0]}
+cp docs/results_gpu.md docs/results_gpu_boxplot.png docs/results_gpu_curves.png "$out/" 2>/dev/null
+cp "$work/results/findings.json" "$out/" 2>/dev/null
+(cd "$work" && tar czf "$out/logs.tar.gz" runs/*/log.jsonl runs/*/config.json results/*.json reproduce.log) 2>/dev/null
+echo "reproduce exit status: $rc (124: cut off by the 540 s timeout)" | tee -a "$out/log.txt"
+exit "$rc"

@@ -1,0 +1,28 @@
+"""The reproduction of the MultiTalent paper's experiments on the phantom collection (``benchmarks/reproduce.py``).
+
+Modules: ``sizes`` (``Sizes``: FULL, QUICK, GPU, TINY; the cost projection), ``data`` (phantom
+sub-collection, the fully-labelled dataset), ``experiments`` (``Reproduction``: the training runs and the
+stages), ``statistics`` (convergence, paired tests, verdicts, findings), ``report`` (``results.md``, one
+renderer per section, the plots), ``cli`` (``run``, ``main``; the full description). Imported with
+``benchmarks/`` on ``sys.path``, as ``benchmarks/reproduce.py`` does.
+"""
+
+from repro.cli import main, run
+from repro.experiments import Reproduction
+from repro.report import write_report
+from repro.sizes import FULL, GPU, QUICK, SIZES, TINY, Sizes, calibration_note, gpu_projection, projection
+from repro.statistics import (
+    ALPHA,
+    NOT_CONVERGED,
+    QUICK_VERDICT,
+    analysis,
+    compare,
+    convergence,
+    findings,
+    judge,
+    paired,
+)
+
+__all__ = ["ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
+           "analysis", "calibration_note", "compare", "convergence", "findings", "gpu_projection", "judge", "main",
+           "paired", "projection", "run", "write_report"]

@@ -1,0 +1,155 @@
+"""Reproduce the MultiTalent paper's experiments on the phantom collection and write ``docs/results.md``.
+
+What is run (all on one phantom collection, seed fixed, inside ``--out``):
+
+1. **Table 1 / Fig. 2** -- MultiTalent (one network, one sigmoid head per (dataset, class), masked
+   BCE + batch Dice, 1/sqrt(n) sampling) trained for 2N iterations on all datasets, against one
+   single-dataset model per dataset (N iterations each, ``TrainConfig(datasets=[D])``) and the merged
+   softmax baseline (``objective="merged_softmax"``, 2N iterations). Same topology, patch and batch for
+   all. Dice per head and dataset on every dataset's test cases; averages over datasets, heads, lesion
+   heads and difficult heads (single-dataset Dice below 75 %); a box plot like the paper's Fig. 2.
+2. **Protocol fidelity** -- the conflicting heads (aorta D005 vs D006, heart with/without the aortic
+   root, spleen fine D005 vs coarse D007) scored against each protocol's truth on the same test cases
+   (the phantom ground truth holds every protocol for every case).
+3. **Table 2 (transfer)** -- the target ``Dataset005_AbdomenMultiOrgan`` (few cases, like BTCV) is left
+   out of a second pre-training collection. Fine-tuning (three-phase schedule) from (a) MultiTalent
+   pre-trained on the other datasets, (b) supervised pre-training on ``Dataset090_FullyLabelled`` (every
+   structure of the other datasets' training cases annotated, built from the phantom ground truth: the
+   TotalSegmentator-like baseline) and (c) from scratch, over several seeds; one-sided paired t-tests.
+4. **Cost** -- training time of MultiTalent vs the sum of the single-dataset models (from the training
+   logs) and inference time of one MultiTalent model vs the ensemble of the single-dataset models on
+   the same scans.
+
+Everything is resumable: a training run is skipped when its ``checkpoint_final.pt`` exists and resumed
+(``resume=True``) when only ``checkpoint_latest.pt`` does; predictions skip finished cases; an
+evaluation is skipped when its ``summary.json`` exists; timings are cached under ``OUT/results/``.
+
+    python benchmarks/reproduce.py --quick         # checks the machinery, < 10 min on 2 CPU cores
+    python benchmarks/reproduce.py --full          # about an hour on 2 idle CPU cores; docs/results.md
+    python benchmarks/reproduce.py --full --out work_dirs/reproduce_full --seed 0 --device cpu
+    python benchmarks/reproduce.py --gpu --device cuda   # one H200, <= 10 min; docs/results_gpu.md
+
+``--quick`` writes its report to ``OUT/results.md`` only; ``--full`` also to ``docs/results.md`` (and the
+box plot to ``docs/results_boxplot.png``), ``--gpu`` to ``docs/results_gpu.md``; ``--report PATH``
+overrides. The sizes are the ``Sizes`` dataclasses of ``benchmarks/repro/sizes.py`` (``FULL``, ``QUICK``,
+``GPU``, ``TINY``; ``--tiny`` is the reduced form the tests run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from repro.common import REPO, TARGET, _date_utc, _read_json, _write_json, machine_description, run_stats
+from repro.experiments import Reproduction
+from repro.report import write_report
+from repro.sizes import SIZES, Sizes, calibration_note
+from repro.statistics import analysis, findings
+
+# the report written besides OUT/results.md when --report is not given
+DEFAULT_REPORTS = {"full": REPO / "docs" / "results.md", "gpu": REPO / "docs" / "results_gpu.md"}
+
+
+def _experiments(rep: Reproduction) -> dict:
+    """Every stage, in order (each skips what is done); returns what the report needs from them."""
+    rep.prepare_data()
+    rep.train_all()
+    summaries = rep.table1()
+    transfer = rep.transfer()
+    inference = rep.inference_timing()
+    rep.extra_archs(summaries)
+    rep.ablation_runs(summaries)
+    swin = rep.swin_probe()
+    fidelity = rep.protocol_fidelity([m for m in summaries if not m.startswith("single")])
+    return {"summaries": summaries, "transfer": transfer, "inference": inference, "swin": swin,
+            "fidelity": fidelity}
+
+
+def _cost(rep: Reproduction, runs: dict) -> dict:
+    """Training time and iterations of MultiTalent (main backbone) against its K single-dataset models."""
+    main = f"multitalent_{rep.sizes.archs[0]}"
+    singles = [v for name, v in runs.items() if name.removeprefix("single_") in rep.dataset_ids]
+    cost = {"multitalent_s": runs[main]["epoch_time_s"], "singles_s": sum(v["epoch_time_s"] for v in singles),
+            "multitalent_it": runs[main]["iterations"], "singles_it": sum(v["iterations"] for v in singles)}
+    cost["ratio"] = cost["singles_s"] / max(cost["multitalent_s"], 1e-9)
+    return cost
+
+
+def _context(rep: Reproduction, stages: dict, command: str, wall_s: float) -> dict:
+    """The report's context: the stages' results, the runs' statistics and the run's circumstances."""
+    from multitalent.preprocessing.pipeline import Preprocessed
+
+    sizes, seed, device = rep.sizes, rep.seed, rep.device
+    runs = {p.name: run_stats(p) for p in sorted(rep.runs.iterdir()) if (p / "log.jsonl").is_file()}
+    cost = _cost(rep, runs)
+    invocations = rep.invocations()
+    pre_all = Preprocessed.open(rep.pre["all"])
+    ctx = {
+        **stages, "sizes": sizes, "registry": rep.registry, "cost": cost, "run_stats": runs,
+        "dataset_ids": rep.dataset_ids, "n_train": len(pre_all.cases),
+        "n_test": sum(len(v) for v in rep.test_cases.values()),
+        "n_target_train": sum(1 for c in pre_all.cases if c["dataset"] == TARGET),
+        "n_target_test": len(rep.test_cases[TARGET]),
+        "n_fully": len(Preprocessed.open(rep.pre["fully"]).cases),
+        "plans": {"spacing": pre_all.plans.spacing, "patch_size": pre_all.plans.patch_size,
+                  "batch_size": pre_all.plans.batch_size},
+        "command": command,
+        "seed": seed, "ft_seeds": [seed + i for i in range(sizes.ft_seeds)], "date": _date_utc(),
+        "machine": machine_description(device), "device": device, "wall_s": wall_s,
+        "wall_total_s": sum(i["wall_s"] for i in invocations), "n_invocations": len(invocations),
+        "wall_times": _read_json(rep.results / "wall_times.json", {}) or {},
+        "calibration_note": calibration_note(sizes),
+    }
+    ctx.update(analysis(rep, runs, pre_all, sizes, pre_all.plans.spacing))
+    ctx["findings"] = findings(ctx)
+    return ctx
+
+
+def run(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
+        report: Path | None = None, command: str | None = None) -> dict:
+    """Run (or resume) every experiment in ``out`` and write the report; returns the report context."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Reproduction(sizes, out, seed, device, quiet)
+    rep.check_sizes()
+    command = command or f"python benchmarks/reproduce.py --{sizes.name} --out {out} --seed {seed}"
+    rep.start_invocation(command)
+    rep.say(f"reproduce ({sizes.name} sizes, seed {seed}, device {device}) -> {out}")
+    stages = _experiments(rep)
+    ctx = _context(rep, stages, command, time.perf_counter() - t_start)
+    _write_json(rep.results / "findings.json", ctx["findings"])
+    for path in [out / "results.md"] + ([Path(report)] if report else []):
+        write_report(path, ctx)
+        rep.say(f"report written: {path}")
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--quick", action="store_true", help="toy sizes: checks the machinery (minutes)")
+    mode.add_argument("--full", action="store_true", help="the sizes for < 70 min on 2 idle CPU cores")
+    mode.add_argument("--gpu", action="store_true",
+                      help="the sizes for <= 10 min on one H200 with 16 CPU cores (use with --device cuda)")
+    mode.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the reduced form the tests run
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: work_dirs/reproduce_<mode>)")
+    p.add_argument("--seed", type=int, default=0, help="training seed; fine-tuning uses seed, seed+1, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--report", type=Path, default=None,
+                   help="also write the report here (default for --full: docs/results.md, for --gpu: "
+                        "docs/results_gpu.md); it is always written to OUT/results.md")
+    p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
+    args = p.parse_args(argv)
+    name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
+    out = args.out or REPO / "work_dirs" / f"reproduce_{name}"
+    report = args.report or DEFAULT_REPORTS.get(name)
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv)
+    run(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report, command=command)
+    return 0

@@ -1,0 +1,546 @@
+"""The experiments of the reproduction: ``Reproduction`` (one output folder; the table of every training
+run, their parallel training, the stages Table 1, transfer, inference timing, protocol fidelity and the
+ablations) and the worker functions of the parallel training."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from repro.common import (
+    DIFFICULT_THRESHOLD,
+    FULLY_FOLDER,
+    TARGET,
+    _date_utc,
+    _link,
+    _read_json,
+    _train_log,
+    _write_json,
+    run_stats,
+    single_key,
+)
+from repro.data import write_fully_labelled, write_subset_collection
+from repro.sizes import Sizes
+
+# protocol conflicts: the heads involved and the truths each is scored against ("head:<id>" = that
+# head's protocol repainted from the ground truth, "structure:<name>" = one ground-truth structure)
+CONFLICT_CHECKS = {
+    "aorta": {"heads": ["D005_aorta", "D006_aorta"],
+              "truths": {"D005 protocol (root to bifurcation)": "head:D005_aorta",
+                         "D006 protocol (above the root, stops at the diaphragm)": "head:D006_aorta"},
+              "own": {"D005_aorta": "D005 protocol (root to bifurcation)",
+                      "D006_aorta": "D006 protocol (above the root, stops at the diaphragm)"}},
+    "heart": {"heads": ["D006_heart"],
+              "truths": {"D006 protocol (with aortic root)": "head:D006_heart",
+                         "anatomical (without aortic root)": "structure:heart"},
+              "own": {"D006_heart": "D006 protocol (with aortic root)"}},
+    "spleen": {"heads": ["D005_spleen", "D007_spleen"],
+               "truths": {"D005 protocol (fine)": "head:D005_spleen",
+                          "D007 protocol (coarse)": "head:D007_spleen"},
+               "own": {"D005_spleen": "D005 protocol (fine)", "D007_spleen": "D007 protocol (coarse)"}},
+}
+
+
+# fine-tuning conditions: (the run whose checkpoint is the start, from scratch?)
+FT_CONDITIONS = {"scratch": ("pretrain_multitalent", True), "multitalent": ("pretrain_multitalent", False),
+                 "supervised": ("pretrain_supervised", False)}
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _train_job(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, name: str) -> str:
+    """One training run of ``Reproduction.training_jobs`` in a worker process (``Reproduction.train_all``)."""
+    from multitalent.registry import load_manifest
+
+    rep = Reproduction(sizes, out, seed, device, quiet)
+    rep.dataset_ids = [d.id for d in load_manifest(rep.raw / "collection.json").datasets]
+    rep.train(name)
+    return name
+
+
+class Reproduction:
+    """All experiments inside one output folder; each step skips what is already done."""
+
+    def __init__(self, sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True):
+        self.sizes = sizes
+        self.out = Path(out)
+        self.seed = seed
+        self.device = device
+        self.quiet = quiet
+        self.raw = self.out / "raw"
+        self.pre = {k: self.out / "preprocessed" / k for k in ("all", "pretrain", "target", "fully")}
+        self.runs = self.out / "runs"
+        self.preds = self.out / "predictions"
+        self.evals = self.out / "evaluation"
+        self.results = self.out / "results"
+        self.t0 = time.perf_counter()
+        self.log_file = self.out / "reproduce.log"
+
+    # -- bookkeeping
+    def start_invocation(self, command: str) -> None:
+        """Record this invocation in ``results/invocations.json``; ``say`` keeps its wall time current, so an
+        interrupted invocation still counts up to its last logged step."""
+        path = self.results / "invocations.json"
+        records = _read_json(path, []) or []
+        records.append({"date": _date_utc(), "command": command, "wall_s": 0.0})
+        self.invocation = len(records) - 1
+        _write_json(path, records)
+
+    def invocations(self) -> list[dict]:
+        path = self.results / "invocations.json"
+        records = _read_json(path, []) or []
+        if getattr(self, "invocation", None) is not None and self.invocation < len(records):
+            records[self.invocation]["wall_s"] = time.perf_counter() - self.t0
+            _write_json(path, records)
+        return records
+
+    def say(self, msg: str) -> None:
+        line = f"[{time.perf_counter() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "a") as fh:
+            fh.write(line + "\n")
+        self.invocations()
+
+    def _add_wall(self, kind: str, name: str, seconds: float) -> None:
+        from filelock import FileLock  # training runs in parallel processes add their times too
+
+        path = self.results / "wall_times.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            data = _read_json(path, {}) or {}
+            data.setdefault(kind, {})
+            data[kind][name] = data[kind].get(name, 0.0) + seconds
+            _write_json(path, data)
+
+    def check_sizes(self) -> None:
+        """Refuse to mix runs of different sizes (or seeds) in one output folder."""
+        path = self.results / "sizes.json"
+        now = {"sizes": asdict(self.sizes), "seed": self.seed}
+        before = _read_json(path)
+        if before is not None and json.loads(json.dumps(now)) != before:
+            raise SystemExit(f"{self.out} holds runs made with other sizes or another seed ({path}); "
+                             "choose a new --out (or delete that folder).")
+        _write_json(path, now)
+
+    # -- data
+    def prepare_data(self) -> None:
+        from multitalent.phantoms import generate_collection
+        from multitalent.preprocessing.pipeline import run_preprocessing
+        from multitalent.registry import load_manifest
+
+        s = self.sizes
+        manifest = self.raw / "collection.json"
+        if not manifest.is_file():
+            t = time.perf_counter()
+            whole = s.datasets is None and s.max_train is None and s.max_test is None
+            if whole and s.in_plane_step == 1 and s.lesion_scale == 1.0:
+                self.say(f"phantom collection (seed {s.collection_seed}, scale small) -> {self.raw}")
+                generate_collection(self.raw, seed=s.collection_seed, scale="small", progress=not self.quiet)
+            else:
+                self.say(f"phantom sub-collection {s.datasets or 'all datasets'}, <= {s.max_train} "
+                         f"training / {s.max_test} test cases each, lesions x{s.lesion_scale} -> {self.raw}")
+                write_subset_collection(self.raw, s.collection_seed, s.datasets, s.max_train, s.max_test,
+                                        s.preprocess_workers, s.in_plane_step, s.lesion_scale)
+            self._add_wall("data", "phantoms", time.perf_counter() - t)
+        collection = load_manifest(manifest)
+        self.dataset_ids = [d.id for d in collection.datasets]
+        self.dataset_dirs = {d.id: d.path for d in collection.datasets}
+        if TARGET not in self.dataset_ids:
+            raise SystemExit(f"the collection must hold the transfer target {TARGET}")
+        self.test_cases = {d.id: d.cases("Ts") for d in collection.datasets}
+
+        man = self.out / "manifests"
+        others = [d.path for d in collection.datasets if d.id != TARGET]
+        _write_json(man / "pretrain.json", {"datasets": [{"path": str(p.resolve())} for p in others]})
+        _write_json(man / "target.json", {"datasets": [{"path": str(self.dataset_dirs[TARGET].resolve())}]})
+        fully = write_fully_labelled(self.raw, TARGET, self.out / "raw_fully" / FULLY_FOLDER,
+                                     s.preprocess_workers)
+        _write_json(man / "fully.json", {"datasets": [{"path": str(fully.resolve())}]})
+
+        # every test scan in one folder (symbolic links), and the scans timed for inference
+        tests = self.out / "test_images"
+        for ds, cases in self.test_cases.items():
+            for c in cases:
+                _link(self.dataset_dirs[ds] / "imagesTs" / f"{c}_0000.nii.gz", tests / f"{c}_0000.nii.gz")
+        self.test_images = tests
+        order = [c for i in range(max(len(v) for v in self.test_cases.values()))
+                 for v in self.test_cases.values() if i < len(v) for c in [v[i]]]
+        self.timing_cases = order[: s.timing_scans]
+        timing = self.out / "timing_images"
+        for c in self.timing_cases:
+            _link(tests / f"{c}_0000.nii.gz", timing / f"{c}_0000.nii.gz")
+        self.timing_images = timing
+
+        for key, m in (("all", manifest), ("pretrain", man / "pretrain.json"),
+                       ("target", man / "target.json"), ("fully", man / "fully.json")):
+            if not (self.pre[key] / "plans.json").is_file():
+                self.say(f"preprocessing {key} ({m.name}) -> {self.pre[key]}")
+                t = time.perf_counter()
+                run_preprocessing(m, self.pre[key], preset="small", spacing=s.spacing,
+                                  patch_size=s.patch_size, workers=s.preprocess_workers,
+                                  progress=not self.quiet)
+                self._add_wall("data", f"preprocess_{key}", time.perf_counter() - t)
+
+    # -- training
+    def _train_cfg(self, epochs: int, **kw):
+        from multitalent.training.config import TrainConfig
+
+        s = self.sizes
+        fields = dict(epochs=epochs, iterations_per_epoch=s.iterations_per_epoch, val_iterations=s.val_iterations,
+                      base_features=s.base_features, fold=s.fold, final_validation=False,
+                      num_workers=s.num_workers, seed=self.seed, device=self.device, quiet=self.quiet)
+        return TrainConfig(**{**fields, **kw})  # an ablation may change a default (base_features)
+
+    def train_run(self, name: str, fn: Callable[[Path, bool], object]) -> Path:
+        """Run ``fn(run_dir, resume)`` unless ``run_dir/checkpoint_final.pt`` exists."""
+        run = self.runs / name
+        if (run / "checkpoint_final.pt").is_file():
+            return run
+        resume = (run / "checkpoint_latest.pt").is_file()
+        self.say(f"training {name}" + (" (resuming)" if resume else ""))
+        t = time.perf_counter()
+        fn(run, resume)
+        wall = time.perf_counter() - t
+        self._add_wall("train", name, wall)
+        st = run_stats(run)
+        self.say(f"  {name}: {st['iterations']} iterations, {wall:.0f}s wall"
+                 + (f", {st['s_per_it']:.2f} s/it, data wait {100 * st['data_wait_fraction']:.0f}%"
+                    if st["s_per_it"] else ""))
+        return run
+
+    def train_plain(self, name: str, pre: Path, epochs: int, **kw) -> Path:
+        from multitalent.training.loop import train
+
+        if kw.get("arch") == "swin_unetr":
+            kw["feature_size"] = self.sizes.swin_feature_size
+
+        def fn(run: Path, resume: bool) -> None:
+            train(pre, run, self._train_cfg(epochs, resume=resume, **kw))
+
+        return self.train_run(name, fn)
+
+    def train_finetune(self, name: str, pretrained: Path, seed: int, from_scratch: bool) -> Path:
+        from multitalent.finetune import FinetuneConfig, finetune
+
+        s = self.sizes
+
+        def fn(run: Path, resume: bool) -> None:
+            # from scratch: one poly phase as long as the three phases (finetune_phases)
+            cfg = FinetuneConfig(epochs=s.ft_epochs, iterations_per_epoch=s.ft_iterations_per_epoch,
+                                 val_iterations=s.val_iterations, base_features=s.base_features,
+                                 head_warmup_epochs=s.ft_head_warmup_epochs,
+                                 full_warmup_epochs=s.ft_full_warmup_epochs, from_scratch=from_scratch,
+                                 fold=s.fold, final_validation=False, num_workers=s.num_workers, seed=seed,
+                                 device=self.device,
+                                 quiet=self.quiet, resume=resume)
+            finetune(pretrained, self.pre["target"], run, cfg)
+
+        return self.train_run(name, fn)
+
+    # -- every training run, in one table: the stages train by name, ``train_all`` runs them in parallel
+    def training_jobs(self) -> dict[str, dict]:
+        """Every training run of the reproduction: name -> spec (``kind`` plain/finetune, its arguments,
+        ``after``: runs it starts from). Ordered longest first, so that parallel runs finish together."""
+        s = self.sizes
+        main = s.archs[0]
+        mt_epochs = s.multitalent_factor * s.single_epochs
+        jobs: dict[str, dict] = {}
+
+        def plain(name: str, pre: str, epochs: int, **kw) -> None:
+            jobs[name] = {"name": name, "kind": "plain", "pre": pre, "epochs": epochs, "kw": kw, "after": []}
+
+        for arch in s.archs:
+            plain(f"multitalent_{arch}", "all", mt_epochs, arch=arch)
+        plain("pretrain_multitalent", "pretrain", mt_epochs, arch=main)
+        plain("pretrain_supervised", "fully", mt_epochs, arch=main)
+        plain("merged_softmax", "all", mt_epochs, arch=main, objective="merged_softmax")
+        for name, kw in s.ablations:
+            plain(f"ablation_{name}", "all", mt_epochs, **{"arch": main, **dict(kw)})
+        for arch in s.archs:
+            for ds in self.dataset_ids:
+                plain(f"{single_key(arch, main)}_{ds}", "all", s.single_epochs, datasets=[ds], arch=arch)
+        # from scratch needs a checkpoint only for the architecture; its weights are not used
+        for k in range(s.ft_seeds):
+            for cond, (pretrained, scratch) in FT_CONDITIONS.items():
+                name = f"finetune_{cond}_seed{self.seed + k}"
+                jobs[name] = {"name": name, "kind": "finetune", "pretrained": pretrained, "seed": self.seed + k,
+                              "from_scratch": scratch, "after": [pretrained]}
+        return jobs
+
+    def train(self, name: str) -> Path:
+        """Train (or resume, or skip when finished) the run ``name`` of ``training_jobs``."""
+        spec = self.training_jobs()[name]
+        if spec["kind"] == "finetune":
+            return self.train_finetune(name, self.runs / spec["pretrained"], spec["seed"], spec["from_scratch"])
+        return self.train_plain(name, self.pre[spec["pre"]], spec["epochs"], **spec["kw"])
+
+    def train_all(self) -> None:
+        """Every unfinished training run, ``sizes.jobs`` at a time in worker processes (each with
+        ``cpu_count // jobs`` torch threads), a fine-tuning only after its pre-training. Nothing to do when
+        ``sizes.jobs`` is 1: the stages then train one run after the other."""
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        s = self.sizes
+        if s.jobs <= 1:
+            return
+        jobs = self.training_jobs()
+        done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
+        todo = [n for n in jobs if n not in done]
+        if not todo:
+            return
+        threads = max(1, (os.cpu_count() or s.jobs) // s.jobs)
+        self.say(f"training {len(todo)} runs, {s.jobs} at a time ({threads} torch thread(s) each)")
+        running: dict = {}
+        here = str(Path(__file__).resolve().parents[1])  # benchmarks/, the folder that holds ``repro``
+        if here not in sys.path:  # the workers unpickle ``_train_job`` by importing ``repro.experiments``
+            sys.path.insert(0, here)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(s.jobs, mp_context=ctx, initializer=_set_threads, initargs=(threads,)) as pool:
+            while todo or running:
+                for n in [n for n in todo if all(a in done for a in jobs[n]["after"])]:
+                    if len(running) >= s.jobs:
+                        break
+                    todo.remove(n)
+                    running[pool.submit(_train_job, s, self.out, self.seed, self.device, self.quiet, n)] = n
+                if not running:
+                    raise RuntimeError(f"training runs wait for runs that never finish: {todo}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    n = running.pop(f)
+                    f.result()  # a failed run stops the reproduction with its error
+                    done.add(n)
+
+    # -- prediction and evaluation
+    def predict(self, run: Path, images: Path, out: Path, save_heads: bool = False) -> float:
+        """Predict every scan of ``images`` (finished cases are skipped); returns the wall time."""
+        from multitalent.inference.config import PredictConfig
+        from multitalent.inference.predict import predict
+
+        t = time.perf_counter()
+        cfg = PredictConfig(device=self.device, quiet=self.quiet, continue_=True, save_heads=save_heads)
+        predict(run, images, out, cfg)  # merged-softmax runs predict one logit per head too
+        return time.perf_counter() - t
+
+    def evaluate(self, pred: Path, datasets: list[str], registry, name: str,
+                 reference: dict[str, float] | None = None) -> dict:
+        from multitalent.evaluation import evaluate
+
+        out = self.evals / name
+        if (out / "summary.json").is_file():
+            return json.loads((out / "summary.json").read_text())
+        gt = [f"{ds}={self.dataset_dirs[ds] / 'labelsTs'}" for ds in datasets]
+        return evaluate(pred, gt, registry, out, reference=reference, difficult_threshold=DIFFICULT_THRESHOLD,
+                        progress=not self.quiet, workers=self.sizes.eval_workers)
+
+    # -- the experiments
+    def table1(self) -> dict:
+        from multitalent.evaluation import reference_from_summary
+        from multitalent.registry import HeadRegistry
+
+        s = self.sizes
+        registry = HeadRegistry.load(self.pre["all"] / "heads.json")
+        singles, summary = self.single_models(s.archs[0], registry, None)
+        summaries = {"single": summary}
+        reference = reference_from_summary(summaries["single"])
+        _write_json(self.results / "reference_dice.json", reference)
+
+        runs = {"single": singles}
+        main_arch = s.archs[0]
+        key = f"multitalent_{main_arch}"
+        runs[key] = self.train(key)
+        runs["merged_softmax"] = self.train("merged_softmax")
+        for key in (f"multitalent_{main_arch}", "merged_softmax"):
+            summaries[key] = self.predict_and_evaluate(key, runs[key], registry, reference)
+        self.table1_runs, self.registry, self.reference = runs, registry, reference
+        return summaries
+
+    def single_models(self, arch: str, registry, reference: dict | None) -> tuple[dict[str, Path], dict]:
+        """Train, predict and evaluate the K single-dataset models of ``arch`` (N iterations each)."""
+        key = single_key(arch, self.sizes.archs[0])
+        runs = {ds: self.train(f"{key}_{ds}") for ds in self.dataset_ids}
+        pred = self.preds / key
+        for ds, run in runs.items():
+            if any(not (pred / c / "case.json").is_file() for c in self.test_cases[ds]):
+                self.say(f"predicting {key}_{ds} on its {len(self.test_cases[ds])} test cases")
+                self.predict(run, self.dataset_dirs[ds] / "imagesTs", pred)
+        return runs, self.evaluate(pred, self.dataset_ids, registry, key, reference)
+
+    def predict_and_evaluate(self, key: str, run: Path, registry, reference: dict) -> dict:
+        pred = self.preds / f"{key}_test"
+        if not all((pred / c / "case.json").is_file() for v in self.test_cases.values() for c in v):
+            n = sum(map(len, self.test_cases.values()))
+            self.say(f"predicting {key} on all {n} test cases (head masks kept)")
+            self.predict(run, self.test_images, pred, save_heads=True)
+        return self.evaluate(pred, self.dataset_ids, registry, key, reference)
+
+    def extra_archs(self, summaries: dict) -> None:
+        s = self.sizes
+        for arch in s.archs[1:]:
+            runs, summaries[single_key(arch, s.archs[0])] = self.single_models(arch, self.registry, self.reference)
+            self.table1_runs[single_key(arch, s.archs[0])] = runs
+            key = f"multitalent_{arch}"
+            run = self.train(key)
+            self.table1_runs[key] = run
+            summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)
+
+    def ablation_runs(self, summaries: dict) -> None:
+        """Each ablation of MultiTalent (``sizes.ablations``): trained, predicted and evaluated like it."""
+        for name, _ in self.sizes.ablations:
+            key = f"ablation_{name}"
+            self.table1_runs[key] = run = self.train(key)
+            summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)
+
+    def swin_probe(self) -> dict | None:
+        s = self.sizes
+        if s.swin_probe_iterations <= 0:
+            return None
+        cache = self.results / "swin_probe.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        from multitalent.training.config import TrainConfig
+        from multitalent.training.loop import train
+
+        run = self.runs / "probe_swin_unetr"
+        shutil.rmtree(run, ignore_errors=True)
+        self.say(f"timing {s.swin_probe_iterations} SwinUNETR iterations "
+                 f"(feature size {s.swin_feature_size})")
+        cfg = TrainConfig(arch="swin_unetr", feature_size=s.swin_feature_size, epochs=2,
+                          iterations_per_epoch=s.swin_probe_iterations, val_iterations=0, fold="all",
+                          num_workers=s.num_workers, seed=self.seed, device=self.device, quiet=self.quiet)
+        try:
+            train(self.pre["all"], run, cfg)
+        except Exception as e:  # noqa: BLE001 - the probe reports what happened instead of stopping the run
+            result = {"error": f"{type(e).__name__}: {e}"}
+        else:
+            recs = _train_log(run)
+            # the second epoch only: the first one pays for start-up
+            result = {"s_per_it": recs[-1]["train_time_s"] / s.swin_probe_iterations,
+                      "iterations": s.swin_probe_iterations, "feature_size": s.swin_feature_size}
+        shutil.rmtree(run, ignore_errors=True)
+        _write_json(cache, result)
+        return result
+
+    def transfer(self) -> dict:
+        from multitalent.registry import HeadRegistry
+
+        s = self.sizes
+        self.train("pretrain_multitalent")
+        self.train("pretrain_supervised")
+        registry = HeadRegistry.load(self.pre["target"] / "heads.json")
+        per_seed: dict[str, dict[int, dict]] = {c: {} for c in FT_CONDITIONS}
+        for k in range(s.ft_seeds):
+            seed = self.seed + k
+            for cond in FT_CONDITIONS:
+                name = f"finetune_{cond}_seed{seed}"
+                run = self.train(name)
+                pred = self.preds / name
+                if not all((pred / c / "case.json").is_file() for c in self.test_cases[TARGET]):
+                    self.predict(run, self.dataset_dirs[TARGET] / "imagesTs", pred)
+                summary = self.evaluate(pred, [TARGET], registry, name)
+                per_seed[cond][seed] = {"dataset_dice": summary["datasets"][TARGET]["dice_mean"],
+                                        "heads": {h: v["dice_mean"] for h, v in summary["heads"].items()}}
+        return {"per_seed": per_seed, "heads": registry.ids}
+
+    def inference_timing(self) -> dict:
+        cache = self.results / "inference_timing.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        key = f"multitalent_{self.sizes.archs[0]}"
+        root = self.preds / "timing"
+        shutil.rmtree(root, ignore_errors=True)
+        self.say(f"timing inference: {key} vs the {len(self.table1_runs['single'])} single-dataset models on "
+                 f"{len(self.timing_cases)} scan(s)")
+        mt = [self.predict(self.table1_runs[key], self.timing_images, root / f"{key}_a")]
+        singles = {ds: self.predict(run, self.timing_images, root / f"single_{ds}")
+                   for ds, run in self.table1_runs["single"].items()}
+        mt.append(self.predict(self.table1_runs[key], self.timing_images, root / f"{key}_b"))
+        result = {"scans": self.timing_cases, "model": key, "multitalent_s_runs": mt,
+                  "multitalent_s": float(np.mean(mt)), "single_s": singles,
+                  "ensemble_s": float(sum(singles.values())), "k": len(singles)}
+        result["ratio"] = result["ensemble_s"] / result["multitalent_s"]
+        shutil.rmtree(root, ignore_errors=True)
+        _write_json(cache, result)
+        return result
+
+    def protocol_fidelity(self, models: list[str]) -> dict:
+        """Dice of each conflicting head against every protocol's truth on the same test cases."""
+        from multitalent import io
+        from multitalent.evaluation import dice
+        from multitalent.phantoms import truth_for_head
+
+        cache = self.results / "protocol_fidelity.json"
+        cached = _read_json(cache, {}) or {}
+        if cached.get("models") == models and cached.get("format") == 2:
+            return cached
+        cases = [c for v in self.test_cases.values() for c in v]
+        truths: dict[tuple[str, str], np.ndarray] = {}
+
+        def truth(case: str, spec: str) -> np.ndarray:
+            if (case, spec) not in truths:
+                kind, name = spec.split(":", 1)
+                if kind == "head":
+                    truths[(case, spec)] = truth_for_head(self.raw, case, name)[0]
+                else:
+                    path = self.raw / "ground_truth" / case / f"{name}.nii.gz"
+                    truths[(case, spec)] = io.read_label(path)[0] > 0
+            return truths[(case, spec)]
+
+        out: dict = {"format": 2, "models": models, "conflicts": {}}
+        for conflict, check in CONFLICT_CHECKS.items():
+            if not all(h in self.registry.ids for h in check["heads"]):
+                continue
+            specs = check["truths"]
+            used = [c for c in cases if all(truth(c, sp).any() for sp in specs.values())]
+            entry = {"cases": used, "truths": list(specs), "rows": []}
+            for model in models:
+                pred_dir = self.preds / f"{model}_test"
+                for head in check["heads"]:
+                    scores = {t: [] for t in specs}
+                    extra: list[float] = []
+                    for c in used:
+                        mask = io.read_label(pred_dir / c / "heads" / f"{head}.nii.gz")[0] > 0
+                        for t, sp in specs.items():
+                            scores[t].append(dice(mask, truth(c, sp)))
+                        extra.append(_extra_metric(conflict, head, mask, c, truth))
+                    defined = [x for x in extra if not math.isnan(x)]
+                    row = {"model": model, "head": head, "own": check["own"][head],
+                           "dice": {t: (float(np.mean(v)) if v else None) for t, v in scores.items()},
+                           "per_case": scores,
+                           "extra": float(np.mean(defined)) if defined else None}
+                    entry["rows"].append(row)
+            out["conflicts"][conflict] = entry
+        _write_json(cache, out)
+        return out
+
+
+
+def _extra_metric(conflict: str, head: str, mask: np.ndarray, case: str, truth: Callable) -> float:
+    """One number per conflict that shows the protocol directly (see ``repro.report.EXTRA_METRICS``)."""
+    if conflict == "aorta":  # share of the abdominal aorta (below the diaphragm cut) that the head marks
+        abdominal = truth(case, "structure:aorta") & ~truth(case, "structure:aorta_thoracic") \
+            & ~truth(case, "structure:aortic_root")
+        return float((mask & abdominal).sum() / abdominal.sum()) if abdominal.any() else float("nan")
+    if conflict == "heart":  # share of the aortic root that the heart head marks
+        root = truth(case, "structure:aortic_root")
+        return float((mask & root).sum() / root.sum()) if root.any() else float("nan")
+    if conflict == "spleen":  # predicted volume / fine spleen volume
+        fine = truth(case, "structure:spleen")
+        return float(mask.sum() / fine.sum()) if fine.any() else float("nan")
+    return float("nan")
+

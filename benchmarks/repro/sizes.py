@@ -1,0 +1,205 @@
+"""The sizes of the reproduction (``Sizes``: FULL, QUICK, TINY, GPU) and the projection of their cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that sets how long the reproduction takes.
+
+    Iterations: a single-dataset model trains ``N = single_epochs * iterations_per_epoch`` iterations;
+    MultiTalent, the merged softmax and both pre-trainings ``multitalent_factor * N`` (the paper: 1000
+    vs 2000 epochs). Fine-tuning: ``ft_head_warmup_epochs`` (heads only, AdamW), ``ft_full_warmup_epochs``
+    (whole network, SGD, lr ramp) and ``ft_epochs`` (poly) of ``ft_iterations_per_epoch``; from scratch
+    gets the same total number of iterations, all poly.
+    """
+
+    name: str
+    # the collection: None = the whole small phantom collection; else these datasets, the first
+    # ``max_train`` / ``max_test`` cases of each
+    datasets: tuple[str, ...] | None = None
+    max_train: int | None = None
+    max_test: int | None = None
+    collection_seed: int = 0
+    in_plane_step: int = 1  # >1 (tests only): keep every step-th voxel in plane of the sub-collection's scans
+    lesion_scale: float = 1.0  # lesion radii x this (CasePlan.lesion_scale): 2 keeps lesions resolved at 6 mm
+    # the plans: None = preset "small" (4 mm, patch 32x64x64, batch 2)
+    spacing: tuple[float, float, float] | None = None
+    patch_size: tuple[int, int, int] | None = None
+    # the networks
+    base_features: int = 8
+    archs: tuple[str, ...] = ("plain_unet",)  # backbones: MultiTalent and the K single-dataset models
+    # of each; the first is the main one (merged softmax, pre-training, fine-tuning)
+    swin_probe_iterations: int = 0  # >0: time a few SwinUNETR iterations to report its cost
+    swin_feature_size: int = 12  # SwinUNETR's size when probed or listed in ``archs``
+    # training
+    iterations_per_epoch: int = 25
+    single_epochs: int = 6
+    multitalent_factor: int = 2
+    num_workers: int = 0
+    # validation curves: every run holds out this fold of its training cases (nnU-Net's 5-fold split) and
+    # scores ``val_iterations`` fixed batches of them after every epoch (patch pseudo-Dice), which is the
+    # convergence evidence; "all" trains on every case and validates on the training cases
+    fold: str = "0"
+    val_iterations: int = 8
+    # fine-tuning
+    ft_iterations_per_epoch: int = 10
+    ft_head_warmup_epochs: int = 1
+    ft_full_warmup_epochs: int = 5
+    ft_epochs: int = 9
+    ft_seeds: int = 3
+    # inference and evaluation
+    timing_scans: int = 3
+    eval_workers: int = 2
+    preprocess_workers: int = 2
+    # training runs at once, each a process with ``cpu_count // jobs`` torch threads: on 2 cores two
+    # 1-thread runs gave 1.36x the iterations per second of one 2-thread run (0.27 s/it each vs 0.185 s/it)
+    jobs: int = 1
+    # ablations of MultiTalent (main backbone, 2N iterations): (name, ((TrainConfig field, value), ...))
+    ablations: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+
+    @property
+    def n_single(self) -> int:
+        return self.single_epochs * self.iterations_per_epoch
+
+    @property
+    def n_multi(self) -> int:
+        return self.multitalent_factor * self.n_single
+
+    @property
+    def ft_total_epochs(self) -> int:
+        return self.ft_head_warmup_epochs + self.ft_full_warmup_epochs + self.ft_epochs
+
+
+# FULL uses the demo's grid (6 mm, patch 32x48x48): on 2 CPU cores MultiTalent learns the large organs
+# there within ~1000 iterations (docs/benchmarks.md). N = 1600: at N = 800 (the previous --full run) five
+# of seven single-dataset models were still gaining 2.5-6 Dice points over their last quarter; MultiTalent
+# trains 2N = 3200. Only the plain U-Net on the CPU (the residual U-Net's 9 runs would not fit 150 min at
+# these budgets; --gpu runs both and SwinUNETR); two training runs at a time with one thread each.
+FULL = Sizes(name="full", base_features=8, archs=("plain_unet",), swin_probe_iterations=4,
+             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), lesion_scale=2.0, iterations_per_epoch=50,
+             single_epochs=32, fold="0", val_iterations=12, ft_iterations_per_epoch=25, ft_head_warmup_epochs=2,
+             ft_full_warmup_epochs=4, ft_epochs=22, ft_seeds=3, timing_scans=3, jobs=2,
+             ablations=(("width16", (("base_features", 16),)),))
+QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
+              lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
+              val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
+              ft_epochs=4, ft_seeds=2, timing_scans=1)
+TINY = Sizes(name="tiny", datasets=("D005", "D006", "D007"), max_train=2, max_test=1, in_plane_step=2,
+             spacing=(8.0, 8.0, 8.0), patch_size=(16, 32, 32), base_features=4, iterations_per_epoch=2,
+             single_epochs=1, val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1,
+             ft_full_warmup_epochs=2, ft_epochs=1, ft_seeds=1, timing_scans=1, eval_workers=1,
+             preprocess_workers=1, jobs=2, ablations=(("width16", (("base_features", 8),)),))
+# GPU: one NVIDIA H200 with 16 CPU cores, at most 10 minutes of wall time (``--gpu --device cuda``; the
+# script for a lent machine is benchmarks/device/reproduce_gpu.sh). The preset grid (4 mm, patch 32x64x64:
+# SwinUNETR needs every axis divisible by 32), networks twice as wide as FULL's, all three backbones, six
+# training runs at a time sharing the GPU (16 // 6 = 2 torch threads and one loader worker each). The whole
+# phantom collection at its own lesion sizes (at 4 mm the lesions, 12-30 mm across, are resolved).
+# N = 10 x 16 = 160, 2N = 320: far below FULL's budget, so most runs will not meet the convergence criterion;
+# the 10 minutes decide. The projection is ``gpu_projection`` below: about 8.5 min (5 of them training),
+# which leaves benchmarks/device/reproduce_gpu.sh its installation and copies inside the 10 min of one call.
+GPU = Sizes(name="gpu", spacing=(4.0, 4.0, 4.0), patch_size=(32, 64, 64), base_features=16,
+            archs=("plain_unet", "resenc_unet", "swin_unetr"), swin_feature_size=24, iterations_per_epoch=16,
+            single_epochs=10, num_workers=1, fold="0", val_iterations=4, ft_iterations_per_epoch=10,
+            ft_head_warmup_epochs=1, ft_full_warmup_epochs=2, ft_epochs=9, ft_seeds=3, timing_scans=3,
+            eval_workers=8, preprocess_workers=8, jobs=6, ablations=(("width32", (("base_features", 32),)),))
+SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY, "gpu": GPU}
+
+# Calibration, measured while writing this script (2-core Xeon @ 2.5 GHz, torch 2.13 CPU with 2 threads,
+# the whole phantom collection at 6 mm, patch 32x48x48, batch 2, num_workers=0, idle machine). Used to size
+# FULL and for the projection in the report. s/it at 8 base features (SwinUNETR: feature size 12, at 4 mm /
+# 32x64x64, as it needs a patch divisible by 32).
+CALIBRATION_S_PER_IT = {"plain_unet": 0.3, "resenc_unet": 0.37, "swin_unetr": 1.8}
+CALIBRATION_S_PER_EPOCH = 0.5  # checkpoint and progress plot after every epoch
+CALIBRATION_FULL_FIXED_MIN = 12.0  # FULL: phantoms, 4 preprocessings, ~100 predictions, 13 evaluations
+
+
+def projection(sizes: Sizes) -> tuple[dict[str, int], int, float]:
+    """(iterations per architecture, epoch ends, training minutes) of ``sizes`` at the calibrated speeds."""
+    ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
+    its = {sizes.archs[0]: 7 * sizes.n_single + 4 * sizes.n_multi + 3 * sizes.ft_seeds * ft_its}
+    for arch in sizes.archs[1:]:
+        its[arch] = its.get(arch, 0) + 7 * sizes.n_single + sizes.n_multi
+    multi_runs = 3 + len(sizes.archs)  # MultiTalent per arch, merged softmax, two pre-trainings
+    epochs = (7 * len(sizes.archs) * sizes.single_epochs
+              + multi_runs * sizes.multitalent_factor * sizes.single_epochs
+              + 3 * sizes.ft_seeds * sizes.ft_total_epochs)
+    seconds = sum(CALIBRATION_S_PER_IT.get(a, 1.0) * n for a, n in its.items())
+    seconds += CALIBRATION_S_PER_EPOCH * epochs
+    return its, epochs, seconds / 60
+
+
+def calibration_note(sizes: Sizes) -> str:
+    """What the sizes were chosen from, and the projected training time of ``sizes`` on 2 idle cores (on the
+    GPU sizes: ``gpu_note``)."""
+    if sizes.name == "gpu":
+        return gpu_note(sizes)
+    its, epochs, minutes = projection(sizes)
+    full_min = projection(FULL)[2] + CALIBRATION_FULL_FIXED_MIN
+    total = " + ".join(f"{n} {a}" for a, n in its.items())
+    return (
+        "Calibration (measured on 2-core machines while sizing the script, 6 mm, patch 32x48x48, batch 2, "
+        "`num_workers=0`): the plain U-Net with 8 base features took 0.18-0.30 s per iteration, the residual "
+        "U-Net 0.23-0.37 s (the lower figures on an AMD EPYC, the higher on a Xeon @ 2.5 GHz); another "
+        "CPU-heavy process on the same 2 cores makes iterations 2-7x slower. Projection for these sizes at "
+        f"the slower speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} min of training on 2 idle "
+        f"cores; the `--full` sizes project to ~{full_min:.0f} min in all (~{CALIBRATION_FULL_FIXED_MIN:.0f} "
+        "min of it for data, prediction and evaluation), chosen to stay below the 150 min the issue allows."
+    )
+
+
+# GPU projection. No GPU was available while these sizes were chosen, so these are assumptions, not
+# measurements: the only H200 figures (docs/benchmarks.md) are for the paper's config (96x192x192, batch 4:
+# 0.21 s per bf16 step of the plain U-Net, tensors already on the GPU). A 32x64x64 batch of 2 is ~27x fewer
+# voxels per sample, so a step is bound by kernel launches and Python (assumed ~0.05 s) and by building the
+# batch on the CPU (one loader worker, ~0.05-0.1 s for 2 small patches); six processes time-share the GPU.
+# Assumed per run: s per iteration below, 1 s per epoch end (validation batches, checkpoint, progress plot),
+# 10 s per run start (model, loader worker, unpacking, final checkpoint; CUDA starts once per pool worker);
+# training packs perfectly into ``jobs`` slots except for the critical path (pre-training, then fine-tuning);
+# 3.5 min for everything else (phantoms, 4 preprocessings with 8 workers, ~200 predicted cases with head masks,
+# 14 evaluations with 8 workers, the report), most of it serial. The width32 ablation is counted at the plain
+# U-Net's speed (a launch-bound step costs about the same at twice the width).
+GPU_ASSUMED_S_PER_IT = {"plain_unet": 0.12, "resenc_unet": 0.15, "swin_unetr": 0.20}
+GPU_ASSUMED_S_PER_EPOCH = 1.0
+GPU_ASSUMED_S_PER_RUN = 10.0
+GPU_ASSUMED_FIXED_MIN = 3.5
+GPU_WALL_LIMIT_MIN = 10.0
+
+
+def gpu_projection(sizes: Sizes, k: int = 7) -> dict:
+    """Projected wall time of ``sizes`` on one GPU at the assumed speeds above, ``sizes.jobs`` runs at a time
+    (``k`` datasets): iterations per architecture, epoch ends, runs, job-seconds and minutes."""
+    main, speed = sizes.archs[0], GPU_ASSUMED_S_PER_IT
+    ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
+    multi = len(sizes.archs) + 3 + len(sizes.ablations)  # MultiTalent per arch, merged, 2 pre-trainings, ablations
+    its = {main: k * sizes.n_single + (4 + len(sizes.ablations)) * sizes.n_multi + 3 * sizes.ft_seeds * ft_its}
+    for arch in sizes.archs[1:]:
+        its[arch] = its.get(arch, 0) + k * sizes.n_single + sizes.n_multi
+    epochs = (k * len(sizes.archs) * sizes.single_epochs + multi * sizes.multitalent_factor * sizes.single_epochs
+              + 3 * sizes.ft_seeds * sizes.ft_total_epochs)
+    runs = k * len(sizes.archs) + multi + 3 * sizes.ft_seeds
+    job_s = (sum(speed.get(a, 0.3) * n for a, n in its.items()) + GPU_ASSUMED_S_PER_EPOCH * epochs
+             + GPU_ASSUMED_S_PER_RUN * runs)
+    critical_s = (speed.get(main, 0.3) * (sizes.n_multi + ft_its) + GPU_ASSUMED_S_PER_RUN * 2
+                  + GPU_ASSUMED_S_PER_EPOCH * (sizes.multitalent_factor * sizes.single_epochs + sizes.ft_total_epochs))
+    train_min = max(job_s / max(sizes.jobs, 1), critical_s) / 60
+    return {"iterations": its, "epochs": epochs, "runs": runs, "job_s": job_s, "train_min": train_min,
+            "total_min": train_min + GPU_ASSUMED_FIXED_MIN}
+
+
+def gpu_note(sizes: Sizes) -> str:
+    """The report's calibration paragraph for the GPU sizes: the projection and that it was not measured."""
+    p = gpu_projection(sizes)
+    total = " + ".join(f"{n} {a}" for a, n in p["iterations"].items())
+    speeds = ", ".join(f"{a} {s:.2f} s" for a, s in GPU_ASSUMED_S_PER_IT.items())
+    return (
+        "Projection (the GPU sizes were chosen without a GPU: assumed, not measured, speeds per iteration of "
+        f"one of {sizes.jobs} runs sharing the GPU: {speeds}; {GPU_ASSUMED_S_PER_EPOCH:g} s per epoch end, "
+        f"{GPU_ASSUMED_S_PER_RUN:g} s per run start, ~{GPU_ASSUMED_FIXED_MIN:g} min for data, prediction and "
+        f"evaluation): {total} iterations, {p['epochs']} epoch ends and {p['runs']} runs, ~{p['train_min']:.1f} "
+        f"min of training and ~{p['total_min']:.1f} min in all, for a limit of {GPU_WALL_LIMIT_MIN:.0f} min. "
+        "The s/it column above gives the speeds this run measured."
+    )
+
