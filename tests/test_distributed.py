@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from multitalent.errors import UserInputError
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
 from multitalent.models import create_model, deep_supervision_scales
 from multitalent.preprocessing.pipeline import Preprocessed, run_preprocessing
-from multitalent.training import distributed, loop
+from multitalent.training import checkpoint, distributed, loop
 from multitalent.training.checkpoint import load_checkpoint
 from multitalent.training.config import TrainConfig
 from multitalent.training.distributed import DistInfo
@@ -139,9 +140,9 @@ def _torchrun(args: list[str], env: dict | None = None, timeout: float = 240) ->
 # after its FAIL_AT-th loss computation
 RUNNER = """
 import os, sys, time
-from multitalent.training import loop
+from multitalent import objectives
 if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
-    real, calls = loop.loss_on_batch, []
+    real, calls = objectives.loss_on_batch, []
     def failing(*args, **kwargs):
         loss = real(*args, **kwargs)
         calls.append(1)
@@ -151,7 +152,7 @@ if os.environ.get("FAIL_RANK") == os.environ["RANK"]:
                 time.sleep(3600)
             raise RuntimeError("injected failure on rank " + os.environ["RANK"])
         return loss
-    loop.loss_on_batch = failing
+    objectives.loss_on_batch = failing
 from multitalent.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -180,12 +181,12 @@ def test_torchrun_training_fails_fast_resumes_and_matches_one_process(pre, tmp_p
     assert "injected failure on rank 1" in crashed.stdout + crashed.stderr
     assert elapsed < 120, f"the surviving rank was not ended promptly ({elapsed:.0f} s)"
     after_epoch1 = load_checkpoint(run / "checkpoint_latest.pt")
-    assert after_epoch1["iteration"] == 2 and not (run / "checkpoint_final.pt").exists()
+    assert after_epoch1.iteration == 2 and not (run / "checkpoint_final.pt").exists()
 
     resumed = _torchrun([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = load_checkpoint(run / "checkpoint_final.pt")
-    assert final["iteration"] == 4 and final["meta"]["world_size"] == 2
+    assert final.iteration == 4 and final.run["world_size"] == 2
     log = _log(run)
     assert [r["epoch"] for r in log] == [0, 1]  # one writer: no line twice
     assert not list(run.glob(".*"))  # no temporary files left behind
@@ -194,18 +195,19 @@ def test_torchrun_training_fails_fast_resumes_and_matches_one_process(pre, tmp_p
     cfg = TrainConfig(epochs=2, iterations_per_epoch=2, val_iterations=1, base_features=4, batch_size=GLOBAL_BATCH,
                       fold="all", num_workers=0, seed=3, quiet=True)
     saved = []
-    real_save = loop.save_checkpoint
+    writer = loop if hasattr(loop, "save_checkpoint") else checkpoint  # where the loop looks it up
+    real_save = writer.save_checkpoint
 
     def keep(path, payload):
         saved.append({k: v.clone() for k, v in payload["state_dict"].items()})
         real_save(path, payload)
 
-    monkeypatch.setattr(loop, "save_checkpoint", keep)
+    monkeypatch.setattr(writer, "save_checkpoint", keep)
     ref = load_checkpoint(loop.train(pre.root, tmp_path / "single", cfg))
     ref_log = _log(tmp_path / "single")
-    for k, v in ref["state_dict"].items():
-        torch.testing.assert_close(after_epoch1["state_dict"][k], saved[0][k], rtol=TOL, atol=TOL, msg=k)
-        torch.testing.assert_close(final["state_dict"][k], v, rtol=TOL, atol=TOL, msg=k)
+    for k, v in ref.state_dict.items():
+        torch.testing.assert_close(after_epoch1.state_dict[k], saved[0][k], rtol=TOL, atol=TOL, msg=k)
+        torch.testing.assert_close(final.state_dict[k], v, rtol=TOL, atol=TOL, msg=k)
     for got, want in zip(log, ref_log):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
@@ -256,3 +258,124 @@ def test_collective_timeout_from_environment(monkeypatch):
         distributed.collective_timeout_s()
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.init_distributed("cpu") == DistInfo()
+
+
+# two ranks started by hand (no torchrun, so nobody ends the survivor with SIGTERM): rank 0 sums in a loop
+# until its collective fails; rank 1 is killed with SIGKILL, or raises an error of its own
+PAIR = """
+import os, signal, sys, time
+import torch
+from multitalent.training import distributed
+info = distributed.init_distributed("cpu", timeout_s=60)
+try:
+    try:
+        if info.rank == 1:
+            time.sleep(0.5)
+            if os.environ["MODE"] == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("rank 1 gives up")
+        x = torch.ones(3, requires_grad=True)
+        for _ in range(1200):
+            distributed.all_reduce_sum(x * 2).sum().backward()
+            time.sleep(0.05)
+    finally:
+        distributed.cleanup(info)
+except Exception as e:
+    print(type(e).__name__ + ": " + str(e).splitlines()[0], flush=True)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("mode", ["kill", "error"])
+def test_a_collective_names_a_killed_rank_but_not_one_that_reported_its_own_error(mode):
+    """The survivor's failed collective becomes a RankFailure naming the rank only when that rank vanished
+    without a word (SIGKILL); a rank that stopped with its own error is left to speak for itself."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1",
+               "MODE": mode}
+        procs.append(subprocess.Popen([sys.executable, "-c", PAIR], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        out0, err0 = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        out1, _ = procs[1].communicate()
+    assert procs[0].returncode == 1, err0[-2000:]
+    if mode == "kill":
+        assert procs[1].returncode == -signal.SIGKILL
+        assert out0.startswith(f"RankFailure: training process rank 1 (pid {procs[1].pid}) ended unexpectedly"), out0
+        assert "killed by signal 9 (SIGKILL)" in out0 and "--resume" in out0
+    else:
+        assert procs[1].returncode == 1 and "rank 1 gives up" in out1
+        assert out0 and not out0.startswith("RankFailure"), out0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _rank_pid(torchrun_pid: int, rank: int) -> int:
+    for pid in _children(torchrun_pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process of rank {rank} under torchrun (pid {torchrun_pid})")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_rank_killed_by_the_kernel_is_named_by_the_survivor(pre, tmp_path, workers):
+    """Rank 1 is killed with SIGKILL in the middle of training, as the kernel's out-of-memory killer does: it
+    prints nothing, torchrun ends rank 0 with SIGTERM, and rank 0 says in one line which rank died and what
+    to do, instead of dying silently; the job ends within seconds (not after the collective timeout) and the
+    last checkpoint is intact. With loader workers, torchrun's SIGTERM to the process group also ends them,
+    and their death must not take the message's place."""
+    run = tmp_path / "ddp"
+    train_args = [*TRAIN_ARGS[2:]]
+    train_args[train_args.index("--num-workers") + 1] = str(workers)
+    args = ["-q", "train", str(pre.root), "-o", str(run), "--epochs", "300", *train_args, "--no-final-validation"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "multitalent",
+           *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MULTITALENT_DIST_TIMEOUT": "300"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "checkpoint_latest.pt").exists():  # epoch 1 is saved: both ranks are training
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        victim = _rank_pid(proc.pid, 1)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    errors = [line for line in (out + err).splitlines() if line.startswith("multitalent: error:")]
+    assert len(errors) == 1, (out + err)[-3000:]
+    assert errors[0].startswith(f"multitalent: error: training process rank 1 (pid {victim}) ended unexpectedly")
+    assert "rank 0 stops too" in errors[0] and "--resume" in errors[0]
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end after rank 1 was killed"
+    assert load_checkpoint(run / "checkpoint_latest.pt").iteration >= 2
+    assert not (run / "checkpoint_final.pt").exists()

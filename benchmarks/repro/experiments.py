@@ -269,8 +269,9 @@ class Reproduction:
         plain("pretrain_multitalent", "pretrain", mt_epochs, arch=main)
         plain("pretrain_supervised", "fully", mt_epochs, arch=main)
         plain("merged_softmax", "all", mt_epochs, arch=main, objective="merged_softmax")
-        for name, kw in s.ablations:
-            plain(f"ablation_{name}", "all", mt_epochs, **{"arch": main, **dict(kw)})
+        for name, kw in s.ablations:  # an ablation may change the budget (epochs) or any TrainConfig field
+            kw = dict(kw)
+            plain(f"ablation_{name}", "all", kw.pop("epochs", mt_epochs), **{"arch": main, **kw})
         for arch in s.archs:
             for ds in self.dataset_ids:
                 plain(f"{single_key(arch, main)}_{ds}", "all", s.single_epochs, datasets=[ds], arch=arch)

@@ -78,11 +78,13 @@ class Sizes:
 # of seven single-dataset models were still gaining 2.5-6 Dice points over their last quarter; MultiTalent
 # trains 2N = 3200. Only the plain U-Net on the CPU (the residual U-Net's 9 runs would not fit 150 min at
 # these budgets; --gpu runs both and SwinUNETR); two training runs at a time with one thread each.
+# The ablation trains MultiTalent 4N = 6400 iterations: in this run its 2N curve still gained 4.2 points
+# over its last quarter, so 2N does not converge it at this scale (measured, 2026-12-02).
 FULL = Sizes(name="full", base_features=8, archs=("plain_unet",), swin_probe_iterations=4,
              spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), lesion_scale=2.0, iterations_per_epoch=50,
              single_epochs=32, fold="0", val_iterations=12, ft_iterations_per_epoch=25, ft_head_warmup_epochs=2,
              ft_full_warmup_epochs=4, ft_epochs=22, ft_seeds=3, timing_scans=3, jobs=2,
-             ablations=(("width16", (("base_features", 16),)),))
+             ablations=(("mt_4n", (("epochs", 128),)),))
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
               val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
@@ -112,12 +114,19 @@ SIZES = {"full": FULL, "quick": QUICK, "tiny": TINY, "gpu": GPU}
 # FULL and for the projection in the report. s/it at 8 base features (SwinUNETR: feature size 12, at 4 mm /
 # 32x64x64, as it needs a patch divisible by 32).
 CALIBRATION_S_PER_IT = {"plain_unet": 0.3, "resenc_unet": 0.37, "swin_unetr": 1.8}
+CALIBRATION_S_PER_IT_FAST = {"plain_unet": 0.185, "resenc_unet": 0.23, "swin_unetr": 1.8}  # the AMD EPYC
 CALIBRATION_S_PER_EPOCH = 0.5  # checkpoint and progress plot after every epoch
 CALIBRATION_FULL_FIXED_MIN = 12.0  # FULL: phantoms, 4 preprocessings, ~100 predictions, 13 evaluations
 
 
-def projection(sizes: Sizes) -> tuple[dict[str, int], int, float]:
-    """(iterations per architecture, epoch ends, training minutes) of ``sizes`` at the calibrated speeds."""
+# iterations per second of ``jobs`` one-thread training runs at once relative to one two-thread run (measured on
+# 2 cores: two runs at 0.27 s/it each against one at 0.185 s/it)
+PARALLEL_SPEEDUP = {1: 1.0, 2: 1.36}
+
+
+def projection(sizes: Sizes, speeds: dict[str, float] | None = None) -> tuple[dict[str, int], int, float]:
+    """(iterations per architecture, epoch ends, training minutes) of ``sizes`` at the calibrated speeds
+    (default: the slower machine's)."""
     ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
     its = {sizes.archs[0]: 7 * sizes.n_single + 4 * sizes.n_multi + 3 * sizes.ft_seeds * ft_its}
     for arch in sizes.archs[1:]:
@@ -126,9 +135,15 @@ def projection(sizes: Sizes) -> tuple[dict[str, int], int, float]:
     epochs = (7 * len(sizes.archs) * sizes.single_epochs
               + multi_runs * sizes.multitalent_factor * sizes.single_epochs
               + 3 * sizes.ft_seeds * sizes.ft_total_epochs)
-    seconds = sum(CALIBRATION_S_PER_IT.get(a, 1.0) * n for a, n in its.items())
+    for _, kw in sizes.ablations:  # on the main backbone; a wider one costs about (width ratio) x per iteration
+        kw = dict(kw)
+        ab_epochs = int(kw.get("epochs", sizes.multitalent_factor * sizes.single_epochs))
+        width = float(kw.get("base_features", sizes.base_features)) / sizes.base_features
+        its[sizes.archs[0]] += int(ab_epochs * sizes.iterations_per_epoch * max(1.0, width))
+        epochs += ab_epochs
+    seconds = sum((speeds or CALIBRATION_S_PER_IT).get(a, 1.0) * n for a, n in its.items())
     seconds += CALIBRATION_S_PER_EPOCH * epochs
-    return its, epochs, seconds / 60
+    return its, epochs, seconds / 60 / PARALLEL_SPEEDUP.get(sizes.jobs, 1.0)
 
 
 def calibration_note(sizes: Sizes) -> str:
@@ -137,16 +152,20 @@ def calibration_note(sizes: Sizes) -> str:
     if sizes.name == "gpu":
         return gpu_note(sizes)
     its, epochs, minutes = projection(sizes)
+    fast = projection(sizes, CALIBRATION_S_PER_IT_FAST)[2]
     full_min = projection(FULL)[2] + CALIBRATION_FULL_FIXED_MIN
+    full_fast = projection(FULL, CALIBRATION_S_PER_IT_FAST)[2] + CALIBRATION_FULL_FIXED_MIN
     total = " + ".join(f"{n} {a}" for a, n in its.items())
     return (
         "Calibration (measured on 2-core machines while sizing the script, 6 mm, patch 32x48x48, batch 2, "
         "`num_workers=0`): the plain U-Net with 8 base features took 0.18-0.30 s per iteration, the residual "
         "U-Net 0.23-0.37 s (the lower figures on an AMD EPYC, the higher on a Xeon @ 2.5 GHz); another "
         "CPU-heavy process on the same 2 cores makes iterations 2-7x slower. Projection for these sizes at "
-        f"the slower speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} min of training on 2 idle "
-        f"cores; the `--full` sizes project to ~{full_min:.0f} min in all (~{CALIBRATION_FULL_FIXED_MIN:.0f} "
-        "min of it for data, prediction and evaluation), chosen to stay below the 150 min the issue allows."
+        f"the slower / faster speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} / ~{fast:.0f} min "
+        f"of training on 2 idle cores ({sizes.jobs} run(s) at a time); the `--full` sizes project to "
+        f"~{full_min:.0f} / ~{full_fast:.0f} min in all (~{CALIBRATION_FULL_FIXED_MIN:.0f} min of it for data, "
+        "prediction and evaluation): on the faster machine within the 150 min the issue allows, on the slower "
+        "one at its limit. The measured wall time is in the Run section."
     )
 
 

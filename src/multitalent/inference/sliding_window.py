@@ -87,6 +87,132 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return autocast(device, amp_dtype("auto", device))  # bf16 where supported, on CUDA only
 
 
+class _Ring:
+    """The accumulator: a ring of ``pz`` padded z-slices [H, pz, y, x] of weighted window outputs.
+
+    ``add`` puts one weighted window into it; ``emit`` hands finished slices over (cropped to the image,
+    in chunks of at most ``max_slab_bytes`` float32) and clears their slots.
+    """
+
+    def __init__(self, nh: int, patch: tuple[int, int, int], padded: tuple[int, int, int], device: torch.device,
+                 accum_dtype: torch.dtype | None, norm: list[dict], scale: float, shape: tuple[int, int, int],
+                 pad_before: list[int], max_slab_bytes: int, st: dict) -> None:
+        pz, _, _ = patch
+        _, yp, xp = padded
+        dtype = accum_dtype
+        if dtype is None:
+            small = device.type != "cuda" and nh * pz * yp * xp * 4 <= FP32_RING_LIMIT
+            dtype = torch.float32 if small else torch.float16
+        self.ring = torch.zeros((nh, pz, yp, xp), dtype=dtype, device=device)
+        st["accumulator_bytes"] = self.ring.numel() * self.ring.element_size()
+        st["accumulator_dtype"] = str(dtype).replace("torch.", "")
+        self.patch, self.norm, self.scale, self.shape, self.pad_before = patch, norm, scale, shape, pad_before
+        self.max_slab_bytes, self.st = max_slab_bytes, st
+        self.collected: list[torch.Tensor] = []
+
+    def window_weight(self, bz: int, by: int, bx: int) -> torch.Tensor:
+        return torch.einsum("i,j,k->ijk", self.norm[0][bz] * self.scale, self.norm[1][by], self.norm[2][bx])
+
+    def add(self, z: int, yy: int, xx: int, out: torch.Tensor) -> None:
+        """Add one window output [H, pz, py, px] (float32), weighted, into the ring."""
+        pz, py, px = self.patch
+        weight = self.window_weight(z, yy, xx)
+        r = z % pz
+        pieces = [(r, 0, min(pz, pz - r))]
+        if r:
+            pieces.append((0, pz - r, pz))
+        for ring_start, a, b in pieces:
+            view = self.ring[:, ring_start : ring_start + (b - a), yy : yy + py, xx : xx + px]
+            if view.dtype == torch.float32:
+                view.addcmul_(out[:, a:b], weight[a:b])
+            else:
+                view.add_((out[:, a:b] * weight[a:b]).to(view.dtype))
+
+    def emit(self, a: int, b: int, on_slab: SlabCallback | None) -> None:
+        """Finish padded slices [a, b): crop the padding, hand over in chunks, clear the ring slots.
+
+        Chunks never wrap around the ring, so a float32 ring on the CPU is handed over as a view (no copy);
+        ``on_slab`` must not keep a reference after it returns (without ``on_slab`` the chunks are kept).
+        """
+        ring, pz = self.ring, self.patch[0]
+        (y0, y1), (x0, x1) = ((self.pad_before[i], self.pad_before[i] + self.shape[i]) for i in (1, 2))
+        lo, hi = max(a, self.pad_before[0]), min(b, self.pad_before[0] + self.shape[0])
+        per_slice = ring.shape[0] * (y1 - y0) * (x1 - x0) * 4
+        chunk = max(1, int(self.max_slab_bytes // max(per_slice, 1)))
+        c0 = lo
+        while c0 < hi:
+            c1 = min(c0 + chunk, hi, c0 - c0 % pz + pz)  # stop at the ring's end
+            r0 = c0 % pz
+            out = ring[:, r0 : r0 + (c1 - c0), y0:y1, x0:x1].float().cpu()
+            self.st["max_chunk_bytes"] = max(self.st["max_chunk_bytes"], out.numel() * 4)
+            if on_slab is None:
+                shared = out.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr()
+                self.collected.append(out.clone() if shared else out)
+            else:
+                on_slab(c0 - self.pad_before[0], out)
+            c0 = c1
+        for c0 in range(a, b, pz):
+            r0, n = c0 % pz, min(b - c0, pz)
+            ring[:, r0 : r0 + n].zero_()
+            if r0 + n > pz:
+                ring[:, : r0 + n - pz].zero_()
+
+
+def _pad_to_patch(image: torch.Tensor, patch: tuple[int, int, int], pad_value: float,
+                  device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """The image on ``device`` (float32), padded with ``pad_value`` where it is smaller than the patch
+    (centred); and the padding before each axis."""
+    shape = tuple(int(s) for s in image.shape[1:])
+    pad_before = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
+    pad_after = [max(p - s, 0) - b for s, p, b in zip(shape, patch, pad_before)]
+    img = image.to(device=device, dtype=torch.float32)
+    if any(pad_before) or any(pad_after):
+        pads = [v for a in (2, 1, 0) for v in (pad_before[a], pad_after[a])]
+        img = F.pad(img, pads, value=float(pad_value))
+    return img, pad_before
+
+
+def _window_norms(padded: Sequence[int], patch: Sequence[int], starts: Sequence[Sequence[int]], step: float,
+                  device: torch.device) -> list[dict[int, torch.Tensor]]:
+    """Per axis and window start, the window's 1-D Gaussian divided by the summed weight it overlaps.
+
+    Each window's weight is g / W with W the summed Gaussian weight (separable, known in advance), so the
+    ring holds the finished weighted average: no division afterwards and no tiny sums that would
+    underflow a float16 accumulator near the volume's edges.
+    """
+    norm = []
+    for n, p, axis_starts in zip(padded, patch, starts):
+        g, w = _gaussian_1d(p, 0.125), weight_profile(n, p, step)
+        norm.append({s: torch.from_numpy(g / w[s : s + p]).float().to(device) for s in axis_starts})
+    return norm
+
+
+def _forward_tta(net: nn.Module, x: torch.Tensor, flips: list[tuple[int, ...]], head_index: torch.Tensor | None,
+                 st: dict, sync: bool, device: torch.device) -> torch.Tensor:
+    """The sum over the mirror combinations of the network's (float32) logits for windows ``x``."""
+    total = None
+    for dims in flips:
+        flip_dims = [d + 2 for d in dims]
+        xin = torch.flip(x, flip_dims) if dims else x
+        if sync:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = net(xin)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        if sync:
+            torch.cuda.synchronize(device)
+        st["forward_s"] += time.perf_counter() - t0
+        st["forward_passes"] += 1
+        if head_index is not None:
+            out = out.index_select(1, head_index)
+        out = out.float()
+        if dims:
+            out = torch.flip(out, flip_dims)
+        total = out if total is None else total.add_(out)
+    return total
+
+
 def sliding_window(net: nn.Module, image: torch.Tensor, patch_size: Sequence[int], step: float = 0.5,
                    window_batch: int = 2, mirror_axes: Sequence[int] = (),
                    on_slab: SlabCallback | None = None, *, heads: Sequence[int] | None = None,
@@ -121,131 +247,41 @@ def sliding_window(net: nn.Module, image: torch.Tensor, patch_size: Sequence[int
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
     shape = tuple(int(s) for s in image.shape[1:])
-    pad_before = [max(p - s, 0) // 2 for s, p in zip(shape, patch)]
-    pad_after = [max(p - s, 0) - b for s, p, b in zip(shape, patch, pad_before)]
-    img = image.to(device=device, dtype=torch.float32)
-    if any(pad_before) or any(pad_after):
-        pads = [v for a in (2, 1, 0) for v in (pad_before[a], pad_after[a])]
-        img = F.pad(img, pads, value=float(pad_value))
-    zp, yp, xp = img.shape[1:]
-    pz, py, px = patch
-    zs, ys, xs = (window_starts(s, p, step) for s, p in zip((zp, yp, xp), patch))
-
+    img, pad_before = _pad_to_patch(image, patch, pad_value, device)
+    padded = tuple(int(s) for s in img.shape[1:])
+    zs, ys, xs = (window_starts(s, p, step) for s, p in zip(padded, patch))
     flips = _mirror_sets(mirror_axes)
-    # Each window's weight is g / W with W the summed Gaussian weight (separable, known in advance), so the
-    # ring holds the finished weighted average: no division afterwards and no tiny sums that would
-    # underflow a float16 accumulator near the volume's edges.
-    norm = []
-    for n, p, starts in zip((zp, yp, xp), patch, (zs, ys, xs)):
-        g, w = _gaussian_1d(p, 0.125), weight_profile(n, p, step)
-        norm.append({s: torch.from_numpy(g / w[s : s + p]).float().to(device) for s in starts})
-    scale = 1.0 / len(flips)
-
-    def window_weight(bz: int, by: int, bx: int) -> torch.Tensor:
-        return torch.einsum("i,j,k->ijk", norm[0][bz] * scale, norm[1][by], norm[2][bx])
-
-    y0, y1 = pad_before[1], pad_before[1] + shape[1]
-    x0, x1 = pad_before[2], pad_before[2] + shape[2]
+    norm = _window_norms(padded, patch, (zs, ys, xs), step, device)
     head_index = torch.as_tensor(list(heads), dtype=torch.long, device=device) if heads is not None else None
-
-    ring: torch.Tensor | None = None
-    collected: list[torch.Tensor] = []
     st = {"windows": len(zs) * len(ys) * len(xs), "forward_passes": 0, "forward_s": 0.0,
           "accumulator_bytes": 0, "accumulator_dtype": None, "max_chunk_bytes": 0}
     sync = stats is not None and device.type == "cuda"
-
-    def emit(a: int, b: int) -> None:
-        """Finish padded slices [a, b): crop the padding, hand over in chunks, clear the ring slots.
-
-        Chunks never wrap around the ring, so a float32 ring on the CPU is handed over as a view (no copy);
-        ``on_slab`` must not keep a reference after it returns.
-        """
-        nh = ring.shape[0]
-        lo, hi = max(a, pad_before[0]), min(b, pad_before[0] + shape[0])
-        per_slice = nh * (y1 - y0) * (x1 - x0) * 4
-        chunk = max(1, int(max_slab_bytes // max(per_slice, 1)))
-        c0 = lo
-        while c0 < hi:
-            c1 = min(c0 + chunk, hi, c0 - c0 % pz + pz)  # stop at the ring's end
-            r0 = c0 % pz
-            out = ring[:, r0 : r0 + (c1 - c0), y0:y1, x0:x1].float().cpu()
-            st["max_chunk_bytes"] = max(st["max_chunk_bytes"], out.numel() * 4)
-            if on_slab is None:
-                shared = out.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr()
-                collected.append(out.clone() if shared else out)
-            else:
-                on_slab(c0 - pad_before[0], out)
-            c0 = c1
-        for c0 in range(a, b, pz):
-            r0, n = c0 % pz, min(b - c0, pz)
-            ring[:, r0 : r0 + n].zero_()
-            if r0 + n > pz:
-                ring[:, : r0 + n - pz].zero_()
-
-    def add(z: int, yy: int, xx: int, out: torch.Tensor) -> None:
-        """Add one window output [H, pz, py, px] (float32), weighted, into the ring."""
-        weight = window_weight(z, yy, xx)
-        r = z % pz
-        pieces = [(r, 0, min(pz, pz - r))]
-        if r:
-            pieces.append((0, pz - r, pz))
-        for ring_start, a, b in pieces:
-            view = ring[:, ring_start : ring_start + (b - a), yy : yy + py, xx : xx + px]
-            if view.dtype == torch.float32:
-                view.addcmul_(out[:, a:b], weight[a:b])
-            else:
-                view.add_((out[:, a:b] * weight[a:b]).to(view.dtype))
-
+    ring: _Ring | None = None
+    per_batch = max(1, int(window_batch))
+    pz, py, px = patch
     bar = tqdm(total=st["windows"], desc="windows", unit="win", disable=not progress, leave=False)
     done_until = 0
     with torch.inference_mode(), _autocast(device):
         for gi, z in enumerate(zs):
             boxes = [(z, yy, xx) for yy in ys for xx in xs]
-            for b0 in range(0, len(boxes), max(1, int(window_batch))):
-                batch_boxes = boxes[b0 : b0 + max(1, int(window_batch))]
-                x = torch.stack([img[:, bz : bz + pz, by : by + py, bx : bx + px]
-                                 for bz, by, bx in batch_boxes])
-                total = None
-                for dims in flips:
-                    flip_dims = [d + 2 for d in dims]
-                    xin = torch.flip(x, flip_dims) if dims else x
-                    if sync:
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                    out = net(xin)
-                    if isinstance(out, (list, tuple)):
-                        out = out[0]
-                    if sync:
-                        torch.cuda.synchronize(device)
-                    st["forward_s"] += time.perf_counter() - t0
-                    st["forward_passes"] += 1
-                    if head_index is not None:
-                        out = out.index_select(1, head_index)
-                    out = out.float()
-                    if dims:
-                        out = torch.flip(out, flip_dims)
-                    total = out if total is None else total.add_(out)
+            for b0 in range(0, len(boxes), per_batch):
+                batch_boxes = boxes[b0 : b0 + per_batch]
+                x = torch.stack([img[:, bz : bz + pz, by : by + py, bx : bx + px] for bz, by, bx in batch_boxes])
+                total = _forward_tta(net, x, flips, head_index, st, sync, device)
                 if ring is None:
-                    nh = total.shape[1]
-                    dtype = accum_dtype
-                    if dtype is None:
-                        fp32_bytes = nh * pz * yp * xp * 4
-                        small = device.type != "cuda" and fp32_bytes <= FP32_RING_LIMIT
-                        dtype = torch.float32 if small else torch.float16
-                    ring = torch.zeros((nh, pz, yp, xp), dtype=dtype, device=device)
-                    st["accumulator_bytes"] = ring.numel() * ring.element_size()
-                    st["accumulator_dtype"] = str(dtype).replace("torch.", "")
+                    ring = _Ring(total.shape[1], patch, padded, device, accum_dtype, norm, 1.0 / len(flips), shape,
+                                 pad_before, max_slab_bytes, st)
                 for (bz, by, bx), o in zip(batch_boxes, total):
-                    add(bz, by, bx, o)
-                del total, out, x
+                    ring.add(bz, by, bx, o)
+                del total, x
                 bar.update(len(batch_boxes))
-            nxt = zs[gi + 1] if gi + 1 < len(zs) else zp
-            emit(done_until, nxt)
+            nxt = zs[gi + 1] if gi + 1 < len(zs) else padded[0]
+            ring.emit(done_until, nxt, on_slab)
             done_until = nxt
     bar.close()
     st["total_s"] = time.perf_counter() - t_start
     if stats is not None:
         stats.update(st)
     if on_slab is None:
-        return torch.cat(collected, dim=1)
+        return torch.cat(ring.collected, dim=1)
     return None

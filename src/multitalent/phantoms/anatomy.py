@@ -245,10 +245,8 @@ def _sample_inside(rng: np.random.Generator, level_fn, lo: np.ndarray, hi: np.nd
     return q[ok[0]] if len(ok) else None
 
 
-def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: bool,
-                   pancreas_tumour: bool, lesion_scale: float = 1.0) -> Anatomy:
-    """Draw one case's anatomy. The order of random draws is fixed, so a seed gives one anatomy;
-    ``lesion_scale`` multiplies the lesion radii (the draws stay the same)."""
+def _sample_frame(rng: np.random.Generator) -> tuple[dict, tuple, float, dict, dict]:
+    """Body outline, diaphragm, lung apex, spine and ribs."""
     body = {
         "a_abd": rng.uniform(128, 142), "a_tho": rng.uniform(138, 150), "b_ant": rng.uniform(95, 108),
         "b_post": rng.uniform(90, 98), "belly": rng.uniform(0.0, 0.12), "fat": rng.uniform(9, 26),
@@ -259,7 +257,11 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
     spine = {"y": rng.uniform(38, 46), "curve": rng.uniform(3, 9), "scol": rng.normal(0, 3),
              "period": rng.uniform(23, 27), "phase": rng.uniform(0, 27)}
     ribs = {"period": rng.uniform(22, 26), "phase": rng.uniform(0, 26), "slope": rng.uniform(0.25, 0.45)}
+    return body, diaphragm, apex, spine, ribs
 
+
+def _sample_liver(rng: np.random.Generator) -> tuple[list[Blob], list[Tube]]:
+    """The liver's three lobes and its portal and hepatic vessel trees."""
     liver = [
         make_blob(rng, P(-58, 5, 180), (52, 72, 64), (0, 0, 5), pos_sd=6),
         make_blob(rng, P(22, -42, 192), (26, 32, 52), (-20, 0, 10), pos_sd=6, wobble=0.1),
@@ -272,13 +274,17 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
     confluence = P(-14, 30, 212) + rng.normal(0, 3, 3)
     for target in (P(-88, 5, 196), P(-35, -38, 192), P(16, -36, 200)):
         make_tree(rng, confluence, target + rng.normal(0, 6, 3), 34, 5.0, 2, vessels)
+    return liver, vessels
 
-    gallbladder = make_blob(rng, P(-44, -50, 140), (28, 14, 16), (0, 25, 0), pos_sd=5, wobble=0.05)
+
+def _sample_abdomen(rng: np.random.Generator) -> dict:
+    """Gallbladder, spleen (with its hilum), kidneys (with their notches), pancreas, stomach, IVC, heart."""
+    out: dict = {"gallbladder": make_blob(rng, P(-44, -50, 140), (28, 14, 16), (0, 25, 0), pos_sd=5, wobble=0.05)}
     spleen = make_blob(rng, P(84, 42, 186), (44, 42, 18), (-30, 0, 0), pos_sd=6, wobble=0.06)
     hilum_offset = spleen.R.T @ np.array([0.0, -8.0, -27.0])  # medial-anterior side in the spleen's frame
-    spleen_hilum = Blob(spleen.c + hilum_offset, spleen.r * np.array([0.7, 0.55, 1.0]), spleen.R,
-                        np.zeros((0, 5)))
-
+    out["spleen"] = spleen
+    out["spleen_hilum"] = Blob(spleen.c + hilum_offset, spleen.r * np.array([0.7, 0.55, 1.0]), spleen.R,
+                               np.zeros((0, 5)))
     kidneys = {}
     for side, sign, z in (("right", -1.0, 100.0), ("left", 1.0, 110.0)):
         k = make_blob(rng, P(66 * sign, 40, z), (50, 19, 27), (-30 * sign, 14 * sign, 0), pos_sd=6,
@@ -286,15 +292,19 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
         notch_offset = k.R.T @ np.array([0.0, -6.0, -19.0 * sign])
         notch = Blob(k.c + notch_offset, np.array([17.0, 9.0, 9.0]), k.R, np.zeros((0, 5)))
         kidneys[side] = (k, notch)
+    out["kidneys"] = kidneys
+    out["pancreas"] = make_tube(rng, [P(-24, -6, 126), P(0, -10, 132), P(36, 0, 140), P(64, 20, 148),
+                                      P(80, 34, 155)], [14, 10, 10, 8.5, 7], pos_sd=4, lobulation=0.12)
+    out["stomach"] = make_tube(rng, [P(55, 12, 218), P(56, -14, 192), P(40, -40, 162), P(6, -46, 146),
+                                     P(-20, -32, 140)], [30, 30, 24, 17, 11], pos_sd=5)
+    out["ivc"] = make_tube(rng, [P(-22, 22, -10), P(-21, 22, 60), P(-22, 28, 140), P(-18, 34, 195),
+                                 P(-12, 26, 228), P(-2, 4, 246)], [10, 11, 11, 12, 12, 12], pos_sd=3)
+    out["heart"] = make_blob(rng, P(22, -24, 256), (46, 48, 58), (25, -25, 0), pos_sd=5, wobble=0.05)
+    return out
 
-    pancreas = make_tube(rng, [P(-24, -6, 126), P(0, -10, 132), P(36, 0, 140), P(64, 20, 148),
-                               P(80, 34, 155)], [14, 10, 10, 8.5, 7], pos_sd=4, lobulation=0.12)
-    stomach = make_tube(rng, [P(55, 12, 218), P(56, -14, 192), P(40, -40, 162), P(6, -46, 146),
-                              P(-20, -32, 140)], [30, 30, 24, 17, 11], pos_sd=5)
-    ivc = make_tube(rng, [P(-22, 22, -10), P(-21, 22, 60), P(-22, 28, 140), P(-18, 34, 195), P(-12, 26, 228),
-                          P(-2, 4, 246)], [10, 11, 11, 12, 12, 12], pos_sd=3)
-    heart = make_blob(rng, P(22, -24, 256), (46, 48, 58), (25, -25, 0), pos_sd=5, wobble=0.05)
 
+def _sample_tubes(rng: np.random.Generator) -> dict:
+    """Aortic root, aorta, iliac arteries, trachea with its bronchi, and the pelvis."""
     aorta_ctrl = [P(8, -16, 278), P(5, -20, 298), P(3, -22, 322), P(12, -14, 344), P(24, 2, 350),
                   P(28, 24, 340), P(30, 34, 312), P(24, 33, 262), P(12, 26, 212), P(6, 18, 160),
                   P(3, 14, 100), P(0, 12, 38)]
@@ -302,13 +312,11 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
     full = make_tube(rng, aorta_ctrl, aorta_r, pos_sd=2.5, rad_sd=0.1)
     s = full.length()
     cut = int(np.searchsorted(s, rng.uniform(22, 28)))
-    aortic_root = full.part(0, cut + 1)
     aorta = full.part(cut, len(s))
     bif = aorta.pts[-1]
     iliacs = [make_tube(rng, [bif, bif + np.array([-30.0, 8.0, 30.0 * sg]),
                               bif + np.array([-60.0, -2.0, 52.0 * sg])], [8.0, 7.0, 6.5], pos_sd=3)
               for sg in (-1.0, 1.0)]
-
     carina = P(0, 10, 334) + rng.normal(0, 3, 3)
     trachea = [make_tube(rng, [P(0, 2, 405), P(0, 5, 370), carina], [9, 9, 8.5], pos_sd=2)]
     for sg in (-1.0, 1.0):
@@ -317,15 +325,14 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
         trachea.append(make_tube(rng, bronchus, [6.5, 5.5, 4.5], pos_sd=2))
     pelvis = [make_blob(rng, P(86 * sg, 24, 0), (42, 40, 7), (28 * sg, 0, 0), pos_sd=4, wobble=0.04)
               for sg in (-1.0, 1.0)]
+    return {"aortic_root": full.part(0, cut + 1), "aorta": aorta, "iliacs": iliacs, "trachea": trachea,
+            "pelvis": pelvis}
 
-    anat = Anatomy(body=body, diaphragm=diaphragm, apex=apex, spine=spine, ribs=ribs, liver=liver,
-                   liver_tumours=[], vessels=vessels, gallbladder=gallbladder, spleen=spleen,
-                   spleen_hilum=spleen_hilum, kidneys=kidneys, kidney_tumour=None, pancreas=pancreas,
-                   pancreas_tumour=None, stomach=stomach, stomach_air=rng.uniform(0.15, 0.6), ivc=ivc,
-                   heart=heart, aortic_root=aortic_root, aorta=aorta, iliacs=iliacs, trachea=trachea,
-                   pelvis=pelvis, bowel_threshold=rng.uniform(-0.3, 0.2))
 
-    # lesions: small and (see scanner) low-contrast
+def _add_lesions(rng: np.random.Generator, anat: Anatomy, liver_tumours: int, kidney_tumour: bool,
+                 pancreas_tumour: bool, lesion_scale: float) -> None:
+    """Liver, kidney and pancreas lesions: small and (see scanner) low-contrast."""
+    liver = anat.liver
     lo, hi = np.min([b.extent()[0] for b in liver], axis=0), np.max([b.extent()[1] for b in liver], axis=0)
     for _ in range(liver_tumours):
         c = _sample_inside(rng, anat.liver_level_points, lo, hi, -0.25)
@@ -333,7 +340,7 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
             anat.liver_tumours.append(_lesion(rng, c, 6 * lesion_scale, 15 * lesion_scale))
     if kidney_tumour:
         side = "left" if rng.random() < 0.5 else "right"
-        k, notch = kidneys[side]
+        k, notch = anat.kidneys[side]
 
         def kid_level(q: np.ndarray) -> np.ndarray:
             lvl, rho = k.level(q[:, 0], q[:, 1], q[:, 2])
@@ -343,11 +350,25 @@ def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: 
         if c is not None:
             anat.kidney_tumour = (side, _lesion(rng, c, 7 * lesion_scale, 16 * lesion_scale))
     if pancreas_tumour:
+        pancreas = anat.pancreas
         i = int(rng.integers(2, len(pancreas.pts) - 2))
         anat.pancreas_tumour = _lesion(rng, pancreas.pts[i] + rng.normal(0, 2, 3), 6 * lesion_scale, 11 * lesion_scale)
 
+
+def sample_anatomy(rng: np.random.Generator, liver_tumours: int, kidney_tumour: bool,
+                   pancreas_tumour: bool, lesion_scale: float = 1.0) -> Anatomy:
+    """Draw one case's anatomy. The order of random draws is fixed, so a seed gives one anatomy;
+    ``lesion_scale`` multiplies the lesion radii (the draws stay the same)."""
+    body, diaphragm, apex, spine, ribs = _sample_frame(rng)
+    liver, vessels = _sample_liver(rng)
+    organs = _sample_abdomen(rng)
+    tubes = _sample_tubes(rng)
+    anat = Anatomy(body=body, diaphragm=diaphragm, apex=apex, spine=spine, ribs=ribs, liver=liver,
+                   liver_tumours=[], vessels=vessels, kidney_tumour=None, pancreas_tumour=None, **organs, **tubes,
+                   stomach_air=rng.uniform(0.15, 0.6), bowel_threshold=rng.uniform(-0.3, 0.2))
+    _add_lesions(rng, anat, liver_tumours, kidney_tumour, pancreas_tumour, lesion_scale)
     # where the aorta crosses the diaphragm: the thorax protocol stops there
-    pts = aorta.pts
+    pts = anat.aorta.pts
     start = int(np.argmax(pts[:, 1] > 20))  # past the arch, on the descending aorta
     below = pts[start:, 0] < anat.diaphragm_z(pts[start:, 2], pts[start:, 1])
     anat.hiatus = pts[start + int(np.argmax(below))] if below.any() else pts[-1]

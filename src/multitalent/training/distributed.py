@@ -3,16 +3,29 @@
 One process per GPU (or per CPU worker with gloo). Each process builds its own share of the global batch
 (:class:`multitalent.data.loader.PatchBatches`), so no data is sent between processes; only gradients
 (DDP) and the per-head Dice sums (:func:`all_reduce_sum`) are.
+
+A process that is killed (the kernel's out-of-memory killer sends SIGKILL; a crash in native code) prints
+nothing. The others then fail in their next collective, or torchrun ends them with SIGTERM; either way they
+stop with :class:`RankFailure`, whose one-line message names the dead rank (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
+import signal
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from multitalent.errors import TrainingError, UserInputError
 
 #: environment variable that overrides the collective timeout (seconds)
 TIMEOUT_ENV = "MULTITALENT_DIST_TIMEOUT"
@@ -44,8 +57,6 @@ def collective_timeout_s() -> float:
     except ValueError:
         value = -1.0
     if value <= 0:
-        from multitalent.errors import UserInputError
-
         raise UserInputError(f"${TIMEOUT_ENV}={raw!r}: give the collective timeout in seconds (> 0).")
     return value
 
@@ -56,6 +67,8 @@ def init_distributed(device: str, timeout_s: float | None = None) -> DistInfo:
     Uses nccl on CUDA and gloo on CPU. ``timeout_s`` (default :func:`collective_timeout_s`) bounds every
     collective, so a rank that died or hangs ends the others with an error instead of a hang. Under torchrun
     a rank that exits with an error makes the agent stop the other ranks at once (it polls every 0.1 s).
+    Every rank records the others' process ids, so that a rank that dies without a word is named
+    (:class:`RankFailure`).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -68,7 +81,9 @@ def init_distributed(device: str, timeout_s: float | None = None) -> DistInfo:
             torch.cuda.set_device(local)
         timeout = datetime.timedelta(seconds=timeout_s if timeout_s is not None else collective_timeout_s())
         dist.init_process_group(backend=backend, timeout=timeout)
-    return DistInfo(rank, world, local)
+    info = DistInfo(rank, world, local)
+    _watch_peers(info)
+    return info
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -154,5 +169,205 @@ def setup_barrier(info: DistInfo, timeout_s: float = SETUP_TIMEOUT_S) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group. Called while an error ends the run (the loop's ``finally``), it raises
+    :class:`RankFailure` instead when that error came from another training process dying without a word."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    failure = explain_failure(sys.exc_info()[1], info)
+    _mark_ended(info.rank)
+    _unwatch()
+    dist.destroy_process_group()
+    if failure is not None:
+        raise failure from sys.exc_info()[1]
+
+
+# ------------------------------------------------------------------------------------ a rank that died
+# When a rank is killed (SIGKILL from the out-of-memory killer, a crash in native code), nobody prints why:
+# torchrun's report lists its exit code among pages of traceback, and the surviving ranks either fail in a
+# collective with a message that names no rank ("Connection closed by peer") or are ended by torchrun with
+# SIGTERM and print nothing. So every rank records the host, process id and start time of every other rank
+# at start-up, and a rank that ends in an orderly way (any Python exit, including an error it reports
+# itself, or a SIGTERM it received) marks that in the job's store. A survivor then tells a peer that
+# vanished unmarked -- killed -- from one that ended on purpose, and names it.
+
+#: the store key prefix marking a rank that ended in an orderly way
+_ENDED_KEY = "multitalent/ended/"
+
+
+class RankFailure(TrainingError):
+    """Another training process of the job ended without an error of its own (killed by a signal, e.g. by
+    the kernel's out-of-memory killer); the message names it. The CLI prints it in one line (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class _Peer:
+    rank: int
+    host: str  # host name and PID namespace: where ``pid`` means this process
+    pid: int
+    start: str | None  # start time in clock ticks after boot: tells a reused pid apart
+
+
+# "reported": the RankFailure this process raised, if any
+_state: dict = {"info": None, "peers": [], "owner": None, "reported": None, "sigterm": None}
+
+
+def _here() -> str:
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return f"{socket.gethostname()}/{ns}"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3... of ``/proc/PID/stat`` (state first), or None when there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _gone(peer: _Peer) -> tuple[bool, int | None]:
+    """(whether the peer's process has ended, the signal that ended it where the kernel still tells)."""
+    fields = _stat(peer.pid)
+    if fields is None or (peer.start is not None and len(fields) > 19 and fields[19] != peer.start):
+        return True, None  # reaped by torchrun already (or the pid was reused)
+    if fields[0] in ("Z", "X"):  # a zombie: its wait status (field 52, Linux >= 3.5) is still there
+        status = int(fields[49]) if len(fields) > 49 and fields[49].lstrip("-").isdigit() else 0
+        return True, (status & 0x7F) or None
+    return False, None
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no process group (any more): nothing to mark
+        return None
+
+
+def _key(rank: int) -> str:
+    return f"{_ENDED_KEY}{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{rank}"
+
+
+def _mark_ended(rank: int) -> None:
+    store = _store()
+    if store is not None:
+        try:
+            store.set(_key(rank), "1")
+        except Exception:  # noqa: BLE001 - the store's host is gone: the job is ending anyway
+            pass
+
+
+def _marked_ended(rank: int) -> bool:
+    store = _store()
+    if store is None:
+        return False
+    try:
+        return bool(store.check([_key(rank)]))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def failed_ranks(wait_s: float = 0.0) -> list[tuple[int, int, int | None]]:
+    """The ranks on this node whose process ended without marking it: ``(rank, pid, signal or None)``.
+
+    ``wait_s``: keep looking that long (a collective can fail a moment before the dead process is gone).
+    Ranks on other nodes are not seen here; their node's torchrun names them.
+    """
+    peers: list[_Peer] = _state["peers"]
+    here, me = _here(), os.getpid()
+    deadline = time.monotonic() + wait_s
+    while True:
+        dead = []
+        for p in peers:
+            if p.host != here or p.pid == me:
+                continue
+            ended, sig = _gone(p)
+            if ended and not _marked_ended(p.rank):
+                dead.append((p.rank, p.pid, sig))
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
+
+
+def failure_message(dead: list[tuple[int, int, int | None]], rank: int) -> str:
+    """One line naming the dead ranks, what probably killed them and what to do."""
+    names = " and ".join(f"rank {r} (pid {pid})" for r, pid, _ in dead)
+    sigs = sorted({s for _, _, s in dead if s})
+    how = " and ".join(f"killed by signal {s} ({signal.Signals(s).name})" for s in sigs) or "killed by a signal?"
+    if not sigs or signal.SIGKILL in sigs:
+        how += " SIGKILL usually comes from the kernel's out-of-memory killer"
+    return (f"training process {names} ended unexpectedly without an error message ({how}); rank {rank} stops "
+            f"too. See `dmesg` or `journalctl -k` for an out-of-memory kill and torchrun's report for the exit "
+            f"code; continue with --resume, with less memory per process if it ran out (--batch-size, "
+            f"--num-workers).")
+
+
+def explain_failure(exc: BaseException | None, info: DistInfo | None = None) -> RankFailure | None:
+    """The :class:`RankFailure` behind ``exc`` when it ended the run because a peer died without a word
+    (a collective error, gloo's "Connection closed by peer", a timeout), else None."""
+    info = info or _state["info"]
+    if exc is None or info is None or not info.enabled or isinstance(exc, TrainingError):
+        return None
+    if _state["reported"] is not None:
+        # the SIGTERM handler raised it, and an error of the shutdown took its place (a loader worker
+        # that torchrun's SIGTERM to the process group ended: "DataLoader worker ... is killed by signal")
+        return RankFailure(str(_state["reported"]))
+    if not isinstance(exc, (RuntimeError, OSError)):
+        return None
+    dead = failed_ranks(wait_s=2.0)
+    if not dead:
+        return None
+    _state["reported"] = failure = RankFailure(failure_message(dead, info.rank))
+    return failure
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """torchrun ends the surviving ranks with SIGTERM when one died: name the dead one instead of dying
+    silently. Any other SIGTERM (the job was stopped) keeps its default effect."""
+    info: DistInfo | None = _state["info"]
+    if os.getpid() != _state["owner"] or info is None:  # a forked loader worker
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _mark_ended(info.rank)
+    if _state["reported"] is not None:  # already stopping with a RankFailure: let it finish (torchrun waits 30 s)
+        return
+    dead = failed_ranks()
+    if dead:
+        _state["reported"] = failure = RankFailure(failure_message(dead, info.rank))
+        raise failure
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _at_exit() -> None:
+    info = _state["info"]
+    if info is not None and dist.is_initialized():
+        _mark_ended(info.rank)
+
+
+def _watch_peers(info: DistInfo) -> None:
+    """Record every rank's host, pid and start time; mark an orderly exit; name a killed peer on SIGTERM."""
+    if not info.enabled or _state["info"] is not None:
+        return
+    me = _Peer(info.rank, _here(), os.getpid(), _start_time(os.getpid()))
+    peers: list = [None] * info.world_size
+    dist.all_gather_object(peers, me)
+    _state.update(info=info, peers=list(peers), owner=os.getpid(), reported=None)
+    atexit.register(_at_exit)
+    if threading.current_thread() is threading.main_thread():
+        _state["sigterm"] = signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _unwatch() -> None:
+    if _state["sigterm"] is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _state["sigterm"])
+    atexit.unregister(_at_exit)
+    _state.update(info=None, peers=[], owner=None, sigterm=None)

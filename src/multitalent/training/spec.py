@@ -21,6 +21,7 @@ from multitalent.preprocessing.plans import Plans
 from multitalent.registry import HeadRegistry
 from multitalent.training.config import TrainConfig
 from multitalent.training.distributed import DistInfo
+from multitalent.training.memory import preflight_memory
 from multitalent.training.schedule import Phase, standard_phases
 
 
@@ -123,8 +124,9 @@ def _registry_for(cfg: TrainConfig, pre: Preprocessed, registry: HeadRegistry | 
 def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
               dinfo: DistInfo, phases: list[Phase] | None = None, registry: HeadRegistry | None = None,
               extra_meta: dict | None = None) -> tuple[RunSpec, MultiHeadNet]:
-    """Check every option against the preprocessed collection and build the network (seeded, with its
-    head prior). Raises :class:`UserInputError` for anything a user can fix; writes nothing."""
+    """Check every option against the preprocessed collection, build the network (seeded, with its head
+    prior) and check that one training step fits the device's memory (:mod:`.memory`). Raises
+    :class:`UserInputError` for anything a user can fix; writes nothing."""
     out = Path(out)
     _check_options(cfg, out, dinfo)
     pre = Preprocessed.open(pre_dir)
@@ -147,6 +149,9 @@ def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     weights = deep_supervision_weights(len(scales))
     # outputs weighted 0 are never computed into the loss: their targets are not built either
     used = max([i for i, w in enumerate(weights) if w > 0] or [0]) + 1
+    # one step's peak memory against what this device has: refused here (exit code 2, one line) rather
+    # than killed by the kernel in the first step
+    preflight_memory(model, cfg, pre.plans, batch_size, device, dinfo)
     spec = RunSpec(cfg=cfg, pre=pre, out=out, registry=registry, objective=objective, batch_size=batch_size,
                    phases=phases or standard_phases(cfg), train_cases=train_cases, val_cases=val_cases,
                    device=device, dinfo=dinfo, ds_scales=scales[:used], ds_weights=weights[:used],
