@@ -7,6 +7,7 @@ from multitalent.baselines import MergedSoftmaxLoss, SoftmaxAsHeads, union_class
 from multitalent.registry import Head, HeadRegistry
 from multitalent.training import loop
 from multitalent.training.checkpoint import load_checkpoint
+from tests.helpers import small_cfg
 
 
 def _registry() -> HeadRegistry:
@@ -47,7 +48,6 @@ def test_softmax_as_heads_sums_member_probabilities():
 
 def test_merged_softmax_training_runs(tiny_collection, tmp_path):
     from multitalent.preprocessing.pipeline import run_preprocessing
-    from tests.test_training import small_cfg
 
     pre = run_preprocessing(tiny_collection, tmp_path / "pre", spacing=(2.0, 2.0, 2.0), patch_size=(16, 32, 32),
                             workers=1, progress=False)

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from multitalent.cli import main
 
 
+@pytest.mark.slow  # generates, preprocesses, trains, predicts and evaluates
 def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["-q", "demo", "-o", str(out), "--quick"]) == 0

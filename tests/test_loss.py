@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from multitalent.loss import MultiTalentLoss, deep_supervision_weights
 
@@ -213,3 +215,36 @@ def test_compact_pairs_equal_the_dense_loss_and_gradients():
     assert torch.allclose(dense, compact)
     for a, c in zip(g_dense, g_compact):
         assert torch.allclose(a, c)
+
+
+# --- properties (hypothesis) ------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), h=st.integers(1, 4), shape=st.tuples(*[st.integers(1, 4)] * 3),
+       seed=st.integers(0, 2**16), levels=st.integers(1, 2))
+def test_loss_ignores_unannotated_heads(b, h, shape, seed, levels):
+    """Changing the logits or targets of unannotated (sample, head) pairs, even to NaN/inf, changes neither
+    the loss nor any gradient; unannotated logits get a zero gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    annotated = torch.rand(b, h, generator=gen) < 0.6
+    annotated[0, 0] = True
+    sizes = [shape, tuple(max(s // 2, 1) for s in shape)][:levels]
+    logits = [torch.randn(b, h, *s, generator=gen, dtype=torch.float64) * 3 for s in sizes]
+    targets = [(torch.rand(b, h, *s, generator=gen) > 0.5).double() for s in sizes]
+    loss_fn = MultiTalentLoss(ds_weights=[1.0, 0.5][:levels])
+
+    def run(xs, ts):
+        xs = [x.clone().requires_grad_(True) for x in xs]
+        loss = loss_fn(xs if levels > 1 else xs[0], ts if levels > 1 else ts[0], annotated)
+        loss.backward()
+        return loss.detach(), [x.grad for x in xs]
+
+    loss_a, grads_a = run(logits, targets)
+    off = ~annotated[:, :, None, None, None]
+    junk = [torch.where(off, torch.randn(x.shape, generator=gen, dtype=x.dtype) * 1e3, x) for x in logits]
+    junk[0] = torch.where(off & (torch.rand(junk[0].shape, generator=gen) < 0.1), float("nan"), junk[0])
+    flipped = [torch.where(off, 1 - t, t) for t in targets]
+    loss_b, grads_b = run(junk, flipped)
+    assert torch.isfinite(loss_a) and torch.equal(loss_a, loss_b)
+    for ga, gb in zip(grads_a, grads_b):
+        assert torch.equal(ga, gb)
+        assert torch.all(ga[off.expand_as(ga)] == 0)

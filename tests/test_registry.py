@@ -1,12 +1,14 @@
-"""The head registry: datasets, manifests, heads and label-map conversions."""
+"""The head registry: datasets, manifests, heads and label-map conversions (with a property test)."""
 
 import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from multitalent.errors import UserInputError
-from multitalent.registry import HeadRegistry, build_registry, load_dataset, load_manifest, region_masks
+from multitalent.registry import Head, HeadRegistry, build_registry, load_dataset, load_manifest, region_masks
 
 
 def test_heads_from_plain_and_region_datasets(tiny_collection):
@@ -112,8 +114,49 @@ def test_yaml_manifest(tiny_collection):
 
 
 def test_duplicate_head_ids_are_refused():
-    from multitalent.registry import Head
-
     h = Head("D001_a", "D001", "a", (1,))
     with pytest.raises(UserInputError, match="duplicate head id"):
         HeadRegistry([h, h], {"D001": {}})
+
+
+# --- properties (hypothesis) ------------------------------------------------------------------------
+@st.composite
+def region_datasets(draw):
+    """A dataset whose label values 1..n form a forest (each value's parent is a smaller value or none); each
+    value v is a head whose region is v and its descendants (nnU-Net regions written in increasing order),
+    or, with ``plain``, independent single-value labels. Returns (registry, dataset id, label map)."""
+    n = draw(st.integers(1, 6))
+    plain = draw(st.booleans())
+    parents = [None] + [None if plain else draw(st.sampled_from([0, *range(1, v)])) for v in range(1, n + 1)]
+
+    def region(v: int) -> tuple[int, ...]:
+        out, changed = {v}, True
+        while changed:
+            new = {u for u in range(1, n + 1) if parents[u] in out} - out
+            changed = bool(new)
+            out |= new
+        return tuple(sorted(out))
+
+    heads = [Head(f"D007_c{v}", "D007", f"c{v}", region(v)) for v in range(1, n + 1)]
+    other = [Head("D001_liver", "D001", "liver", (1, 2)), Head("D001_tumor", "D001", "tumor", (2,))]
+    datasets = {"D001": {"name": "Liver", "labels": {"liver": [1, 2], "tumor": [2]},
+                         "regions_class_order": [1, 2]},
+                "D007": {"name": "Random", "labels": {h.name: list(h.labels) for h in heads},
+                         "regions_class_order": None if plain else list(range(1, n + 1))}}
+    shape = draw(st.tuples(*[st.integers(1, 5)] * 3))
+    seed = draw(st.integers(0, 2**16))
+    seg = np.random.default_rng(seed).integers(0, n + 1, size=shape).astype(np.int16)
+    order = draw(st.permutations(range(2)))
+    reg_heads = [other, heads]
+    return HeadRegistry(reg_heads[order[0]] + reg_heads[order[1]], datasets), "D007", seg
+
+
+@settings(max_examples=60, deadline=None)
+@given(region_datasets())
+def test_region_targets_and_labelmap_round_trip(case):
+    registry, dataset, seg = case
+    masks = registry.targets(seg, dataset)
+    assert masks.shape == (len(registry.heads_of(dataset)), *seg.shape)
+    for h, m in zip(registry.heads_of(dataset), masks):
+        assert np.array_equal(m, np.isin(seg, h.labels))
+    assert np.array_equal(registry.labelmap(masks, dataset), seg)

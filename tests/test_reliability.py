@@ -1,52 +1,645 @@
-"""Faults: real kills of training and prediction, non-finite losses, crashes while writing; and properties
-that must hold for any input (hypothesis): region round trip, loss masking, sampling, window coverage and
-geometry through NIfTI files.
+"""Reliability: every bad input and every fault, across the commands (docs/reliability.md).
 
-The kills use real processes (``python -m multitalent ...`` killed with SIGKILL); the tiny collection, its
-preprocessed folder and the reference run come from ``tests/test_cli.py`` (built once per session).
+Bad inputs: every entry of ``BAD_INPUTS`` runs ``multitalent.cli.main`` in-process on a fresh copy of the tiny
+collection (or of the tiny trained run) and checks: the exit code, a single ``multitalent: error:`` line on
+stderr that names the file, no traceback, and that the test folder is unchanged afterwards (no output folder,
+no stray temporary file). What each command printed is compared with the table in ``docs/reliability.md`` by
+``test_docs_table_matches_reality``, which observes itself the rows no earlier test of the session observed
+(``MULTITALENT_WRITE_DOCS=1`` rewrites the table instead).
+
+Faults: real kills of training and prediction (``python -m multitalent ...`` killed with SIGKILL), non-finite
+losses, crashes while writing.
+
+The tiny collection, its preprocessed folder, the reference run and its predictions are the session's
+``shared`` fixture (``tests/conftest.py``, built on first use); the rows and tests that need the trained run
+are marked slow. The property tests (hypothesis) are beside the modules they specify: ``tests/test_registry.py``,
+``tests/test_loss.py``, ``tests/data/test_sampling.py``, ``tests/inference/test_sliding_window.py`` and
+``tests/test_io.py``.
 """
 
 from __future__ import annotations
 
+import gzip
 import io as pyio
-import itertools
 import json
 import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from multitalent import io, objectives
 from multitalent.cli import main
-from multitalent.data.sampling import case_probabilities
 from multitalent.errors import write_json
-from multitalent.inference.sliding_window import sliding_window, weight_profile, window_starts
-from multitalent.loss import MultiTalentLoss
 from multitalent.preprocessing import pipeline
-from multitalent.registry import Head, HeadRegistry
 from multitalent.training import checkpoint as ckpt_mod
 from multitalent.training import loop
 from multitalent.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.test_cli import PRE_ARGS, SPLEEN, TRAIN_ARGS, Shared, hidden, shared_artifacts, snapshot
+from tests.helpers import LIVER, PRE_ARGS, SPLEEN, TRAIN_ARGS, Shared
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "reliability.md"
+TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Shared:
-    return shared_artifacts(tmp_path_factory)
+# ============================================ bad inputs ===================================================
+# --- running the CLI and looking at the disk -----------------------------------------------------------
+def run_cli(capfd, argv: list) -> tuple[int, str, str]:
+    """``multitalent -q ARGV`` in-process: (exit code, stdout, stderr), captured at the file descriptors so
+    that what C++ libraries (ITK) print is seen too."""
+    try:
+        rc = main(["-q", *[str(a) for a in argv]])
+    except SystemExit as e:  # argparse
+        rc = e.code
+    out, err = capfd.readouterr()
+    return rc, out, err
 
 
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its kind, size and modification time."""
+    state = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        state[p.relative_to(root).as_posix()] = ("d",) if p.is_dir() else ("f", st.st_size, st.st_mtime_ns)
+    return state
+
+
+def describe_changes(before: dict, after: dict) -> str:
+    """'nothing', or the new/changed/removed paths (new folders summarised by their file count)."""
+    new = sorted(set(after) - set(before))
+    tops = [p for p in new if not any(p.startswith(q + "/") for q in new if q != p)]
+    parts = []
+    for p in tops:
+        if after[p][0] == "d":
+            n = sum(1 for q in new if q.startswith(p + "/") and after[q][0] == "f")
+            parts.append(f"`{p}/` ({n} files)" if n else f"`{p}/` (empty folder)")
+        else:
+            parts.append(f"`{p}`")
+    parts += [f"`{p}` changed" for p in sorted(set(before) & set(after)) if before[p] != after[p]]
+    parts += [f"`{p}` removed" for p in sorted(set(before) - set(after))]
+    return "; ".join(parts) or "nothing"
+
+
+def hidden(before: dict, after: dict) -> list[str]:
+    """New paths with a component starting with '.' (temporary files and folders)."""
+    return [p for p in set(after) - set(before) if any(part.startswith(".") for part in p.split("/"))]
+
+
+# --- building bad inputs --------------------------------------------------------------------------------
+def copy_raw(tmp: Path, sh: Shared) -> Path:
+    shutil.copytree(sh.raw, tmp / "raw")
+    return tmp / "raw" / "collection.json"
+
+
+def raw_path(tmp: Path, kind: str = "image", case: str = "liver_0", dataset: str = LIVER) -> Path:
+    if kind == "image":
+        return tmp / "raw" / dataset / "imagesTr" / f"{case}_0000.nii.gz"
+    return tmp / "raw" / dataset / "labelsTr" / f"{case}.nii.gz"
+
+
+def preprocess_args(tmp: Path, manifest: Path | None = None, out: Path | None = None) -> list:
+    return ["preprocess", manifest or tmp / "raw" / "collection.json", "-o", out or tmp / "out", *PRE_ARGS]
+
+
+def edit_dataset_json(tmp: Path, edit: Callable[[dict], None], dataset: str = LIVER) -> None:
+    path = tmp / "raw" / dataset / "dataset.json"
+    dj = json.loads(path.read_text())
+    edit(dj)
+    path.write_text(json.dumps(dj))
+
+
+def rewrite(path: Path, array: Callable[[np.ndarray], np.ndarray] | None = None,
+            geometry: Callable[[io.Geometry], io.Geometry] | None = None) -> None:
+    """Rewrite a scan or label file with a changed array and/or geometry."""
+    img = sitk.ReadImage(str(path))
+    a = sitk.GetArrayFromImage(img)
+    g = io.geometry_of(img)
+    a = array(a) if array else a
+    g = geometry(g) if geometry else g
+    if tuple(a.shape) != tuple(g.shape):
+        g = io.Geometry(tuple(a.shape), g.spacing, g.origin, g.direction)
+    path.unlink()
+    io.write_image(path, a, g)
+
+
+def with_spacing(spacing):
+    return lambda g: io.Geometry(g.shape, spacing, g.origin, g.direction)
+
+
+def set_nifti_z_spacing(path: Path, value: float) -> None:
+    """Write ``value`` into pixdim[3] (the z voxel size) of a .nii.gz header, as a broken tool might."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[88:92] = struct.pack("<f", value)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def write_plain(path: Path, array: np.ndarray) -> None:
+    path.unlink(missing_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=False), str(path))
+
+
+def with_nonfinite(value: float):
+    def change(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float32)
+        a[10, 16, 16] = value
+        return a
+    return change
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def dicom_series(folder: Path, slices: int = 6) -> None:
+    g = io.Geometry((slices, 16, 16), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), io.direction_for("LPS"))
+    io.write_dicom_series(folder, np.full(g.shape, 40, np.int16), g)
+
+
+def add_second_series(folder: Path) -> None:
+    img = sitk.GetImageFromArray(np.zeros((1, 16, 16), np.int16))[:, :, 0]
+    for k, v in {"0020|000e": "1.2.3.999", "0020|0013": "1", "0008|0060": "CT"}.items():
+        img.SetMetaData(k, v)
+    w = sitk.ImageFileWriter()
+    w.KeepOriginalImageUIDOn()
+    w.SetFileName(str(folder / "other_series.dcm"))
+    w.Execute(img)
+
+
+def copy_run(tmp: Path, sh: Shared) -> Path:
+    shutil.copytree(sh.run, tmp / "run")
+    return tmp / "run"
+
+
+def predict_args(tmp: Path, sh: Shared, model=None, scan=None, out=None) -> list:
+    return ["predict", "-m", model or sh.run, "-i", scan or sh.scan(), "-o", out or tmp / "out"]
+
+
+def predict_on(make_scan: Callable[[Path], None]):
+    """predict on one scan written by ``make_scan(path)`` into tmp/in/."""
+    def setup(tmp: Path, sh: Shared) -> list:
+        (tmp / "in").mkdir()
+        scan = tmp / "in" / "scan.nii.gz"
+        shutil.copy(sh.scan(), scan)
+        make_scan(scan)
+        return predict_args(tmp, sh, scan=scan)
+    return setup
+
+
+def preprocess_with(change: Callable[[Path], None]):
+    """preprocess a copy of the collection after ``change(tmp)``."""
+    def setup(tmp: Path, sh: Shared) -> list:
+        copy_raw(tmp, sh)
+        change(tmp)
+        return preprocess_args(tmp)
+    return setup
+
+
+def file_at(tmp: Path, name: str = "out") -> Path:
+    (tmp / name).write_text("I am a file\n")
+    return tmp / name
+
+
+def foreign_folder(tmp: Path) -> Path:
+    """A folder holding someone else's file."""
+    (tmp / "data").mkdir()
+    (tmp / "data" / "thesis.tex").write_text("months of work\n")
+    return tmp / "data"
+
+
+def fake_checkpoint(kind: str):
+    def setup(tmp: Path, sh: Shared) -> list:
+        path = tmp / "model.pt"
+        if kind == "foreign":
+            torch.save({"state_dict": {"w": torch.zeros(2)}, "epoch": 3}, path)
+        elif kind == "truncated":
+            data = (sh.run / "checkpoint_final.pt").read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        elif kind == "text":
+            path.write_text("not a checkpoint\n")
+        elif kind == "folder":
+            path = tmp / "empty_run"
+            path.mkdir()
+        return predict_args(tmp, sh, model=path)
+    return setup
+
+
+def no_cuda(reason="this machine has CUDA") -> list:
+    return [pytest.mark.skipif(torch.cuda.is_available(), reason=reason)]
+
+
+# --- the catalogue of bad inputs -------------------------------------------------------------------------
+@dataclass
+class Bad:
+    id: str
+    input: str  # what is wrong, for the table
+    setup: Callable[[Path, Shared], list]  # builds the input under tmp, returns the CLI arguments
+    expect: tuple[str, ...]  # substrings of the one-line message (the file name first)
+    rc: int = 2
+    marks: list = field(default_factory=list)
+
+
+def _labels_not_declared(tmp: Path) -> None:
+    rewrite(raw_path(tmp, "label"), array=lambda a: np.where(a == 2, 7, a).astype(np.uint8))
+
+
+def _clash(tmp: Path) -> None:
+    d = tmp / "raw" / LIVER
+    (d / "imagesTr" / "liver_0_0000.nii.gz").rename(d / "imagesTr" / "spleen_0_0000.nii.gz")
+    (d / "labelsTr" / "liver_0.nii.gz").rename(d / "labelsTr" / "spleen_0.nii.gz")
+
+
+def _manifest(tmp: Path, obj) -> None:
+    (tmp / "raw" / "collection.json").write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+BAD_INPUTS: list[Bad] = [
+    # -- the manifest and dataset.json
+    Bad("manifest-missing", "manifest file does not exist",
+        lambda tmp, sh: preprocess_args(tmp, manifest=tmp / "nowhere.json"), ("nowhere.json", "not found")),
+    Bad("manifest-unparseable", "manifest is not valid JSON",
+        preprocess_with(lambda tmp: _manifest(tmp, "{datasets: [")), ("collection.json", "cannot parse")),
+    Bad("manifest-missing-folder", "manifest points to a missing dataset folder",
+        preprocess_with(lambda tmp: _manifest(tmp, {"datasets": [LIVER, "Dataset009_Gone"]})),
+        ("collection.json", "Dataset009_Gone", "missing folder")),
+    Bad("manifest-duplicate-ids", "two manifest entries with the same dataset id",
+        preprocess_with(lambda tmp: _manifest(tmp, {"datasets": [LIVER, {"path": SPLEEN, "id": "D001"}]})),
+        ("collection.json", "D001", "unique id")),
+    Bad("dataset-json-missing", "dataset.json missing",
+        preprocess_with(lambda tmp: (tmp / "raw" / LIVER / "dataset.json").unlink()),
+        ("dataset.json", "missing")),
+    Bad("dataset-json-invalid", "dataset.json is not JSON",
+        preprocess_with(lambda tmp: (tmp / "raw" / LIVER / "dataset.json").write_text("labels: liver")),
+        ("dataset.json", "not valid JSON")),
+    Bad("file-ending-missing", "dataset.json without `file_ending`",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d.pop("file_ending"))),
+        ("dataset.json", "file_ending")),
+    Bad("file-ending-unsupported", "`file_ending` is `.png`",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d.update(file_ending=".png"))),
+        ("dataset.json", "'.png'", ".nii.gz")),
+    Bad("file-ending-wrong", "`file_ending` is `.nii` but the files are `.nii.gz`",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d.update(file_ending=".nii"))),
+        ("labelsTr", "ending in .nii")),
+    Bad("channel-names-missing", "dataset.json without `channel_names`",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d.pop("channel_names"))),
+        ("dataset.json", "channel_names")),
+    Bad("channel-names-two", "`channel_names` with two channels",
+        preprocess_with(lambda tmp: edit_dataset_json(
+            tmp, lambda d: d.update(channel_names={"0": "CT", "1": "PET"}))),
+        ("dataset.json", "exactly one")),
+    Bad("labels-missing", "dataset.json without `labels`",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d.pop("labels"))),
+        ("dataset.json", "labels")),
+    Bad("labels-bad-value", "a label value that is not an integer",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d["labels"].update(liver="one"))),
+        ("dataset.json", "liver")),
+    Bad("duplicate-head-ids", "two labels that give the same head id (`a b` and `a_b`)",
+        preprocess_with(lambda tmp: edit_dataset_json(tmp, lambda d: d.update(
+            labels={"background": 0, "a b": 1, "a_b": 2}))), ("dataset.json", "D001_a_b", "rename")),
+    Bad("case-id-clash", "the same case id in two datasets",
+        preprocess_with(_clash), ("spleen_0.nii.gz", "spleen_0", "unique")),
+    # -- the files of a case
+    Bad("image-missing", "a label without its image",
+        preprocess_with(lambda tmp: raw_path(tmp).unlink()), ("liver_0_0000.nii.gz", "missing image")),
+    Bad("image-without-label", "an image without its label",
+        preprocess_with(lambda tmp: raw_path(tmp, "label").unlink()),
+        ("liver_0_0000.nii.gz", "without a label")),
+    Bad("image-unreadable", "an empty (0-byte) image file",
+        preprocess_with(lambda tmp: raw_path(tmp).write_bytes(b"")), ("liver_0_0000.nii.gz", "cannot read")),
+    Bad("image-truncated", "a truncated .nii.gz",
+        preprocess_with(lambda tmp: truncate(raw_path(tmp))), ("liver_0_0000.nii.gz", "truncated")),
+    Bad("image-corrupt", "a .nii.gz holding random bytes",
+        preprocess_with(lambda tmp: raw_path(tmp).write_bytes(np.random.default_rng(0).bytes(3000))),
+        ("liver_0_0000.nii.gz", "cannot read")),
+    Bad("image-corrupt-gzip", "a valid gzip stream holding no NIfTI",
+        preprocess_with(lambda tmp: raw_path(tmp).write_bytes(gzip.compress(b"hello" * 200))),
+        ("liver_0_0000.nii.gz", "cannot read")),
+    Bad("image-corrupt-workers", "a truncated .nii.gz, preprocessing with 2 worker processes",
+        lambda tmp, sh: [*preprocess_with(lambda t: truncate(raw_path(t)))(tmp, sh), "--workers", "2"],
+        ("liver_0_0000.nii.gz", "truncated")),
+    Bad("image-2d", "a 2D image",
+        preprocess_with(lambda tmp: write_plain(raw_path(tmp), np.zeros((32, 32), np.int16))),
+        ("liver_0_0000.nii.gz", "3D")),
+    Bad("image-4d", "a 4D image",
+        preprocess_with(lambda tmp: write_plain(raw_path(tmp), np.zeros((2, 20, 32, 32), np.int16))),
+        ("liver_0_0000.nii.gz", "3D")),
+    Bad("label-2d", "a 2D label map",
+        preprocess_with(lambda tmp: write_plain(raw_path(tmp, "label"), np.zeros((32, 32), np.uint8))),
+        ("liver_0.nii.gz", "3D")),
+    Bad("image-nan", "NaN intensities (NIfTI float32)",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp), array=with_nonfinite(np.nan))),
+        ("liver_0_0000.nii.gz", "NaN or infinite")),
+    Bad("image-inf", "infinite intensities (NIfTI float32)",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp), array=with_nonfinite(np.inf))),
+        ("liver_0_0000.nii.gz", "NaN or infinite")),
+    Bad("mismatch-shape", "label shape differs from the image",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp, "label"), array=lambda a: a[:-1])),
+        ("liver_0.nii.gz", "shape")),
+    Bad("mismatch-spacing", "label spacing differs from the image",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp, "label"), geometry=with_spacing((2.0, 1.5, 1.6)))),
+        ("liver_0.nii.gz", "spacing")),
+    Bad("mismatch-origin", "label origin differs from the image",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp, "label"), geometry=lambda g: io.Geometry(
+            g.shape, g.spacing, (0.0, 0.0, 5.0), g.direction))), ("liver_0.nii.gz", "origin")),
+    Bad("mismatch-direction", "label direction differs from the image",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp, "label"), geometry=lambda g: io.Geometry(
+            g.shape, g.spacing, g.origin, io.direction_for("RAS")))), ("liver_0.nii.gz", "direction")),
+    Bad("label-undeclared", "label value 7, not declared in dataset.json",
+        preprocess_with(_labels_not_declared), ("liver_0.nii.gz", "[7]", "not declared")),
+    Bad("label-non-integer", "a float label map holding 0.5",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp, "label"),
+                                            array=lambda a: a.astype(np.float32) / 2)),
+        ("liver_0.nii.gz", "non-integer")),
+    Bad("label-empty", "an empty label map (allowed, with a warning)",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp, "label"), array=lambda a: np.zeros_like(a))),
+        ("liver_0.nii.gz", "empty"), rc=0),
+    Bad("spacing-zero", "z spacing 0 in the NIfTI header",
+        preprocess_with(lambda tmp: set_nifti_z_spacing(raw_path(tmp), 0.0)),
+        ("liver_0_0000.nii.gz", "absurd voxel spacing")),
+    Bad("spacing-negative", "z spacing -2 in the NIfTI header",
+        preprocess_with(lambda tmp: set_nifti_z_spacing(raw_path(tmp), -2.0)),
+        ("liver_0_0000.nii.gz", "absurd voxel spacing")),
+    Bad("spacing-tiny", "z spacing 1e-9 mm in the NIfTI header (below 0.01 mm)",
+        preprocess_with(lambda tmp: set_nifti_z_spacing(raw_path(tmp), 1e-9)),
+        ("liver_0_0000.nii.gz", "absurd voxel spacing")),
+    Bad("spacing-nan", "z spacing NaN in the NIfTI header",
+        preprocess_with(lambda tmp: set_nifti_z_spacing(raw_path(tmp), float("nan"))),
+        ("liver_0_0000.nii.gz", "absurd voxel spacing")),
+    Bad("spacing-huge", "z spacing 60 mm",
+        preprocess_with(lambda tmp: rewrite(raw_path(tmp), geometry=with_spacing((60.0, 1.5, 1.5)))),
+        ("liver_0_0000.nii.gz", "absurd voxel spacing")),
+    Bad("preprocess-target-spacing", "`--spacing 0 2 2`",
+        lambda tmp, sh: [*preprocess_args(tmp, manifest=sh.manifest), "--spacing", "0", "2", "2"],
+        ("--spacing", "positive")),
+    Bad("preprocess-output-file", "the output folder is a file",
+        lambda tmp, sh: preprocess_args(tmp, manifest=sh.manifest, out=file_at(tmp)), ("out", "is a file")),
+    Bad("preprocess-output-under-file", "the output folder lies inside a file",
+        lambda tmp, sh: preprocess_args(tmp, manifest=sh.manifest, out=file_at(tmp) / "pre"),
+        ("out", "a file is in the way")),
+    Bad("preprocess-output-foreign", "the output folder holds other files",
+        lambda tmp, sh: preprocess_args(tmp, manifest=sh.manifest, out=foreign_folder(tmp)),
+        ("data", "not empty", "refusing to replace")),
+    # -- train
+    Bad("train-not-preprocessed", "train on a raw folder",
+        lambda tmp, sh: ["train", sh.raw, "-o", tmp / "run", *TRAIN_ARGS],
+        ("plans.json", "multitalent preprocess")),
+    Bad("train-output-file", "the run folder is a file",
+        lambda tmp, sh: ["train", sh.pre, "-o", file_at(tmp), *TRAIN_ARGS], ("out", "is a file")),
+    Bad("train-cuda", "`--device cuda` without CUDA",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--device", "cuda"],
+        ("--device cuda", "CUDA is not available"), marks=no_cuda()),
+    Bad("train-existing-run", "the run folder already holds a run (no `--resume`)",
+        lambda tmp, sh: ["train", sh.pre, "-o", copy_run(tmp, sh), *TRAIN_ARGS], ("run", "--resume")),
+    Bad("train-resume-nothing", "`--resume` with no checkpoint",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--resume"],
+        ("checkpoint_latest.pt", "nothing to resume")),
+    Bad("train-unknown-dataset", "`--datasets D999`",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--datasets", "D999"],
+        ("D999", "unknown")),
+    Bad("train-bad-head-prior", "`--head-prior 1.5`",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--head-prior", "1.5"],
+        ("--head-prior", "[0, 1)")),
+    Bad("train-bad-fg-fraction", "`--fg-fraction 1.5`",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--fg-fraction", "1.5"],
+        ("--fg-fraction 1.5", "[0, 1]")),
+    Bad("finetune-conflicting-arch", "`finetune --arch resenc_unet` from a plain U-Net checkpoint",
+        lambda tmp, sh: ["finetune", "-m", copy_run(tmp, sh), sh.pre, "-o", tmp / "ft", *TRAIN_ARGS,
+                         "--arch", "resenc_unet"],
+        ("--arch resenc_unet", "conflicts", "plain_unet")),
+    Bad("train-bad-num-workers", "`--num-workers -3`",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS, "--num-workers", "-3"],
+        ("--num-workers -3", "automatically")),
+    Bad("train-unknown-fold", "`--fold 7`",
+        lambda tmp, sh: ["train", sh.pre, "-o", tmp / "run", *TRAIN_ARGS[:-2], "--fold", "7"],
+        ("--fold 7", "choose one of")),
+    # -- predict
+    Bad("checkpoint-foreign", "a PyTorch file that is not a multitalent checkpoint",
+        fake_checkpoint("foreign"), ("model.pt", "not a multitalent checkpoint")),
+    Bad("checkpoint-truncated", "a truncated checkpoint", fake_checkpoint("truncated"),
+        ("model.pt", "cannot read the checkpoint")),
+    Bad("checkpoint-text", "a text file as checkpoint", fake_checkpoint("text"), ("model.pt", "cannot read")),
+    Bad("checkpoint-missing", "a run folder without checkpoints", fake_checkpoint("folder"),
+        ("empty_run", "no checkpoint_final.pt")),
+    Bad("predict-unknown-dataset", "`predict --datasets D999` (heads do not match)",
+        lambda tmp, sh: [*predict_args(tmp, sh), "--datasets", "D999"],
+        ("checkpoint_final.pt", "D999", "D001")),
+    Bad("predict-unknown-head", "`predict --heads D001_lung`",
+        lambda tmp, sh: [*predict_args(tmp, sh), "--heads", "D001_lung"], ("D001_lung", "heads.json")),
+    Bad("predict-input-missing", "the input does not exist",
+        lambda tmp, sh: predict_args(tmp, sh, scan=tmp / "missing.nii.gz"), ("missing.nii.gz", "not found")),
+    Bad("predict-input-truncated", "a truncated .nii.gz", predict_on(truncate),
+        ("scan.nii.gz", "truncated")),
+    Bad("predict-input-nan", "NaN intensities",
+        predict_on(lambda p: rewrite(p, array=with_nonfinite(np.nan))),
+        ("scan.nii.gz", "NaN")),
+    Bad("predict-input-2d", "a 2D scan", predict_on(lambda p: write_plain(p, np.zeros((32, 32), np.int16))),
+        ("scan.nii.gz", "3D")),
+    Bad("predict-input-spacing", "z spacing 0 in the NIfTI header",
+        predict_on(lambda p: set_nifti_z_spacing(p, 0.0)), ("scan.nii.gz", "absurd voxel spacing")),
+    Bad("dicom-two-series", "a DICOM folder with two series",
+        lambda tmp, sh: (dicom_series(tmp / "dcm"), add_second_series(tmp / "dcm"),
+                         predict_args(tmp, sh, scan=tmp / "dcm"))[-1], ("dcm", "2 DICOM series")),
+    Bad("dicom-missing-slice", "a DICOM series with a missing slice",
+        lambda tmp, sh: (dicom_series(tmp / "dcm"), (tmp / "dcm" / "slice_0003.dcm").unlink(),
+                         predict_args(tmp, sh, scan=tmp / "dcm"))[-1], ("dcm", "missing or duplicate slices")),
+    Bad("predict-input-empty-folder", "an input folder with no scans",
+        lambda tmp, sh: ((tmp / "in").mkdir(), predict_args(tmp, sh, scan=tmp / "in"))[-1],
+        ("in", "no image files")),
+    Bad("predict-output-file", "the output folder is a file",
+        lambda tmp, sh: predict_args(tmp, sh, out=file_at(tmp)), ("out", "is a file")),
+    Bad("predict-existing", "outputs exist (no `--continue`/`--overwrite`)",
+        lambda tmp, sh: (shutil.copytree(sh.pred, tmp / "out"),
+                         predict_args(tmp, sh, scan=sh.raw / SPLEEN / "imagesTr"))[-1],
+        ("spleen_0", "--continue", "--overwrite")),
+    Bad("predict-cuda", "`--device cuda` without CUDA",
+        lambda tmp, sh: [*predict_args(tmp, sh), "--device", "cuda"],
+        ("--device cuda", "CUDA is not available"),
+        marks=no_cuda()),
+    Bad("predict-step", "`--step 0`", lambda tmp, sh: [*predict_args(tmp, sh), "--step", "0"],
+        ("--step", "(0, 1]")),
+    # -- evaluate and phantoms
+    Bad("evaluate-output-file", "the output folder is a file",
+        lambda tmp, sh: ["evaluate", sh.pred, sh.raw / SPLEEN / "labelsTr", "--heads", sh.run / "heads.json",
+                         "-o", file_at(tmp), "--workers", "1"], ("out", "is a file")),
+    Bad("evaluate-predictions-missing", "the prediction folder does not exist",
+        lambda tmp, sh: ["evaluate", tmp / "nopred", sh.raw / SPLEEN / "labelsTr", "--heads",
+                         sh.run / "heads.json", "-o", tmp / "eval"], ("nopred", "not found")),
+    Bad("evaluate-heads-bad", "`--heads` is not a head registry",
+        lambda tmp, sh: ["evaluate", sh.pred, sh.raw / SPLEEN / "labelsTr", "--heads", sh.manifest,
+                         "-o", tmp / "eval"], ("collection.json", "head registry")),
+    Bad("phantoms-output-file", "the output folder is a file",
+        lambda tmp, sh: ["phantoms", file_at(tmp)], ("out", "is a file")),
+    Bad("phantoms-output-foreign", "the output folder holds other files",
+        lambda tmp, sh: ["phantoms", foreign_folder(tmp)], ("data", "not empty")),
+]
+
+# the rows whose setup uses the shared trained run or its predictions (``sh.run``, ``sh.pred``, ``copy_run``,
+# ``predict_args`` without a model): the first of them in a session pays for the training, so they are slow
+NEEDS_RUN = {"train-existing-run", "finetune-conflicting-arch", "checkpoint-truncated", "predict-unknown-dataset",
+             "predict-unknown-head", "predict-input-missing", "predict-input-truncated", "predict-input-nan",
+             "predict-input-2d", "predict-input-spacing", "dicom-two-series", "dicom-missing-slice",
+             "predict-input-empty-folder", "predict-output-file", "predict-existing", "predict-cuda", "predict-step",
+             "evaluate-output-file", "evaluate-predictions-missing", "evaluate-heads-bad"}
+assert NEEDS_RUN <= {b.id for b in BAD_INPUTS}
+
+# what each command printed, by row id: filled by the tests below, completed by the docs-table test
+OBSERVED: dict[str, dict] = {}
+
+
+def _shorten(text: str, *roots: Path) -> str:
+    for root in roots:
+        text = text.replace(f"{root}/", "").replace(str(root), ".")
+    return text
+
+
+def _command(argv: list, *roots: Path) -> str:
+    """The command line as shown in the table: paths shortened, the tiny-size options left out."""
+    args = [_shorten(str(a), *roots) for a in argv]
+    shown, i = [], 0
+    while i < len(args):
+        for common in (PRE_ARGS, TRAIN_ARGS, TRAIN_ARGS[:-2]):
+            if args[i : i + len(common)] == common:
+                i += len(common)
+                break
+        else:
+            shown.append(args[i])
+            i += 1
+    return "multitalent " + " ".join(shown)
+
+
+def observe(bad: Bad, sh: Shared, tmp: Path, capfd, caplog) -> dict:
+    """Build the bad input under ``tmp``, run its command and record the table row in ``OBSERVED``; returns
+    what the checks need (exit code, stderr, the one-line message, what was left on disk, stray files)."""
+    argv = bad.setup(tmp, sh)
+    before = snapshot(tmp)
+    capfd.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="multitalent"):
+        rc, out, err = run_cli(capfd, argv)
+    after = snapshot(tmp)
+    message = err.strip()
+    if rc == 0:
+        message = "\n".join(f"multitalent: WARNING: {r.getMessage()}" for r in caplog.records
+                            if r.levelno >= logging.WARNING)
+    left = describe_changes(before, after)
+    OBSERVED[bad.id] = {"input": bad.input, "command": _command(argv, tmp, sh.root),
+                        "message": _shorten(message, tmp, sh.root), "rc": rc, "left": left}
+    return {"rc": rc, "err": err, "message": message, "left": left, "hidden": hidden(before, after)}
+
+
+def _param(bad: Bad):
+    slow = [pytest.mark.slow] if bad.id in NEEDS_RUN else []
+    return pytest.param(bad, id=bad.id, marks=[*bad.marks, *slow])
+
+
+@pytest.mark.parametrize("bad", [_param(b) for b in BAD_INPUTS])
+def test_bad_input_is_refused_with_one_line(bad: Bad, shared: Shared, tmp_path: Path, capfd, caplog):
+    seen = observe(bad, shared, tmp_path, capfd, caplog)
+    rc, err, message, left = seen["rc"], seen["err"], seen["message"], seen["left"]
+    assert rc == bad.rc, err
+    assert "Traceback" not in err
+    assert message.count("\n") == 0 and message, f"not one line: {message!r}"
+    for text in bad.expect:
+        assert text in message, f"{text!r} not in {message!r}"
+    assert not seen["hidden"], f"stray temporary files: {seen['hidden']}"
+    if rc == 2:
+        assert message.startswith("multitalent: error: ")
+        assert left == "nothing", f"left on disk: {left}"
+    else:
+        assert (tmp_path / "out" / "plans.json").is_file()
+
+
+def observe_unknown_values(sh: Shared, tmp: Path, capfd) -> list[tuple[int, str]]:
+    """Unknown commands, choices and missing arguments (argparse); records the table row of the first one.
+    Returns (exit code, stderr) of each."""
+    cases = [["train", sh.pre, "-o", tmp / "r", "--arch", "transformer9000"],
+             ["preprocess", sh.manifest, "-o", tmp / "p", "--preset", "huge"],
+             ["predict", "-m", sh.root / "run", "-i", sh.scan()],  # no -o: refused before the model is read
+             ["segment", "x"]]
+    seen = [run_cli(capfd, argv)[::2] for argv in cases]
+    OBSERVED["cli-unknown-value"] = {
+        "input": "an unknown choice (`--arch transformer9000`)",
+        "command": "multitalent train pre -o r --arch transformer9000",
+        "message": _shorten(seen[0][1].strip().splitlines()[-1], tmp, sh.root)
+        + " (after argparse's usage line)", "rc": 2, "left": "nothing"}
+    return seen
+
+
+def test_unknown_cli_values_exit_2(shared: Shared, tmp_path: Path, capfd):
+    """argparse refuses unknown commands, choices and missing arguments: exit code 2 (usage + one line)."""
+    for rc, err in observe_unknown_values(shared, tmp_path, capfd):
+        assert rc == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("multitalent")
+        assert "error:" in err.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a subprocess
+def test_real_stderr_is_one_line_in_a_subprocess(shared: Shared, tmp_path: Path):
+    """A refusal as a real process (``python -m multitalent``, Python warnings on): stderr is exactly the one
+    error line (a NIfTI header with spacing 0 also makes ITK warn, in several lines, unless silenced)."""
+    setup = preprocess_with(lambda t: set_nifti_z_spacing(raw_path(t), 0.0))
+    argv = [str(a) for a in setup(tmp_path, shared)]
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    res = subprocess.run([sys.executable, "-m", "multitalent", "-q", *argv], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("multitalent: error: ") and len(res.stderr.splitlines()) == 1, res.stderr
+    assert "absurd voxel spacing" in res.stderr and res.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def render_table(observed: dict[str, dict]) -> str:
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+
+    rows = ["| input | command | message (stderr) | exit | left on disk |", "|---|---|---|---|---|"]
+    for key in [b.id for b in BAD_INPUTS] + ["cli-unknown-value"]:
+        o = observed[key]
+        rows.append(f"| {cell(o['input'])} | `{cell(o['command'])}` | {cell(o['message'])} | {o['rc']} | "
+                    f"{cell(o['left'])} |")
+    return "\n".join(rows)
+
+
+@pytest.mark.slow  # needs every row, the trained run's included
+def test_docs_table_matches_reality(shared: Shared, tmp_path: Path, capfd, caplog):
+    """docs/reliability.md's table is what the commands print. Self-contained: the rows that no earlier test
+    of this session observed (all of them when it runs alone) are observed here, each in its own folder."""
+    if any(m.name == "skipif" and m.args[0] for b in BAD_INPUTS for m in b.marks):
+        pytest.skip("some rows were skipped on this machine (CUDA present)")
+    for bad in BAD_INPUTS:
+        if bad.id not in OBSERVED:
+            (tmp_path / bad.id).mkdir()
+            observe(bad, shared, tmp_path / bad.id, capfd, caplog)
+    if "cli-unknown-value" not in OBSERVED:
+        (tmp_path / "cli-unknown-value").mkdir()
+        observe_unknown_values(shared, tmp_path / "cli-unknown-value", capfd)
+    table = render_table(OBSERVED)
+    text = DOC.read_text() if DOC.is_file() else ""
+    pattern = re.compile(re.escape(TABLE_START) + r".*?" + re.escape(TABLE_END), re.S)
+    block = f"{TABLE_START}\n{table}\n{TABLE_END}"
+    if os.environ.get("MULTITALENT_WRITE_DOCS") == "1":
+        new = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
+        DOC.write_text(new)
+        return
+    found = pattern.search(text)
+    assert found, f"{DOC} lacks the table markers; rerun with MULTITALENT_WRITE_DOCS=1"
+    assert found.group(0) == block, f"the table in {DOC} is out of date; rerun with MULTITALENT_WRITE_DOCS=1"
+
+
+# ============================================== faults =====================================================
 def spawn(args: list, cwd: Path, stderr: Path) -> subprocess.Popen:
     """``python -m multitalent ARGS`` as a real process, with this process's thread count (same numerics)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
@@ -75,9 +668,11 @@ def log_epochs(run: Path) -> list[int]:
 
 
 # --- training killed with SIGKILL ------------------------------------------------------------------------
+@pytest.mark.slow  # a killed subprocess, then the training finished; compares with the trained run
 def test_training_killed_mid_epoch_resumes_to_the_same_weights(shared: Shared, tmp_path: Path, capsys):
     """Kill ``multitalent train`` (SIGKILL) during epoch 2 of 3, after epoch 1 was checkpointed; ``--resume``
     finishes it, and the final weights equal those of the uninterrupted run bit for bit (CPU, same seed)."""
+    reference = shared.run / "checkpoint_final.pt"  # the uninterrupted run
     run, stderr = tmp_path / "run", tmp_path / "stderr.txt"
     proc = spawn(["train", shared.pre, "-o", run, *TRAIN_ARGS], tmp_path, stderr)
     # tqdm prints the running epoch's bar to stderr: wait until epoch 2 has done at least one iteration
@@ -98,7 +693,7 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(shared: Shared, t
     assert main(["-q", "train", str(shared.pre), "-o", str(run), *TRAIN_ARGS, "--resume"]) == 0
     assert log_epochs(run) == [0, 1, 2]
     resumed = load_checkpoint(run / "checkpoint_final.pt").state_dict
-    straight = load_checkpoint(shared.run / "checkpoint_final.pt").state_dict
+    straight = load_checkpoint(reference).state_dict
     assert resumed.keys() == straight.keys()
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
@@ -127,6 +722,7 @@ def complete(case_dir: Path) -> bool:
     return all((case_dir / f).is_file() for f in files)
 
 
+@pytest.mark.slow  # a killed subprocess predicting with the trained run
 def test_prediction_killed_mid_case_leaves_only_complete_cases(shared: Shared, tmp_path: Path, capsys):
     """Kill ``multitalent predict`` (SIGKILL) while its second case is being written: every case folder under
     its final name is complete; the rerun is refused without --continue/--overwrite, and with --continue it
@@ -214,6 +810,7 @@ def test_an_isolated_nonfinite_step_is_skipped_and_training_goes_on(shared: Shar
 
 
 # --- crashes while writing ----------------------------------------------------------------------------------
+@pytest.mark.slow  # needs the trained run
 def test_crash_while_saving_a_checkpoint_keeps_the_previous_one(shared: Shared, tmp_path: Path, monkeypatch):
     """torch.save writes half the file and fails (disk full): checkpoint_latest.pt is still the old, loadable
     file and no temporary file is left."""
@@ -351,166 +948,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch, wri
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
 
 
-# --- properties ------------------------------------------------------------------------------------------
-@st.composite
-def region_datasets(draw):
-    """A dataset whose label values 1..n form a forest (each value's parent is a smaller value or none); each
-    value v is a head whose region is v and its descendants (nnU-Net regions written in increasing order),
-    or, with ``plain``, independent single-value labels. Returns (registry, dataset id, label map)."""
-    n = draw(st.integers(1, 6))
-    plain = draw(st.booleans())
-    parents = [None] + [None if plain else draw(st.sampled_from([0, *range(1, v)])) for v in range(1, n + 1)]
-
-    def region(v: int) -> tuple[int, ...]:
-        out, changed = {v}, True
-        while changed:
-            new = {u for u in range(1, n + 1) if parents[u] in out} - out
-            changed = bool(new)
-            out |= new
-        return tuple(sorted(out))
-
-    heads = [Head(f"D007_c{v}", "D007", f"c{v}", region(v)) for v in range(1, n + 1)]
-    other = [Head("D001_liver", "D001", "liver", (1, 2)), Head("D001_tumor", "D001", "tumor", (2,))]
-    datasets = {"D001": {"name": "Liver", "labels": {"liver": [1, 2], "tumor": [2]},
-                         "regions_class_order": [1, 2]},
-                "D007": {"name": "Random", "labels": {h.name: list(h.labels) for h in heads},
-                         "regions_class_order": None if plain else list(range(1, n + 1))}}
-    shape = draw(st.tuples(*[st.integers(1, 5)] * 3))
-    seed = draw(st.integers(0, 2**16))
-    seg = np.random.default_rng(seed).integers(0, n + 1, size=shape).astype(np.int16)
-    order = draw(st.permutations(range(2)))
-    reg_heads = [other, heads]
-    return HeadRegistry(reg_heads[order[0]] + reg_heads[order[1]], datasets), "D007", seg
-
-
-@settings(max_examples=60, deadline=None)
-@given(region_datasets())
-def test_region_targets_and_labelmap_round_trip(case):
-    registry, dataset, seg = case
-    masks = registry.targets(seg, dataset)
-    assert masks.shape == (len(registry.heads_of(dataset)), *seg.shape)
-    for h, m in zip(registry.heads_of(dataset), masks):
-        assert np.array_equal(m, np.isin(seg, h.labels))
-    assert np.array_equal(registry.labelmap(masks, dataset), seg)
-
-
-@settings(max_examples=40, deadline=None)
-@given(b=st.integers(1, 3), h=st.integers(1, 4), shape=st.tuples(*[st.integers(1, 4)] * 3),
-       seed=st.integers(0, 2**16), levels=st.integers(1, 2))
-def test_loss_ignores_unannotated_heads(b, h, shape, seed, levels):
-    """Changing the logits or targets of unannotated (sample, head) pairs, even to NaN/inf, changes neither
-    the loss nor any gradient; unannotated logits get a zero gradient."""
-    gen = torch.Generator().manual_seed(seed)
-    annotated = torch.rand(b, h, generator=gen) < 0.6
-    annotated[0, 0] = True
-    sizes = [shape, tuple(max(s // 2, 1) for s in shape)][:levels]
-    logits = [torch.randn(b, h, *s, generator=gen, dtype=torch.float64) * 3 for s in sizes]
-    targets = [(torch.rand(b, h, *s, generator=gen) > 0.5).double() for s in sizes]
-    loss_fn = MultiTalentLoss(ds_weights=[1.0, 0.5][:levels])
-
-    def run(xs, ts):
-        xs = [x.clone().requires_grad_(True) for x in xs]
-        loss = loss_fn(xs if levels > 1 else xs[0], ts if levels > 1 else ts[0], annotated)
-        loss.backward()
-        return loss.detach(), [x.grad for x in xs]
-
-    loss_a, grads_a = run(logits, targets)
-    off = ~annotated[:, :, None, None, None]
-    junk = [torch.where(off, torch.randn(x.shape, generator=gen, dtype=x.dtype) * 1e3, x) for x in logits]
-    junk[0] = torch.where(off & (torch.rand(junk[0].shape, generator=gen) < 0.1), float("nan"), junk[0])
-    flipped = [torch.where(off, 1 - t, t) for t in targets]
-    loss_b, grads_b = run(junk, flipped)
-    assert torch.isfinite(loss_a) and torch.equal(loss_a, loss_b)
-    for ga, gb in zip(grads_a, grads_b):
-        assert torch.equal(ga, gb)
-        assert torch.all(ga[off.expand_as(ga)] == 0)
-
-
-@settings(max_examples=60, deadline=None)
-@given(counts=st.lists(st.integers(1, 60), min_size=1, max_size=6), seed=st.integers(0, 1000))
-def test_sampling_probabilities(counts, seed):
-    """inv_sqrt: probabilities sum to 1, each dataset's share is proportional to sqrt(n), so the ratio of two
-    datasets' shares is sqrt(n_a / n_b); uniform: shares proportional to n; dataset_balanced: equal shares."""
-    names = [f"D{i:03d}" for i in range(len(counts))]
-    ds = [d for d, n in zip(names, counts) for _ in range(n)]
-    ds = [ds[i] for i in np.random.default_rng(seed).permutation(len(ds))]
-    arr = np.array(ds)
-    modes = (("inv_sqrt", np.sqrt), ("uniform", lambda n: n), ("dataset_balanced", lambda n: 1.0))
-    for mode, share_of in modes:
-        p = case_probabilities(ds, mode)
-        assert p.shape == (len(ds),) and np.all(p > 0)
-        assert p.sum() == pytest.approx(1.0, abs=1e-12)
-        shares = np.array([p[arr == d].sum() for d in names])
-        expected = np.array([share_of(float(n)) for n in counts])
-        np.testing.assert_allclose(shares, expected / expected.sum(), rtol=1e-9)
-        for d in names:  # the cases of one dataset are alike
-            assert np.ptp(p[arr == d]) <= 1e-15
-        if mode == "inv_sqrt" and len(counts) > 1:
-            assert shares[0] / shares[1] == pytest.approx(np.sqrt(counts[0] / counts[1]), rel=1e-9)
-
-
-@settings(max_examples=80, deadline=None)
-@given(size=st.integers(1, 300), patch=st.integers(1, 64), step=st.floats(0.05, 1.0))
-def test_windows_cover_every_voxel_with_positive_weight(size, patch, step):
-    padded = max(size, patch)  # sliding_window pads a volume smaller than the patch
-    starts = window_starts(padded, patch, step)
-    assert starts[0] == 0 and starts[-1] == padded - patch and starts == sorted(starts)
-    if patch * step >= 1:  # (below one voxel per step, rounding repeats a start: harmless, only slower)
-        assert len(set(starts)) == len(starts)
-    covered = np.zeros(padded, bool)
-    for s in starts:
-        covered[s : s + patch] = True
-    assert covered.all()
-    assert all(b - a <= max(int(np.ceil(step * patch)), 1) for a, b in zip(starts, starts[1:]))
-    assert np.all(weight_profile(padded, patch, step) > 0)
-
-
-class _Ones(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ones(x.shape[0], 2, *x.shape[2:])
-
-
-@settings(max_examples=15, deadline=None)
-@given(shape=st.tuples(st.integers(1, 20), st.integers(1, 24), st.integers(1, 24)),
-       patch=st.tuples(st.integers(2, 8), st.integers(2, 12), st.integers(2, 12)), step=st.floats(0.25, 1.0))
-def test_sliding_window_weights_add_up_to_one_everywhere(shape, patch, step):
-    """A network that outputs 1 everywhere gives 1 at every voxel: every voxel is covered and the Gaussian
-    weights of the windows covering it sum to 1."""
-    out = sliding_window(_Ones(), torch.zeros(1, *shape), patch, step, device="cpu")
-    assert out.shape == (2, *shape)
-    torch.testing.assert_close(out, torch.ones_like(out), rtol=1e-5, atol=1e-5)
-
-
-ORIENTATIONS = ["".join(pair[sign] for pair, sign in zip(axes, signs))
-                for axes in itertools.permutations([("R", "L"), ("A", "P"), ("I", "S")])
-                for signs in itertools.product((0, 1), repeat=3)]
-
-
-@settings(max_examples=30, deadline=None)
-@given(code=st.sampled_from(ORIENTATIONS), spacing=st.tuples(*[st.floats(0.3, 8.0)] * 3),
-       origin=st.tuples(*[st.floats(-500, 500)] * 3), shape=st.tuples(*[st.integers(1, 7)] * 3),
-       seed=st.integers(0, 1000))
-def test_geometry_round_trip_through_nifti_files(code, spacing, origin, shape, seed):
-    """Any of the 48 axis orientations, any spacing and origin: writing and reading a NIfTI scan and label map
-    keeps array and geometry; canonical orientation and back is exact."""
-    assert len(set(ORIENTATIONS)) == 48
-    g = io.Geometry(shape, spacing, origin, io.direction_for(code))
-    rng = np.random.default_rng(seed)
-    image = rng.normal(0, 300, shape).astype(np.float32)
-    label = rng.integers(0, 4, shape).astype(np.uint8)
-    with tempfile.TemporaryDirectory() as d:
-        io.write_image(Path(d) / "img.nii.gz", image, g)
-        io.write_label(Path(d) / "seg.nii.gz", label, g)
-        a, ga = io.read_image(Path(d) / "img.nii.gz")
-        s, gs = io.read_label(Path(d) / "seg.nii.gz")
-    assert ga.matches(g, tol=1e-5) is None and gs.matches(g, tol=1e-5) is None
-    assert ga.orientation == code
-    assert np.array_equal(a, image) and np.array_equal(s, label)
-    c, cg = io.to_canonical(a, ga)
-    np.testing.assert_allclose(np.asarray(cg.direction).reshape(3, 3), np.eye(3), atol=1e-6)
-    assert np.array_equal(io.from_canonical(c, cg, ga), image)
-
-
+@pytest.mark.slow  # needs the trained run
 def test_spleen_predictions_of_the_shared_run_exist(shared: Shared):
     """The shared artefacts the kills compare against are complete (guards the fixture itself)."""
     assert complete(shared.pred / "spleen_0") and (shared.run / "checkpoint_final.pt").is_file()

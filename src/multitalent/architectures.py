@@ -2,7 +2,7 @@
 
 ``--arch`` choices and :meth:`multitalent.training.config.TrainConfig.model_kwargs` come from this table,
 so that building the CLI does not import the networks. The builders declare the same options on
-``@register(name, options=...)`` in :mod:`multitalent.models`; tests/test_models.py checks that every
+``@register(name, options=...)`` in :mod:`multitalent.models`; tests/test_architectures.py checks that every
 registered architecture is here with the same options, and that every name here is registered.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name: str, monkeypatch: pytest.MonkeyPatch):
@@ -17,6 +17,7 @@ def _load(name: str, monkeypatch: pytest.MonkeyPatch):
     return importlib.import_module(name)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_paper_real_and_loader_parts_run(tmp_path, monkeypatch):
     tt = _load("train_throughput", monkeypatch)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load():
@@ -27,6 +27,7 @@ def reproduce():
     return _load()
 
 
+@pytest.mark.slow  # a subprocess
 def test_the_entry_script_parses_its_options():
     res = subprocess.run([sys.executable, str(BENCHMARKS / "reproduce.py"), "--help"], capture_output=True,
                          text=True, timeout=120)
@@ -123,6 +124,7 @@ def t1_text(text: str) -> str:
     return _section(text, "## 1. MultiTalent")
 
 
+@pytest.mark.slow  # the whole reduced reproduction: trains every run
 def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     out = tmp_path / "repro"
     ctx = reproduce.run(reproduce.TINY, out, seed=0, quiet=True)

@@ -1,4 +1,5 @@
-"""Prediction: the sliding window, the streamed export and the `predict` stage's files and rules."""
+"""Prediction (``multitalent.inference.predict``): the `predict` stage's files and rules, on CPU and CUDA,
+in bounded memory."""
 
 from __future__ import annotations
 
@@ -11,92 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from torch import nn
 
 from multitalent import io
 from multitalent.device import resolve_device
 from multitalent.errors import UserInputError
-from multitalent.inference.config import PredictConfig
-from multitalent.inference.export import MaskAssembler
 from multitalent.inference.predict import (
-    Predictor,
     find_cases,
     load_predictor,
     predict,
     run_prediction,
 )
-from multitalent.inference.sliding_window import (
-    gaussian_importance,
-    sliding_window,
-    weight_profile,
-    window_starts,
-)
-from multitalent.preprocessing.pipeline import prepare_image, restore_channel
-from multitalent.preprocessing.plans import Plans
-from multitalent.registry import Head, HeadRegistry
-
-PATCH = (16, 32, 32)
-
-
-def registry() -> HeadRegistry:
-    """D001: nested regions (liver = {1, 2}, tumour = {2}); D002: plain labels."""
-    heads = [Head("D001_liver", "D001", "liver", (1, 2)),
-             Head("D001_tumor", "D001", "tumor", (2,), lesion=True),
-             Head("D002_kidney", "D002", "kidney", (1,)), Head("D002_spleen", "D002", "spleen", (2,))]
-    datasets = {"D001": {"name": "Liver", "labels": {"liver": [1, 2], "tumor": [2]},
-                         "regions_class_order": [1, 2]},
-                "D002": {"name": "Organs", "labels": {"kidney": [1], "spleen": [2]},
-                         "regions_class_order": None}}
-    return HeadRegistry(heads, datasets)
-
-
-def plans(spacing=(2.0, 1.5, 1.5)) -> Plans:
-    return Plans(spacing=list(spacing), patch_size=list(PATCH), batch_size=2)
-
-
-def scan(shape=(22, 40, 36), spacing=(2.0, 1.5, 1.5), code="LPS") -> tuple[np.ndarray, io.Geometry]:
-    """Air around a body (0 HU) holding an off-centre 'liver' box (100 HU) with a 'tumour' box (300 HU)."""
-    img = np.full(shape, -1000.0, np.float32)
-    img[2:-2, 3:-4, 5:-3] = 0
-    img[4:14, 8:24, 9:25] = 100
-    img[6:10, 10:16, 12:18] = 300
-    return img, io.Geometry(shape, spacing, (12.0, -30.0, 7.5), io.direction_for(code))
-
-
-def write_scan(path: Path, **kw) -> io.Geometry:
-    img, g = scan(**kw)
-    io.write_image(path, img.astype(np.int16), g)
-    return g
-
-
-class ThresholdNet(nn.Module):
-    """Logit +10 where the (normalised = HU with default plans) input exceeds the head's threshold, else -10:
-    liver > 50, tumour > 200, kidney > 50, spleen > 200. Pointwise, so every window agrees exactly."""
-
-    def __init__(self, thresholds=(50.0, 200.0, 50.0, 200.0)) -> None:
-        super().__init__()
-        self.register_buffer("t", torch.tensor(thresholds).view(1, -1, 1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x > self.t, 10.0, -10.0)
-
-
-class ConstNet(nn.Module):
-    def __init__(self, heads: int, value: float) -> None:
-        super().__init__()
-        self.heads, self.value = heads, value
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.full((x.shape[0], self.heads, *x.shape[2:]), self.value, device=x.device)
-
-
-def fake_predictor(net: nn.Module | None = None, spacing=(2.0, 1.5, 1.5)) -> Predictor:
-    return Predictor(net or ThresholdNet(), plans(spacing), registry(), (0, 1), torch.device("cpu"), "fake")
-
-
-def quiet(**kw) -> PredictConfig:
-    return PredictConfig(quiet=True, **kw)
+from multitalent.preprocessing.pipeline import restore_channel
+from multitalent.registry import HeadRegistry
+from tests.inference.helpers import fake_predictor, plans, quiet, registry, scan, write_scan
 
 
 @pytest.fixture(scope="module")
@@ -116,85 +44,9 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-# --- sliding window ------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(10, 20, 20), PATCH, (37, 70, 45)])
-def test_every_voxel_is_covered_with_positive_weight(shape):
-    for size, p in zip(shape, PATCH):
-        size = max(size, p)  # smaller volumes are padded to the patch
-        starts = window_starts(size, p, 0.5)
-        assert starts[0] == 0 and starts[-1] + p == size
-        assert all(b - a <= p // 2 for a, b in zip(starts, starts[1:]))
-        assert np.all(weight_profile(size, p, 0.5) > 0)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_gaussian_importance_is_normalised_symmetric_and_without_zeros():
-    g = gaussian_importance(PATCH)
-    assert g.shape == PATCH and float(g.max()) == pytest.approx(1.0, abs=1e-3) and float(g.min()) > 0
-    assert torch.equal(g, torch.flip(g, (0, 1, 2)))
-
-
-@pytest.mark.parametrize("shape", [(10, 20, 20), PATCH, (37, 70, 45)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_constant_logits_come_back_unchanged(shape, dtype):
-    img = torch.randn(1, *shape)
-    out = sliding_window(ConstNet(3, 2.5), img, PATCH, 0.5, 3, (0, 1), accum_dtype=dtype)
-    assert out.shape == (3, *shape)
-    np.testing.assert_allclose(out.numpy(), 2.5, atol=1e-5 if dtype == torch.float32 else 5e-3)
-
-
-def test_identity_net_with_mirroring_returns_the_input():
-    """Flips are undone and the Gaussian weights sum to one at every voxel."""
-
-    class Identity(nn.Module):
-        def forward(self, x):
-            return x.repeat(1, 2, 1, 1, 1)
-
-    img = torch.randn(1, 30, 50, 41)
-    out = sliding_window(Identity(), img, PATCH, 0.5, 2, (0, 1, 2))
-    np.testing.assert_allclose(out[1].numpy(), img[0].numpy(), atol=1e-5)
-
-
-def test_slabs_arrive_in_z_order_and_the_accumulator_is_one_patch_deep():
-    seen, stats = [], {}
-    img = torch.randn(1, 64, 40, 40)
-    sliding_window(ConstNet(40, 1.0), img, PATCH, on_slab=lambda z, s: seen.append((z, s.shape[1])),
-                   max_slab_bytes=40 * 40 * 40 * 4 * 5, stats=stats)
-    assert [z for z, _ in seen] == list(np.cumsum([0] + [k for _, k in seen])[:-1])
-    assert sum(k for _, k in seen) == 64 and max(k for _, k in seen) <= 5
-    assert stats["accumulator_bytes"] == 40 * PATCH[0] * 40 * 40 * 4  # 1/4 of heads x volume here
-    assert stats["windows"] == 7 * 2 * 2 and stats["forward_s"] > 0
-
-
-def test_selected_heads_only_are_accumulated():
-    out = sliding_window(ThresholdNet(), torch.full((1, 16, 32, 32), 100.0), PATCH, heads=[3, 0])
-    assert out.shape[0] == 2 and float(out[0].max()) == -10.0 and float(out[1].min()) == 10.0
-
-
-# --- export --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("code,spacing,target", [("RAS", (2.5, 0.8, 0.8), (1.5, 1.0, 1.0)),
-                                                  ("LAS", (1.0, 1.0, 1.0), (4.0, 1.0, 1.0)),
-                                                  ("LPS", (3.0, 2.0, 2.0), (1.0, 1.3, 1.3))])
-def test_streamed_export_equals_restoring_whole_logit_volumes(code, spacing, target):
-    """Chunk by chunk, one head at a time, the masks equal restore_channel(order=1) on the full volume > 0."""
-    rng = np.random.default_rng(0)
-    img, g = scan(shape=(24, 40, 36), spacing=spacing, code=code)
-    resampled, props = prepare_image(img, g, target)
-    noise = rng.normal(size=(2, *resampled.shape))
-    logits = 20 * ndimage.gaussian_filter(noise, (0, 2, 2, 2)).astype(np.float32)
-    asm = MaskAssembler(props, 2)
-    z = 0
-    while z < resampled.shape[0]:
-        k = int(rng.integers(1, 5))
-        asm(z, torch.from_numpy(logits[:, z : z + k].copy()))
-        z += k
-    asm.finish()
-    for h in range(2):
-        expected = restore_channel(logits[h], props, order=1, fill=-1.0) > 0
-        assert np.array_equal(asm.mask(h).astype(bool), expected)
-        assert asm.counts[h] == expected.sum()
-
-
-# --- predict -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("code", ["RAS", "LPS", "LAS"])
 def test_prediction_has_exactly_the_input_geometry(tmp_path, checkpoint, code):
     g = write_scan(tmp_path / "in" / f"case_{code}_0000.nii.gz", code=code, spacing=(2.5, 1.5, 1.5))
@@ -324,18 +176,6 @@ def test_a_run_folder_loads_with_deep_supervision_off(checkpoint):
 
 
 # --- CUDA (run where a GPU is present; skipped elsewhere) ------------------------------------------
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@cuda
-def test_cuda_sliding_window_accumulates_in_float16_and_returns_the_constant():
-    stats = {}
-    out = sliding_window(ConstNet(3, 2.5), torch.randn(1, 37, 70, 45), PATCH, 0.5, 3, (0, 1), device="cuda",
-                         stats=stats)
-    assert stats["accumulator_dtype"] == "float16" and out.device.type == "cpu"
-    np.testing.assert_allclose(out.numpy(), 2.5, atol=5e-3)
-
-
 @cuda
 def test_cuda_prediction_agrees_with_cpu(tmp_path, checkpoint):
     g = write_scan(tmp_path / "in" / "a.nii.gz", code="RAS", spacing=(2.5, 1.5, 1.5))
@@ -382,6 +222,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess predicting a 384x128x128 scan with 40 heads
 def test_peak_memory_is_a_fraction_of_heads_times_volume(tmp_path):
     """40 heads on a 384x128x128 scan: heads x volume in float32 is 1 GB; the whole streamed prediction
     (reading, sliding window, export, writing) grows the peak resident memory by less than a third of

@@ -1,4 +1,5 @@
-"""Specification of the architecture registry: every registered model, small, on CPU."""
+"""The architecture registry (``multitalent.models``, its core): every registered model, small, on CPU --
+shapes, deep supervision, heads, backbone loading, rebuilding from its config."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from multitalent.models import (
     init_head_bias,
     list_models,
     load_backbone,
-    model_options,
     register,
     replace_heads,
-    training_options,
 )
 from multitalent.preprocessing.plans import Plans
 
@@ -43,23 +42,6 @@ def _as_list(y):
 
 def test_registry_lists_the_three_architectures():
     assert {"plain_unet", "resenc_unet", "swin_unetr"} <= set(list_models())
-
-
-def test_the_torch_free_table_is_the_registry():
-    """``multitalent.architectures`` (``--arch`` choices and ``TrainConfig.model_kwargs`` without importing
-    torch) lists every registered architecture with the options declared on ``@register``, and nothing else;
-    those options are keyword-only builder parameters and ``TrainConfig`` fields."""
-    from dataclasses import fields
-
-    from multitalent.architectures import ARCHITECTURE_OPTIONS, list_architectures
-    from multitalent.training.config import TrainConfig
-
-    assert list_architectures() == list_models()
-    train_fields = {f.name for f in fields(TrainConfig)}
-    for name in list_models():
-        assert ARCHITECTURE_OPTIONS[name] == training_options(name), name
-        assert set(training_options(name)) <= set(model_options(name)) & train_fields, name
-        assert set(TrainConfig(arch=name).model_kwargs()) <= set(training_options(name)), name
 
 
 def test_register_refuses_options_its_builder_does_not_take():
@@ -162,44 +144,6 @@ def test_config_rebuilds_the_model(name: str, plans: Plans):
     a, b = model.state_dict(), rebuilt.state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert rebuilt.load_state_dict(a) is not None
-
-
-def test_paper_plans_plain_unet_has_six_stages_32_to_320():
-    model = create_model("plain_unet", Plans(), num_heads=13)
-    encoder = model.backbone.encoder
-    assert list(encoder.output_channels) == [32, 64, 128, 256, 320, 320]
-    assert len(encoder.stages) == 6
-    assert len(model.output_strides()) == 5 == len(deep_supervision_scales(Plans()))
-    assert isinstance(encoder.stages[0][0].convs[0].norm, torch.nn.InstanceNorm3d)
-    assert encoder.stages[0][0].convs[0].conv.bias is not None
-
-
-def test_paper_plans_give_the_papers_parameter_counts():
-    """nnU-Net's topology at 96x192x192 / 1.5x1x1 mm: 30.8 M (plain) and 102 M (residual) parameters with
-    the defaults and with ``base_features=32`` (what ``multitalent train`` passes): the 320 cap holds."""
-    for name, millions in (("plain_unet", 30.8), ("resenc_unet", 102.0)):
-        for kw in ({}, {"base_features": 32}, {"base_features": 32, "max_features": 320}):
-            model = create_model(name, Plans(), num_heads=47, **kw)
-            n = sum(p.numel() for p in model.parameters()) / 1e6
-            assert n == pytest.approx(millions, abs=0.1), (name, kw, n)
-    uncapped = create_model("plain_unet", Plans(), num_heads=47, base_features=32, max_features=0)
-    assert list(uncapped.backbone.encoder.output_channels) == [32, 64, 128, 256, 512, 1024]
-
-
-def test_train_config_builds_the_papers_network():
-    from multitalent.training.config import TrainConfig
-
-    kw = TrainConfig().model_kwargs()
-    assert kw["max_features"] == 320
-    model = create_model("plain_unet", Plans(), num_heads=47, **kw)
-    assert list(model.backbone.encoder.output_channels) == [32, 64, 128, 256, 320, 320]
-
-
-def test_base_features_and_max_features_scale_the_topology(plans: Plans):
-    model = create_model("plain_unet", plans, 1, base_features=8, max_features=32)
-    assert list(model.backbone.encoder.output_channels) == [8, 16, 32, 32, 32][: plans.topology.n_stages]
-    resenc = create_model("resenc_unet", plans, 1, base_features=4, n_stages=5)
-    assert [len(s.blocks) for s in resenc.backbone.encoder.stages] == [1, 3, 4, 6, 6]
 
 
 def test_user_errors(plans: Plans):

@@ -117,6 +117,7 @@ def _assert_grads_close(actual: dict, expected: dict) -> None:
             torch.testing.assert_close(actual[name], g, rtol=TOL, atol=TOL, msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_and_gradients_of_one(pre, tmp_path):
     torch.set_num_threads(1)
     single = _train_step(str(pre.root), DistInfo())
@@ -166,6 +167,7 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_training_fails_fast_resumes_and_matches_one_process(pre, tmp_path, monkeypatch):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
@@ -218,6 +220,7 @@ def _devices_with_two_ranks() -> list:
         torch.cuda.device_count() < 2, reason="nccl needs two CUDA devices (one per rank)"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", _devices_with_two_ranks())
 def test_hanging_rank_is_ended_by_the_collective_timeout(pre, tmp_path, device):
     """Rank 1 stops answering inside a step (as with stuck I/O or a deadlock); rank 0 waits in the next
@@ -286,6 +289,7 @@ except Exception as e:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["kill", "error"])
 def test_a_collective_names_a_killed_rank_but_not_one_that_reported_its_own_error(mode):
     """The survivor's failed collective becomes a RankFailure naming the rank only when that rank vanished

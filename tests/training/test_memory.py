@@ -156,7 +156,7 @@ def test_an_architecture_without_calibration_is_not_checked():
 
 def test_the_calibration_measurement_runs():
     """The calibration script's measurement (one point, tiny) still runs against the training step's API."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_calibration.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_calibration.py"
     spec = importlib.util.spec_from_file_location("memory_calibration", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("memory_calibration", module)
