@@ -56,3 +56,12 @@ def test_both_objectives_score_a_batch_and_predict_one_logit_per_head():
         assert obj.head_logits(out.detach()).shape == (2, 3, 4, 4, 4)
         net = cls.for_prediction(torch.nn.Conv3d(1, cls.num_outputs(reg), 1), reg)
         assert net(torch.zeros(1, 1, 4, 4, 4)).shape == (1, 3, 4, 4, 4)
+
+
+def test_the_objective_flag_offers_exactly_the_registered_objectives():
+    import typing
+
+    from multitalent.training.config import TrainConfig
+
+    hint = typing.get_type_hints(TrainConfig)["objective"]
+    assert set(typing.get_args(hint)) == set(OBJECTIVES)

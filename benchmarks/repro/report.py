@@ -20,6 +20,7 @@ from repro.statistics import (
     all_converged,
     compare,
     dataset_average,
+    judge,
 )
 from repro.text import CONDITIONS, _num, _p, _pct, _points, _title, _verdict
 
@@ -473,27 +474,29 @@ def _ablations_text(ctx: dict, w: Callable[[str], None]) -> None:
     main = f"multitalent_{sizes.archs[0]}"
     heads = [h for h in summaries["single"]["heads"] if h in ctx["resolved"]]
     lesions = [h for h in heads if h in {x.id for x in ctx["registry"].heads if x.lesion}]
-    w("Each ablation changes one thing of MultiTalent (main backbone, 2N iterations, everything else equal) and "
-      "is scored like it. Dice in %, averages over the resolved heads; tests one-sided paired, H1: the ablation "
-      "beats the single-dataset models (and, second, MultiTalent as trained).\n")
+    w("Each ablation changes one thing of MultiTalent (main backbone; 2N iterations unless the budget is what "
+      "changes; everything else equal) and is scored like it. Dice in %, averages over the resolved heads; tests "
+      "one-sided paired, H1: the model beats the single-dataset models (and, second, MultiTalent as trained); "
+      "the verdict against the single-dataset models follows the rules above (every model involved converged, "
+      "tests over heads and over cases agreeing).\n")
     w("| model | what changes | converged | over datasets | over heads | lesion heads | p vs single (heads / "
-      "cases) | p vs MultiTalent (heads / cases) |")
-    w("|---|---|---|---:|---:|---:|---|---|")
+      "cases) | p vs MultiTalent (heads / cases) | vs single-dataset models |")
+    w("|---|---|---|---:|---:|---:|---|---|---|")
+    singles = [f"single_{ds}" for ds in ctx["dataset_ids"]]
     for key, what in [("single", "one model per dataset, N iterations"), (main, "as in the paper")] + [
             (f"ablation_{n}", ABLATION_TEXT.get(n, ", ".join(f"{k} = {v}" for k, v in kw)))
             for n, kw in sizes.ablations]:
         if key not in summaries:
             continue
         sm = summaries[key]
-        names = [f"single_{ds}" for ds in ctx["dataset_ids"]] if key == "single" else [key]
-        c = all_converged(conv, names)
-        tests = ""
+        c = all_converged(conv, singles if key == "single" else [key])
+        tests = "| | |"
         if key != "single":
             t1, t2 = compare(sm, summaries["single"], heads), compare(sm, summaries[main], heads)
+            verdict = judge([t1["heads"], t1["cases"]], all_converged(conv, [key, *singles]), ctx["judged"])
             tests = (f"| {_p(t1['heads']['p_greater'])} / {_p(t1['cases']['p_greater'])} | "
-                     + ("" if key == main else f"{_p(t2['heads']['p_greater'])} / {_p(t2['cases']['p_greater'])}"))
-        else:
-            tests = "| |"
+                     + ("" if key == main else f"{_p(t2['heads']['p_greater'])} / {_p(t2['cases']['p_greater'])}")
+                     + f" | {_verdict(verdict)}")
         w(f"| {_title(key)} | {what} | {'yes' if c else 'no' if c is not None else '?'} | "
           f"{_pct(dataset_average(sm, heads))} | {_pct(_mean_dice(sm, heads))} | {_pct(_mean_dice(sm, lesions))} "
           f"{tests} |")

@@ -142,6 +142,7 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert "**holds**" not in text and "**does not hold**" not in text
     abl = _section(text, "## Ablations")
     assert "| ablation_width16 |" in abl and ctx["summaries"]["ablation_width16"]["heads"]
+    assert "vs single-dataset models" in abl and "not judged" in abl  # test sizes give no verdict here either
     assert (out / "runs" / "ablation_width16" / "checkpoint_final.pt").is_file()
     conv = _section(text, "## 0. Convergence")
     for name in ("multitalent_plain_unet", "merged_softmax", "single_D005", "finetune_scratch_seed0"):
