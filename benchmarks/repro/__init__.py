@@ -21,8 +21,9 @@ from repro.statistics import (
     findings,
     judge,
     paired,
+    within_noise,
 )
 
 __all__ = ["ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
            "analysis", "calibration_note", "compare", "convergence", "findings", "gpu_projection", "judge", "main",
-           "paired", "projection", "run", "write_report"]
+           "paired", "projection", "run", "within_noise", "write_report"]

@@ -21,6 +21,7 @@ from repro.statistics import (
     compare,
     dataset_average,
     judge,
+    within_noise,
 )
 from repro.text import CONDITIONS, _num, _p, _pct, _points, _title, _verdict
 
@@ -183,18 +184,28 @@ def _render_convergence(v: _View) -> None:
       f"{100 * CONVERGENCE_TOL:.0f} Dice point over the last quarter of training: the curve's mean over the "
       "last eighth of the epochs minus its mean over the eighth that ends at 75 % of training (means of "
       "several epochs, so that the noise of a few validation patches does not decide). The learning rate "
-      "decays to zero (poly), so this says the run stopped gaining under its schedule.\n")
+      "decays to zero (poly), so this says the run stopped gaining under its schedule. This criterion was "
+      "stated before the run and decides the verdicts.\n")
+    w("**A second, noise-aware reading** (added after this run's curves were seen, reported beside the first, "
+      "never instead of it): a pseudo-Dice over a dozen validation patches moves by a point or two from epoch "
+      "to epoch, so a plateaued run can show a one-point 'gain' by chance. From the epoch-to-epoch differences "
+      "over the second half of each curve, its per-epoch noise (sd) and the standard error of the gain follow; "
+      "a run has converged *within noise* when its gain is below one point plus two standard errors. The "
+      "summary gives the verdicts under both readings. No test case enters either.\n")
     w(f"![validation curves]({curves_png.name})\n")
     w(f"*`{curves_png.name}`: every run's validation curve; dashed: not converged by the criterion.*\n")
     w("| run | iterations | pseudo-Dice at 25 / 50 / 75 / 100 % of training (%) | gain over the last "
-      "quarter (points) | converged |")
-    w("|---|---:|---|---:|---|")
+      "quarter (points) | converged | noise per epoch (sd, points) | gain's standard error | converged within "
+      "noise |")
+    w("|---|---:|---|---:|---|---:|---:|---|")
+    states = {True: "yes", False: "**no**", None: "cannot be judged"}
     for name, c in conv.items():
         q = " / ".join(_pct(v) for v in _quarters(c))
         gain = None if c["gain_last_quarter"] is None else 100 * c["gain_last_quarter"]
-        state = {True: "yes", False: "**no**", None: "cannot be judged"}[c["converged"]]
         last = c["iterations"][-1] if c["iterations"] else 0
-        w(f"| {name} | {last} | {q} | {_num(gain, '+.2f')} | {state} |")
+        sd, se = (None if c.get(k) is None else 100 * c[k] for k in ("noise_sd", "gain_se"))
+        w(f"| {name} | {last} | {q} | {_num(gain, '+.2f')} | {states[c['converged']]} | {_num(sd, '.2f')} | "
+          f"{_num(se, '.2f')} | {states[c.get('converged_within_noise')]} |")
     w("")
     samples = ctx["samples"]
     if samples:
@@ -441,10 +452,12 @@ def _render_summary(v: _View) -> None:
     """## Summary: every claim with its verdict."""
     ctx, w = v.ctx, v.w
     w("## Summary: the paper's claims at this scale\n")
-    w("| claim | paper | here | verdict |")
-    w("|---|---|---|---|")
+    w("| claim | paper | here | verdict | verdict with the noise-aware convergence reading |")
+    w("|---|---|---|---|---|")
+    second = {f["key"]: f["verdict"] for f in ctx.get("findings_noise", [])}
     for f in ctx["findings"]:
-        w(f"| {f['claim']} | {f['paper']} | {f['measured']} | {_verdict(f['verdict'])} |")
+        w(f"| {f['claim']} | {f['paper']} | {f['measured']} | {_verdict(f['verdict'])} | "
+          f"{_verdict(second.get(f['key'], f['verdict']))} |")
     w("")
 
 RENDERERS = (_render_intro, _render_run, _render_convergence, _render_table1, _render_fidelity, _render_transfer,
@@ -494,9 +507,11 @@ def _ablations_text(ctx: dict, w: Callable[[str], None]) -> None:
         if key != "single":
             t1, t2 = compare(sm, summaries["single"], heads), compare(sm, summaries[main], heads)
             verdict = judge([t1["heads"], t1["cases"]], all_converged(conv, [key, *singles]), ctx["judged"])
+            second = judge([t1["heads"], t1["cases"]], all_converged(within_noise(conv), [key, *singles]),
+                           ctx["judged"])
             tests = (f"| {_p(t1['heads']['p_greater'])} / {_p(t1['cases']['p_greater'])} | "
                      + ("" if key == main else f"{_p(t2['heads']['p_greater'])} / {_p(t2['cases']['p_greater'])}")
-                     + f" | {_verdict(verdict)}")
+                     + f" | {_verdict(verdict)} (noise-aware: {_verdict(second)})")
         w(f"| {_title(key)} | {what} | {'yes' if c else 'no' if c is not None else '?'} | "
           f"{_pct(dataset_average(sm, heads))} | {_pct(_mean_dice(sm, heads))} | {_pct(_mean_dice(sm, lesions))} "
           f"{tests} |")

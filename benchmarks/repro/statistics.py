@@ -43,7 +43,25 @@ def convergence(run: Path) -> dict:
     out["gain_last_quarter"] = float(np.mean(y[-w:]) - np.mean(y[q3 - w:q3]))
     out["converged"] = bool(out["gain_last_quarter"] < CONVERGENCE_TOL)
     out["final"] = float(np.mean(y[-max(1, len(y) // 4):]))
+    out.update(noise_aware(y, w, out["gain_last_quarter"]))
     return out
+
+
+def noise_aware(y: list[float], w: int, gain: float) -> dict:
+    """The secondary, noise-aware reading of the same gain: the validation noise of one epoch's pseudo-Dice,
+    estimated from the epoch-to-epoch differences over the second half of the curve (sd / sqrt 2, which a
+    trend only inflates), gives the standard error of the difference of two means of ``w`` epochs; a run
+    has converged *within noise* when its gain is below one point plus two standard errors, i.e. when the
+    curve gives no evidence (one-sided, ~97.5 %) of a gain of a point or more."""
+    d = np.diff(np.asarray(y[len(y) // 2:], dtype=np.float64))
+    sigma = float(np.std(d, ddof=1) / np.sqrt(2)) if len(d) > 1 else 0.0
+    se = sigma * float(np.sqrt(2.0 / w))
+    return {"noise_sd": sigma, "gain_se": se, "converged_within_noise": bool(gain < CONVERGENCE_TOL + 2 * se)}
+
+
+def within_noise(conv: dict) -> dict:
+    """``conv`` with each run's ``converged`` replaced by its noise-aware reading (for the second verdicts)."""
+    return {n: {**c, "converged": c.get("converged_within_noise", c.get("converged"))} for n, c in conv.items()}
 
 
 def samples_per_dataset(run: Path, pre_cases: list[dict]) -> dict[str, float]:

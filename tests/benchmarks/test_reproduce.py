@@ -120,6 +120,19 @@ def test_convergence_is_the_gain_over_the_last_quarter(reproduce, tmp_path):
     assert reproduce.convergence(tmp_path / "short")["converged"] is None
 
 
+def test_the_noise_aware_reading_forgives_a_plateau_but_not_a_climb(reproduce, tmp_path):
+    plateau = [0.46 + (0.015 if i % 2 else -0.015) for i in range(32)]  # flat, 1.5 points of noise
+    plateau[-4:] = [v + 0.012 for v in plateau[-4:]]  # and a 1.2-point 'gain' at the end
+    _write_log(tmp_path / "flat", plateau)
+    c = reproduce.convergence(tmp_path / "flat")
+    assert c["converged"] is False and c["converged_within_noise"] is True and 0.005 < c["noise_sd"] < 0.03
+    climb = [0.01 * i for i in range(32)]  # one point per epoch, no noise
+    _write_log(tmp_path / "climb", climb)
+    c = reproduce.convergence(tmp_path / "climb")
+    assert c["converged"] is False and c["converged_within_noise"] is False
+    assert reproduce.within_noise({"r": c})["r"]["converged"] is False
+
+
 def t1_text(text: str) -> str:
     return _section(text, "## 1. MultiTalent")
 
