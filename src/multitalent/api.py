@@ -38,9 +38,11 @@ def finetune(model: str | os.PathLike, preprocessed: str | os.PathLike, out: str
     return _finetune(model, preprocessed, out, FinetuneConfig(**options))
 
 
-def predict(model: str | os.PathLike, input: str | os.PathLike, output: str | os.PathLike, **options) -> list[Path]:
-    """``multitalent predict`` on files: ``options`` are :class:`~multitalent.inference.config.PredictConfig`
-    fields. Returns the case folders written."""
+def predict(model: str | os.PathLike | list, input: str | os.PathLike, output: str | os.PathLike,
+            **options) -> list[Path]:
+    """``multitalent predict`` on files: ``model`` is a run, a checkpoint or a list of them (an ensemble);
+    ``options`` are :class:`~multitalent.inference.config.PredictConfig` fields. Returns the case folders
+    written."""
     from multitalent.inference.config import PredictConfig
     from multitalent.inference.predict import predict as _predict
 

@@ -56,7 +56,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from multitalent.inference.predict import predict
 
     cfg = from_namespace(PredictConfig, a, quiet=a.quiet)
-    written = predict(a.model, a.input, a.output, cfg)
+    written = predict(a.model if len(a.model) > 1 else a.model[0], a.input, a.output, cfg)
     print(f"predicted {len(written)} case(s) into {a.output}")
 
 
@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", parents=[common], help="segment scans with every head in one pass")
-    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint file")
+    p.add_argument("-m", "--model", required=True, nargs="+",
+                   help="run folder or checkpoint file; several (or a folder of run folders, like nnU-Net's "
+                        "folds) predict as an ensemble that averages their logits")
     p.add_argument("-i", "--input", required=True, help="NIfTI file, folder of NIfTI files, or DICOM series folder")
     p.add_argument("-o", "--output", required=True, help="output folder")
     add_dataclass_arguments(p, PredictConfig, skip=("quiet",))

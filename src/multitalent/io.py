@@ -335,6 +335,49 @@ def direction_for(code: str) -> tuple[float, ...]:
     return tuple(float(v) for v in sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(code))
 
 
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the DICOM series in ``folder`` in the order of :func:`read_image`'s z axis."""
+    with keep_locale():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+        if len(series) != 1:
+            raise UserInputError(f"{folder}: expected one DICOM series, found {len(series)}.")
+        return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def write_dicom_seg(path: str | os.PathLike, masks: np.ndarray, source: str | os.PathLike,
+                    segments: list[tuple[str, str]], version: str) -> None:
+    """Write binary masks [z, y, x, segment] (on the grid :func:`read_image` gives ``source``, a DICOM series
+    folder) as one DICOM-SEG object referencing that series; ``segments``: (label, description) each."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    files = dicom_series_files(source)
+    if masks.shape[0] != len(files):
+        raise ValueError(f"{len(files)} DICOM slices in {source}, {masks.shape[0]} mask slices")
+    images = [pydicom.dcmread(f) for f in files]
+    algo = hd.AlgorithmIdentificationSequence(name="MultiTalent", version=version,
+                                              family=codes.cid7162.ArtificialIntelligence)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i + 1, segment_label=label[:64], segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo, tracking_id=label[:64], tracking_uid=hd.UID())
+        for i, (label, _) in enumerate(segments)]
+    for d, (_, text) in zip(descriptions, segments):
+        d.SegmentDescription = text[:64]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=images, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9001,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="multitalent",
+            manufacturer_model_name="MultiTalent", software_versions=version, device_serial_number="0",
+            series_description="MultiTalent segmentation")
+    except (ValueError, AttributeError) as e:
+        raise UserInputError(f"{source}: cannot write a DICOM-SEG for this series ({e}).") from None
+    seg.save_as(str(path))
+
+
 def write_dicom_series(folder: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
     """Write an int16 (z, y, x) volume as a DICOM series (one file per slice); for tests and phantoms."""
     with keep_locale():
@@ -358,6 +401,7 @@ def _write_dicom_series(folder: str | os.PathLike, array: np.ndarray, geometry: 
             "0008|0060": "CT",
             "0020|000e": series_uid,
             "0020|000d": series_uid + ".1",
+            "0020|0052": series_uid + ".2",  # frame of reference (DICOM-SEG export needs it)
             "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
                                                           direction[1], direction[4], direction[7])),
             "0020|0032": "\\".join(f"{v:.6f}" for v in origin),

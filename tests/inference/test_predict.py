@@ -27,21 +27,25 @@ from multitalent.registry import HeadRegistry
 from tests.inference.helpers import fake_predictor, plans, quiet, registry, scan, write_scan
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def save_tiny_checkpoint(path: Path, seed: int = 0, reg: HeadRegistry | None = None,
+                         spacing=(3.0, 2.0, 2.0)) -> Path:
     """A tiny real network saved the way training saves it (deep supervision on while training)."""
     from multitalent.models import create_model
     from multitalent.training.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    reg, p = registry(), plans((3.0, 2.0, 2.0))
+    torch.manual_seed(seed)
+    reg, p = reg or registry(), plans(spacing)
     model = create_model("plain_unet", p, num_heads=len(reg), deep_supervision=True, base_features=4,
                          n_stages=3)
-    path = tmp_path_factory.mktemp("run") / "checkpoint_final.pt"
     save_checkpoint(path, {"model_config": model.config, "state_dict": model.state_dict(),
                            "plans": p.to_dict(), "heads": reg.to_dict(),
                            "config": {"mirror_axes": [0, 1]}, "epoch": 1})
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("run") / "checkpoint_final.pt")
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -128,7 +132,8 @@ def test_statistics_preview_and_probabilities_are_written(tmp_path):
     write_scan(tmp_path / "in" / "b.nii.gz", code="RAS")
     out = tmp_path / "out"
     run_prediction(fake_predictor(), tmp_path / "in", out,
-                   quiet(statistics=True, preview=True, save_probabilities=True, prefetch=False))
+                   quiet(statistics=True, preview=True, save_probabilities=True, prefetch=False,
+                         probabilities_grid="network"))
     stats = json.loads((out / "statistics.json").read_text())
     img, _ = scan()
     ml = float(np.prod(g.spacing)) / 1000
@@ -241,3 +246,119 @@ def test_peak_memory_is_a_fraction_of_heads_times_volume(tmp_path):
     assert delta < 0.3 * full, f"peak grew by {delta / 2**20:.0f} MB; heads x volume is {full / 2**20:.0f} MB"
     seg, _ = io.read_label(tmp_path / "out" / "big" / "D001.nii.gz")
     assert seg.shape == shape and seg.max() == 26  # head i fires above 10*i HU; the scan reaches 255 HU
+
+
+# --- recorded settings and ensembles --------------------------------------------------------------
+def test_heads_json_records_every_setting(tmp_path, checkpoint):
+    import multitalent
+
+    write_scan(tmp_path / "in" / "a.nii.gz")
+    predict(checkpoint.parent, tmp_path / "in", tmp_path / "out", quiet(step=0.75, mirror=True))
+    s = json.loads((tmp_path / "out" / "heads.json").read_text())["settings"]
+    assert s["multitalent_version"] == multitalent.__version__
+    assert s["checkpoints"] == [str(checkpoint)] and not s["ensemble"]
+    assert s["device"] == "cpu" and s["mirror_axes"] == [0, 1] and s["postprocessing"] is None
+    assert s["options"]["step"] == 0.75 and s["options"]["mirror"] and s["options"]["checkpoint"] == "final"
+    assert set(s["options"]) >= {"window_batch", "datasets", "heads", "save_probabilities", "continue"}
+
+
+def test_an_ensemble_averages_the_members_logits(tmp_path):
+    runs = tmp_path / "folds"
+    paths = [save_tiny_checkpoint(_mkdir(runs / f"fold_{i}") / "checkpoint_final.pt", seed=i) for i in (0, 1)]
+    members = [load_predictor(p) for p in paths]
+    x = np.random.default_rng(0).normal(size=(12, 30, 34)).astype(np.float32)
+    expected = (members[0].sliding_window(x) + members[1].sliding_window(x)) / 2
+    for model in (paths, runs):  # a list of checkpoints, or a folder of run folders (nnU-Net's folds)
+        ens = load_predictor(model)
+        assert ens.members == [str(p) for p in paths]
+        assert torch.allclose(ens.sliding_window(x), expected, atol=1e-5)
+    write_scan(tmp_path / "in" / "a.nii.gz")
+    predict(runs, tmp_path / "in", tmp_path / "out", quiet())
+    s = json.loads((tmp_path / "out" / "heads.json").read_text())["settings"]
+    assert s["ensemble"] and s["checkpoints"] == [str(p) for p in paths]
+
+
+def test_ensemble_members_must_share_heads_and_plans(tmp_path):
+    a = save_tiny_checkpoint(_mkdir(tmp_path / "a") / "checkpoint_final.pt")
+    fewer = HeadRegistry(registry().heads[:3], registry().datasets)
+    b = save_tiny_checkpoint(_mkdir(tmp_path / "b") / "checkpoint_final.pt", reg=fewer)
+    c = save_tiny_checkpoint(_mkdir(tmp_path / "c") / "checkpoint_final.pt", spacing=(2.0, 2.0, 2.0))
+    with pytest.raises(UserInputError, match=r"b/checkpoint_final.pt: .*D002_spleen"):
+        load_predictor([a, b])
+    with pytest.raises(UserInputError, match=r"c/checkpoint_final.pt: .*'spacing'"):
+        load_predictor([a, c])
+    write_scan(tmp_path / "in" / "x.nii.gz")
+    r = subprocess.run([sys.executable, "-m", "multitalent", "predict", "-q", "-m", str(a), str(b),
+                        "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2 and "D002_spleen" in r.stderr and not (tmp_path / "out").exists()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_merged_map_puts_the_smaller_structure_on_top(tmp_path):
+    """Nested heads whose registry order is the reverse of their size: painted by decreasing predicted
+    volume, each smaller structure stays visible inside the larger one."""
+    from tests.inference.helpers import ThresholdNet
+
+    g = write_scan(tmp_path / "in" / "a.nii.gz")
+    net = ThresholdNet((200.0, 50.0, -500.0, 1000.0))  # tumour box < liver box < body; spleen empty
+    out = tmp_path / "out"
+    run_prediction(fake_predictor(net), tmp_path / "in", out, quiet(merged=True))
+    merged, mg = io.read_label(out / "a" / "merged.nii.gz")
+    img, _ = scan()
+    assert mg.matches(g) is None
+    expected = np.select([img > 200, img > 50, img > -500], [1, 2, 3], 0)
+    assert np.array_equal(merged, expected)
+    assert (out / "a" / "D001.nii.gz").is_file() and (out / "a" / "D002.nii.gz").is_file()
+    table = json.loads((out / "merged_labels.json").read_text())
+    assert table[0] == {"value": 1, "head": "D001_liver", "dataset": "D001", "class": "liver"}
+    assert [r["value"] for r in table] == [1, 2, 3, 4]
+    rows = (out / "merged_labels.csv").read_text().splitlines()
+    assert rows[0] == "value,head,dataset,class" and rows[3] == "3,D002_kidney,D002,kidney"
+    assert json.loads((out / "heads.json").read_text())["outputs"]["merged"]["file"] == "<case>/merged.nii.gz"
+
+
+@pytest.mark.parametrize("code", ["LPS", "RAS"])
+def test_probabilities_on_the_original_grid_match_the_input(tmp_path, code):
+    g = write_scan(tmp_path / "in" / "a.nii.gz", code=code, spacing=(2.5, 1.2, 1.7))
+    run_prediction(fake_predictor(), tmp_path / "in", tmp_path / "out", quiet(save_probabilities=True))
+    with np.load(tmp_path / "out" / "a" / "probabilities.npz") as z:
+        probs, props = z["probabilities"], json.loads(str(z["properties"]))
+        assert str(z["grid"]) == "original" and list(z["heads"]) == registry().ids
+    assert probs.dtype == np.float16 and probs.shape == (4, *g.shape)
+    assert io.Geometry.from_dict(props["original_geometry"]).matches(g) is None
+    tumour, _ = io.read_label(tmp_path / "out" / "a" / "D001.nii.gz")
+    assert np.array_equal(probs[1] > 0.5, tumour == 2)  # the same thresholding as the label maps
+    assert not [p for p in (tmp_path / "out" / "a").iterdir() if p.suffix == ".npy"]
+    heads = json.loads((tmp_path / "out" / "heads.json").read_text())
+    assert heads["outputs"]["probabilities"]["grid"] == "original"
+
+
+def test_dicom_seg_holds_one_segment_per_head_on_the_source_series(tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from tests.inference.helpers import ThresholdNet
+
+    img, g = scan(code="RAS")
+    io.write_dicom_series(tmp_path / "series7", img.astype(np.int16), g)
+    net = ThresholdNet((50.0, 200.0, 50.0, 1000.0))  # the spleen head finds nothing: an empty segment
+    run_prediction(fake_predictor(net), tmp_path / "series7", tmp_path / "out", quiet(dicom_seg=True))
+    seg = hd.seg.segread(tmp_path / "out" / "series7" / "segmentation.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == registry().ids
+    assert seg.SegmentSequence[1].SegmentDescription == "Liver: tumor"
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in io.dicom_series_files(tmp_path / "series7")]
+    px = seg.get_pixels_by_source_instance([s.SOPInstanceUID for s in sources], segment_numbers=[1, 2, 3, 4])
+    d001, _ = io.read_label(tmp_path / "out" / "series7" / "D001.nii.gz")
+    assert px.shape == (*g.shape, 4) and np.array_equal(px[..., 1] > 0, d001 == 2)
+    assert np.array_equal(px[..., 0] > 0, d001 > 0) and not px[..., 3].any()
+
+
+def test_dicom_seg_refuses_nifti_inputs(tmp_path):
+    write_scan(tmp_path / "in" / "a.nii.gz")
+    with pytest.raises(UserInputError, match=r"a.nii.gz: --dicom-seg needs DICOM"):
+        run_prediction(fake_predictor(), tmp_path / "in", tmp_path / "out", quiet(dicom_seg=True))
+    assert not (tmp_path / "out").exists()

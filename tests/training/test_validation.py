@@ -35,6 +35,9 @@ def test_best_checkpoint_and_final_validation_on_whole_scans(pre, tmp_path):
         if h.dataset in val_ds:
             assert summary["heads"][h.id]["dice_mean"] is not None, h.id
     assert (run / "validation" / "summary.md").is_file()
+    pp = json.loads((run / "postprocessing.json").read_text())  # the largest-component decision per head
+    assert set(pp["heads"]) == {h.id for h in pre.registry.heads if h.dataset in val_ds}
+    assert all(isinstance(v["largest_component"], bool) for v in pp["heads"].values())
     for case in meta["val_cases"]:  # predicted in the scan's own geometry
         ds = next(c["dataset"] for c in pre.cases if c["case"] == case)
         assert (run / "validation" / "predictions" / case / f"{ds}.nii.gz").is_file()

@@ -167,6 +167,41 @@ class MaskAssembler:
                 out[self.crop_mask(local[heads[i]])] = values[i]
         return self.to_original(out)
 
+    def keep_largest_component(self, h: int) -> None:
+        """Postprocessing: reduce head ``h``'s mask to its largest connected component (counts follow)."""
+        from multitalent.inference.postprocess import largest_component
+
+        mask = largest_component(self.crop_mask(h))
+        self.packed[h] = np.packbits(mask.reshape(mask.shape[0], -1), axis=1)
+        self.counts[h] = int(np.count_nonzero(mask))
+
+    def merged(self) -> np.ndarray:
+        """Every channel in one label map on the original grid, channel k painted with value k + 1. Larger
+        predicted structures are painted first, so a smaller one overlapping them stays on top (ties: channel
+        order); the volumes are this case's, so the order is per case."""
+        dtype = np.uint8 if self.num_heads <= 255 else np.int16
+        out = np.zeros(self.crop_shape, dtype=dtype)
+        for k in sorted(range(self.num_heads), key=lambda k: -int(self.counts[k])):
+            out[self.crop_mask(k)] = k + 1
+        return self.to_original(out)
+
+
+def merged_label_table(registry: HeadRegistry, selected: list[int]) -> list[dict]:
+    """The values of :meth:`MaskAssembler.merged` for the heads ``selected`` (registry indices, channel order)."""
+    return [{"value": k + 1, "head": registry.heads[g].id, "dataset": registry.heads[g].dataset,
+             "class": registry.heads[g].name} for k, g in enumerate(selected)]
+
+
+def write_merged_labels(out: Path, table: list[dict]) -> None:
+    """``merged_labels.json`` and ``merged_labels.csv`` (value, head, dataset, class) for ``merged.nii.gz``."""
+    from multitalent.errors import write_json
+
+    write_json(out / "merged_labels.json", table)
+    with atomic_path(out / "merged_labels.csv", suffix=".tmp") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["value", "head", "dataset", "class"])
+        w.writeheader()
+        w.writerows(table)
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)
@@ -178,9 +213,26 @@ def open_probabilities(folder: Path, num_heads: int, shape: Sequence[int]) -> np
                                      shape=(int(num_heads), *(int(s) for s in shape)))
 
 
-def pack_probabilities(folder: Path, memmap: np.ndarray, head_ids: list[str], props: dict) -> Path:
-    """Zip the memmap into ``folder/probabilities.npz`` (keys ``probabilities``, ``heads``, ``properties``)
-    without loading it, then remove the ``.npy``."""
+def restore_probabilities(folder: Path, memmap: np.ndarray, props: dict) -> np.ndarray:
+    """The network-grid memmap -> a float16 memmap [heads, *original shape] on the input's own grid (linear
+    interpolation, 0 outside the body crop), one head in memory at a time; the network-grid file is removed."""
+    from multitalent.preprocessing.pipeline import restore_channel
+
+    shape = io.Geometry.from_dict(props["original_geometry"]).shape
+    out = np.lib.format.open_memmap(folder / "probabilities_original.npy", mode="w+", dtype=np.float16,
+                                    shape=(memmap.shape[0], *shape))
+    for h in range(memmap.shape[0]):
+        out[h] = restore_channel(np.asarray(memmap[h], dtype=np.float32), props, order=1).astype(np.float16)
+    source = Path(memmap.filename)
+    del memmap
+    os.unlink(source)
+    return out
+
+
+def pack_probabilities(folder: Path, memmap: np.ndarray, head_ids: list[str], props: dict,
+                       grid: str = "network") -> Path:
+    """Zip the memmap into ``folder/probabilities.npz`` (keys ``probabilities``, ``heads``, ``properties``,
+    ``grid``) without loading it, then remove the ``.npy``."""
     memmap.flush()
     npy = Path(memmap.filename)
     del memmap
@@ -188,7 +240,8 @@ def pack_probabilities(folder: Path, memmap: np.ndarray, head_ids: list[str], pr
     with atomic_path(final) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
                                                      compresslevel=1, allowZip64=True) as zf:
         zf.write(npy, "probabilities.npy")
-        for name, value in (("heads", np.array(head_ids)), ("properties", np.array(json.dumps(props)))):
+        for name, value in (("heads", np.array(head_ids)), ("properties", np.array(json.dumps(props))),
+                            ("grid", np.array(grid))):
             buf = _pyio.BytesIO()
             np.lib.format.write_array(buf, value, allow_pickle=False)
             zf.writestr(f"{name}.npy", buf.getvalue())

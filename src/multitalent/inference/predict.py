@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,18 @@ from multitalent.errors import UserInputError, atomic_dir, ensure_output_dir, wr
 from multitalent.inference.config import PredictConfig
 from multitalent.inference.export import (
     MaskAssembler,
+    merged_label_table,
     open_probabilities,
     pack_probabilities,
     preview_centre,
     preview_slices,
+    restore_probabilities,
+    write_merged_labels,
     write_preview,
     write_statistics,
 )
+from multitalent.inference.postprocess import FILE as POSTPROCESSING_FILE
+from multitalent.inference.postprocess import load_decision
 from multitalent.inference.sliding_window import SlabCallback, sliding_window
 from multitalent.objectives import get_objective
 from multitalent.preprocessing.normalization import normalize, normalized_air
@@ -59,6 +64,10 @@ class Predictor:
     mirror_axes: tuple[int, ...] = (0, 1)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     source: str = ""
+    members: list[str] = field(default_factory=list)  # the checkpoint files (several for an ensemble)
+    #: postprocessing: the heads whose mask is reduced to its largest connected component, and its files
+    largest_component: list[str] = field(default_factory=list)
+    postprocessing_files: list[str] = field(default_factory=list)
 
     @property
     def pad_value(self) -> float:
@@ -66,19 +75,21 @@ class Predictor:
         return normalized_air(self.plans.normalization)
 
     @classmethod
-    def from_run(cls, run: str | os.PathLike, device: str = "cpu", checkpoint: str = "final") -> Predictor:
-        """The network of a run folder (its final or best checkpoint) or of a checkpoint file."""
+    def from_run(cls, run: ModelSpec, device: str = "cpu", checkpoint: str = "final") -> Predictor:
+        """The network of a run folder (its final or best checkpoint) or of a checkpoint file; a list of
+        them (or a folder of run folders) is an ensemble that averages the members' logits."""
         return load_predictor(run, device, checkpoint)
 
     def __call__(self, image: sitk.Image | np.ndarray, spacing: tuple[float, float, float] | None = None,
                  origin: tuple[float, float, float] = (0.0, 0.0, 0.0), direction: tuple[float, ...] | None = None,
-                 heads: bool = False, step: float = 0.5, mirror: bool = False) -> dict:
+                 heads: bool = False, step: float = 0.5, mirror: bool = False, postprocess: bool = True) -> dict:
         """Segment one scan in memory: a SimpleITK image, or a (z, y, x) array in HU with its ``spacing``
         (z, y, x, mm), ``origin`` and ``direction`` (ITK's, row-major; identity by default).
 
         Returns ``{dataset id: label map}`` in each dataset's own label values and in the input's geometry
         (SimpleITK images for an image input, arrays for an array input); with ``heads=True`` also
-        ``{"heads": {head id: binary mask}}``, the same way.
+        ``{"heads": {head id: binary mask}}``, the same way. ``postprocess``: apply the run's postprocessing
+        (``largest_component``).
         """
         as_array = not isinstance(image, sitk.Image)
         if as_array:
@@ -102,6 +113,9 @@ class Predictor:
         asm = MaskAssembler(props, len(self.registry))
         self.sliding_window(normalize(prepared, self.plans.normalization), asm, step=step, mirror=mirror)
         asm.finish()
+        for k, h in enumerate(self.registry.ids):
+            if postprocess and h in self.largest_component:
+                asm.keep_largest_component(k)
         local = {i: i for i in range(len(self.registry))}
 
         def out(a: np.ndarray):
@@ -125,14 +139,49 @@ class Predictor:
                               pad_value=self.pad_value, device=self.device, progress=progress, stats=stats)
 
 
-def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.device = "cpu",
-                   checkpoint: str = "final") -> Predictor:
-    """Rebuild the network of a checkpoint (or a run folder's final/latest or best checkpoint) for inference."""
+ModelSpec = str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...]
+_RUN_CHECKPOINTS = ("checkpoint_final.pt", "checkpoint_latest.pt", "checkpoint_best.pt")
+
+
+class EnsembleNet(nn.Module):
+    """Several networks as one: each window goes through every member and their head logits are averaged,
+    so the streaming sliding window (and its bounded memory) is unchanged."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.members[0](x)
+        for member in self.members[1:]:
+            out = out + member(x)
+        return out / len(self.members)
+
+
+def _is_run(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _RUN_CHECKPOINTS)
+
+
+def model_paths(model: ModelSpec) -> list[Path]:
+    """The members of ``model``: a checkpoint file or run folder is one; a list gives one each; a folder
+    without checkpoints whose sub-folders are runs (like nnU-Net's folds) gives those sub-folders."""
+    items = [Path(model)] if isinstance(model, (str, os.PathLike)) else [Path(m) for m in model]
+    if not items:
+        raise UserInputError("no model given; pass a run folder, a checkpoint file or several of them.")
+    paths: list[Path] = []
+    for item in items:
+        subs = sorted(p for p in item.iterdir() if p.is_dir() and _is_run(p)) \
+            if item.is_dir() and not _is_run(item) else []
+        paths += subs or [item]
+    return paths
+
+
+def _load_member(path: Path, dev: torch.device, checkpoint: str) -> Predictor:
+    """One checkpoint's network, plans, heads and mirror axes."""
     from multitalent.models import create_model
     from multitalent.training.checkpoint import load_checkpoint
 
-    dev = resolve_device(str(device))
-    ckpt = load_checkpoint(checkpoint_or_run, map_location="cpu", which=checkpoint)
+    ckpt = load_checkpoint(path, map_location="cpu", which=checkpoint)
     plans = Plans.from_dict(ckpt.plans)
     registry = HeadRegistry.from_dict(ckpt.heads)
     objective = get_objective(ckpt.config.get("objective", "multitalent"))
@@ -150,7 +199,47 @@ def load_predictor(checkpoint_or_run: str | os.PathLike, device: str | torch.dev
         net = net.to(memory_format=torch.channels_last_3d)
     net.to(dev).eval()
     mirror = ckpt.config.get("mirror_axes", [0, 1])
-    return Predictor(net, plans, registry, tuple(int(a) for a in mirror), dev, ckpt.path)
+    pp_file = Path(ckpt.path).parent / POSTPROCESSING_FILE
+    decision = load_decision(pp_file.parent)
+    return Predictor(net, plans, registry, tuple(int(a) for a in mirror), dev, ckpt.path, [ckpt.path],
+                     [h for h in registry.ids if decision.get(h)], [str(pp_file)] if pp_file.is_file() else [])
+
+
+def check_compatible(first: Predictor, other: Predictor) -> None:
+    """Ensemble members must share the head registry and the plans' spacing, patch and normalisation."""
+    where = f"{other.source}: ensemble member differs from {first.source}"
+    if other.registry.ids != first.registry.ids:
+        only = sorted(set(other.registry.ids) ^ set(first.registry.ids))
+        raise UserInputError(f"{where} in its heads ({only or 'same heads in another order'}); "
+                             "ensemble only runs trained on the same collection.")
+    if other.registry.to_dict() != first.registry.to_dict():
+        raise UserInputError(f"{where} in its head registry (label values or dataset descriptions).")
+    for key in ("spacing", "patch_size", "normalization"):
+        a, b = getattr(first.plans, key), getattr(other.plans, key)
+        if a != b:
+            raise UserInputError(f"{where} in plans '{key}' ({b} vs {a}); ensemble only runs preprocessed "
+                                 "with the same plans.")
+
+
+def load_predictor(checkpoint_or_run: ModelSpec, device: str | torch.device = "cpu",
+                   checkpoint: str = "final") -> Predictor:
+    """Rebuild the network of a checkpoint (or a run folder's final/latest or best checkpoint) for inference;
+    several (a list, or a folder of run folders) become one :class:`EnsembleNet`."""
+    dev = resolve_device(str(device))
+    loaded = [_load_member(p, dev, checkpoint) for p in model_paths(checkpoint_or_run)]
+    if len(loaded) == 1:
+        return loaded[0]
+    first = loaded[0]
+    for other in loaded[1:]:
+        check_compatible(first, other)
+    axes = tuple(a for a in first.mirror_axes if all(a in m.mirror_axes for m in loaded))
+    sources = [m.source for m in loaded]
+    net = EnsembleNet([m.net for m in loaded]).eval()
+    # postprocessing decided for single runs: applied to the ensemble only where every member agrees
+    lcc = [h for h in first.registry.ids if all(h in m.largest_component for m in loaded)]
+    files = [f for m in loaded for f in m.postprocessing_files] if lcc else []
+    return Predictor(net, first.plans, first.registry, axes, dev, f"ensemble of {len(loaded)}: " +
+                     ", ".join(sources), sources, lcc, files)
 
 
 # --- the input ------------------------------------------------------------------------------------
@@ -230,11 +319,17 @@ class OutputPlan:
     save_probabilities: bool
     statistics: bool
     preview: bool
+    merged: bool = False
+    dicom_seg: bool = False
 
     def files(self, registry: HeadRegistry) -> list[str]:
         names = [f"{d}.nii.gz" for d in self.datasets]
         if self.save_heads:
             names += [f"heads/{registry.heads[i].id}.nii.gz" for i in self.selected]
+        if self.merged:
+            names.append("merged.nii.gz")
+        if self.dicom_seg:
+            names.append("segmentation.dcm")
         if self.save_probabilities:
             names.append("probabilities.npz")
         if self.statistics:
@@ -248,23 +343,67 @@ def _is_complete(folder: Path, files: list[str]) -> bool:
     return folder.is_dir() and all((folder / f).is_file() for f in files)
 
 
-def _heads_json(registry: HeadRegistry, plan: OutputPlan, cases: list[str], model: str) -> dict:
+def _settings(predictor: Predictor, cfg: PredictConfig) -> dict:
+    """Every setting of this prediction: the model's checkpoint files, the options, what they resolved to."""
+    from multitalent import __version__
+
+    options = asdict(cfg)
+    options["continue"] = options.pop("continue_")
+    return {"multitalent_version": __version__,
+            "model": predictor.source,
+            "checkpoints": predictor.members or [predictor.source],
+            "ensemble": len(predictor.members) > 1,
+            "device": str(predictor.device),
+            "mirror_axes": list(predictor.mirror_axes) if cfg.mirror else [],
+            "postprocessing": _postprocessing(predictor, cfg),
+            "options": options}
+
+
+def _postprocessing(predictor: Predictor, cfg: PredictConfig) -> dict | None:
+    """What postprocessing this prediction applied (None: none)."""
+    heads = _postprocessed_heads(predictor, cfg)
+    if not heads:
+        return None
+    return {"largest_component": heads, "files": predictor.postprocessing_files}
+
+
+def _postprocessed_heads(predictor: Predictor, cfg: PredictConfig) -> list[str]:
+    return list(predictor.largest_component) if cfg.postprocess else []
+
+
+def _heads_json(registry: HeadRegistry, plan: OutputPlan, cases: list[str], predictor: Predictor,
+                cfg: PredictConfig) -> dict:
     d = registry.to_dict()
     ids = [registry.heads[i].id for i in plan.selected]
+    d["settings"] = _settings(predictor, cfg)
     d["outputs"] = {
-        "model": model,
+        "model": predictor.source,
         "cases": cases,
         "label_maps": {ds: {"file": f"<case>/{ds}.nii.gz",
                             "heads": [h.id for h in registry.heads_of(ds) if h.id in ids]}
                        for ds in plan.datasets},
         "head_masks": {h: f"<case>/heads/{h}.nii.gz" for h in ids} if plan.save_heads else {},
-        "probabilities": ({"file": "<case>/probabilities.npz", "heads": ids,
-                           "grid": "target (canonical, cropped, resampled); restore with 'properties'"}
+        "probabilities": ({"file": "<case>/probabilities.npz", "heads": ids, "grid": cfg.probabilities_grid}
                           if plan.save_probabilities else None),
         "statistics": ["statistics.json", "statistics.csv"] if plan.statistics else [],
         "preview": "<case>/preview.png" if plan.preview else None,
+        "dicom_seg": ({"file": "<case>/segmentation.dcm", "segments": ids} if plan.dicom_seg else None),
+        "merged": ({"file": "<case>/merged.nii.gz", "labels": ["merged_labels.json", "merged_labels.csv"],
+                    "overlap": "larger predicted volume (per case) painted first: the smaller structure on top"}
+                   if plan.merged else None),
     }
     return d
+
+
+def _write_dicom_seg(path: Path, asm: MaskAssembler, source: Path, registry: HeadRegistry,
+                     selected: list[int]) -> None:
+    """One DICOM-SEG segment per selected head (label: head id; description: dataset name and class)."""
+    from multitalent import __version__
+
+    masks = np.stack([asm.mask(k).view(bool) for k in range(len(selected))], axis=-1)
+    heads = [registry.heads[g] for g in selected]
+    segments = [(h.id, f"{registry.datasets[h.dataset].get('name', h.dataset)}: {h.name}") for h in heads]
+    io.write_dicom_seg(path, masks, source, segments, __version__)
 
 
 def predict_case(predictor: Predictor, loaded: LoadedCase, case_dir: Path, plan: OutputPlan,
@@ -283,14 +422,24 @@ def predict_case(predictor: Predictor, loaded: LoadedCase, case_dir: Path, plan:
                                  mirror=cfg.mirror, progress=not cfg.quiet, stats=stats)
         loaded.image = None  # free the input before the export
         asm.finish()
+        lcc = set(_postprocessed_heads(predictor, cfg))
+        for k, hid in enumerate(ids):
+            if hid in lcc:
+                asm.keep_largest_component(k)
         original = asm.original
         for ds in plan.datasets:
             io.write_label(tmp / f"{ds}.nii.gz", asm.labelmap(registry, ds, local), original)
         if plan.save_heads:
             for k, hid in enumerate(ids):
                 io.write_label(tmp / "heads" / f"{hid}.nii.gz", asm.mask(k), original)
+        if plan.merged:
+            io.write_label(tmp / "merged.nii.gz", asm.merged(), original)
+        if plan.dicom_seg:
+            _write_dicom_seg(tmp / "segmentation.dcm", asm, loaded.path, registry, plan.selected)
         if probs is not None:
-            pack_probabilities(tmp, probs, ids, loaded.props)
+            if cfg.probabilities_grid == "original":
+                probs = restore_probabilities(tmp, probs, loaded.props)
+            pack_probabilities(tmp, probs, ids, loaded.props, cfg.probabilities_grid)
             del probs
         volumes = {hid: float(asm.counts[k]) * asm.voxel_ml() for k, hid in enumerate(ids)}
         if plan.statistics:
@@ -349,9 +498,15 @@ def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str |
         raise UserInputError(f"{predictor.source or 'model'}: --datasets {cfg.datasets} with --heads {cfg.heads} "
                              "selects no head; see heads.json for the valid ids.")
     datasets = [d for d in registry.dataset_ids if any(registry.heads[i].dataset == d for i in selected)]
-    plan = OutputPlan(selected, datasets, cfg.save_heads, cfg.save_probabilities, cfg.statistics, cfg.preview)
+    plan = OutputPlan(selected, datasets, cfg.save_heads, cfg.save_probabilities, cfg.statistics, cfg.preview,
+                      cfg.merged, cfg.dicom_seg)
     files = plan.files(registry)
     cases = find_cases(input)
+    if cfg.dicom_seg:
+        for _, path in cases:
+            if not path.is_dir():
+                raise UserInputError(f"{path}: --dicom-seg needs DICOM series inputs (a DICOM-SEG references "
+                                     "its source series); this is not one. Drop --dicom-seg for NIfTI inputs.")
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
@@ -384,7 +539,9 @@ def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str |
         raise
     ensure_output_dir(out)
     all_cases = [c for c, _ in cases]
-    write_json(out / "heads.json", _heads_json(registry, plan, all_cases, predictor.source))
+    write_json(out / "heads.json", _heads_json(registry, plan, all_cases, predictor, cfg))
+    if cfg.merged:
+        write_merged_labels(out, merged_label_table(registry, selected))
     if cfg.statistics:
         import json
 
@@ -395,8 +552,8 @@ def run_prediction(predictor: Predictor, input: str | os.PathLike, output: str |
     return written
 
 
-def predict(model: str | Path, input: str | Path, output: str | Path, cfg: PredictConfig) -> list[Path]:
-    """Segment every scan of ``input`` with every (selected) head of ``model``; returns the case folders
-    written (cases skipped by ``--continue`` are not listed)."""
+def predict(model: ModelSpec, input: str | Path, output: str | Path, cfg: PredictConfig) -> list[Path]:
+    """Segment every scan of ``input`` with every (selected) head of ``model`` (one run or checkpoint, or
+    several: an ensemble); returns the case folders written (cases skipped by ``--continue`` are not listed)."""
     predictor = load_predictor(model, cfg.device, cfg.checkpoint)
     return run_prediction(predictor, input, output, cfg)

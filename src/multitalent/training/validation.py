@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from multitalent.config import option, with_options
-from multitalent.errors import UserInputError
+from multitalent.errors import UserInputError, write_json
 
 log = logging.getLogger("multitalent")
 
@@ -68,6 +68,8 @@ def final_validation(run: str | os.PathLike, config: ValidateConfig | None = Non
     which holds nothing out). ``options`` are :class:`ValidateConfig` fields and replace those of ``config``."""
     from multitalent.evaluation import evaluate
     from multitalent.inference.config import PredictConfig
+    from multitalent.inference.postprocess import FILE as POSTPROCESSING_FILE
+    from multitalent.inference.postprocess import determine_postprocessing
     from multitalent.inference.predict import predict
     from multitalent.registry import HeadRegistry
 
@@ -88,11 +90,15 @@ def final_validation(run: str | os.PathLike, config: ValidateConfig | None = Non
         _link(Path(c["label"]), work / "labels" / c["dataset"] / f"{c['case']}.nii.gz")
     preds = out / "predictions"
     shutil.rmtree(preds, ignore_errors=True)
-    predict(run, work / "images", preds, PredictConfig(device=cfg.device, quiet=quiet, checkpoint=cfg.checkpoint))
+    predict(run, work / "images", preds, PredictConfig(device=cfg.device, quiet=quiet, checkpoint=cfg.checkpoint,
+                                                       postprocess=False))
     registry = HeadRegistry.load(run / "heads.json")
     datasets = sorted({c["dataset"] for c in cases})
     gts = [f"{ds}={work / 'labels' / ds}" for ds in datasets]
     summary = evaluate(preds, gts, registry.subset(datasets), out, progress=not quiet, workers=cfg.workers)
     (out / "validation.json").write_text(json.dumps(
         {"fold": fold, "checkpoint": cfg.checkpoint, "cases": [c["case"] for c in cases]}, indent=1))
+    refs = {c["case"]: (c["dataset"], work / "labels" / c["dataset"] / f"{c['case']}.nii.gz") for c in cases}
+    decision = determine_postprocessing(preds, refs, registry)
+    write_json(run / POSTPROCESSING_FILE, {**decision, "checkpoint": cfg.checkpoint, "fold": fold})
     return summary
