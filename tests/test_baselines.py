@@ -46,6 +46,7 @@ def test_softmax_as_heads_sums_member_probabilities():
     assert p[2].item() == pytest.approx(0.5, abs=1e-5)
 
 
+@pytest.mark.slow  # trains and predicts
 def test_merged_softmax_training_runs(tiny_collection, tmp_path):
     from multitalent.preprocessing.pipeline import run_preprocessing
 

@@ -321,7 +321,9 @@ class Reproduction:
                     running[pool.submit(_train_job, s, self.out, self.seed, self.device, self.quiet, n)] = n
                 if not running:
                     raise RuntimeError(f"training runs wait for runs that never finish: {todo}")
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                # a minute at a time, so that this invocation's wall time stays current if it is stopped
+                finished, _ = wait(running, timeout=60, return_when=FIRST_COMPLETED)
+                self.invocations()
                 for f in finished:
                     n = running.pop(f)
                     f.result()  # a failed run stops the reproduction with its error

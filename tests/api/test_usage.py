@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "usage.md"
@@ -20,6 +21,7 @@ def test_the_api_names_exist():
         assert callable(getattr(mt, name)), name
 
 
+@pytest.mark.slow  # trains and predicts
 def test_usage_example_runs(tiny_collection, tmp_path, monkeypatch, capsys):
     block = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     assert len(block.strip().splitlines()) <= 10
