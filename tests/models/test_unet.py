@@ -19,6 +19,7 @@ def test_paper_plans_plain_unet_has_six_stages_32_to_320():
     assert encoder.stages[0][0].convs[0].conv.bias is not None
 
 
+@pytest.mark.slow  # builds the 30.8 M and 102 M parameter networks
 def test_paper_plans_give_the_papers_parameter_counts():
     """nnU-Net's topology at 96x192x192 / 1.5x1x1 mm: 30.8 M (plain) and 102 M (residual) parameters with
     the defaults and with ``base_features=32`` (what ``multitalent train`` passes): the 320 cap holds."""
