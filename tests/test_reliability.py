@@ -47,6 +47,7 @@ from multitalent.preprocessing import pipeline
 from multitalent.training import checkpoint as ckpt_mod
 from multitalent.training import loop
 from multitalent.training.checkpoint import load_checkpoint, save_checkpoint
+from multitalent.training.config import TrainConfig
 from tests.helpers import LIVER, PRE_ARGS, SPLEEN, TRAIN_ARGS, Shared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -891,7 +892,7 @@ def test_training_stops_when_a_background_checkpoint_write_fails(shared: Shared,
 
     monkeypatch.setattr(loop, "save_checkpoint", fail_second)
     run = tmp_path / "run"
-    cfg = loop.TrainConfig(epochs=3, iterations_per_epoch=1, val_iterations=0, base_features=4, num_workers=0,
+    cfg = TrainConfig(epochs=3, iterations_per_epoch=1, val_iterations=0, base_features=4, num_workers=0,
                            fold="all", quiet=True)
     with pytest.raises(OSError, match="No space left"):
         loop.train(shared.pre, run, cfg)

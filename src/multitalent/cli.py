@@ -12,7 +12,7 @@ from pathlib import Path
 
 from multitalent import __version__
 from multitalent.config import add_dataclass_arguments, from_namespace
-from multitalent.errors import UserInputError
+from multitalent.errors import TrainingError, UserInputError
 
 EXAMPLES = """examples:
   multitalent phantoms work/raw
@@ -201,13 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("multitalent: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a training that cannot go on is reported without a traceback
-        from multitalent.training.loop import TrainingError
-
-        if isinstance(e, TrainingError):
-            print(f"multitalent: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except TrainingError as e:  # a training that cannot go on (also a killed rank) is reported without a traceback
+        print(f"multitalent: error: {e}", file=sys.stderr)
+        return 1
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)
     return 0

@@ -103,8 +103,7 @@ class MultiTalentObjective(Objective):
         self.loss_fn = MultiTalentLoss(ds_weights=self.ds_weights, sum_fn=sum_fn)
 
     def loss(self, outs: Sequence[torch.Tensor], batch: dict) -> torch.Tensor:
-        outs = list(outs[: len(batch["targets"])])
-        return loss_on_batch(outs, batch, self.loss_fn, self.num_heads, self.bce_scale)
+        return loss_on_batch(list(outs), batch, self.loss_fn, self.num_heads, self.bce_scale)
 
 
 @register_objective("merged_softmax")

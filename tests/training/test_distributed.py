@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from multitalent import objectives
 from multitalent.data.loader import PatchBatches
 from multitalent.data.targets import batch_to_device
 from multitalent.errors import UserInputError
@@ -70,7 +71,7 @@ def _train_step(pre_root: str, info: DistInfo) -> dict:
 
     def step(net: torch.nn.Module, iteration: int) -> torch.Tensor:
         batch = batch_to_device(data[iteration], torch.device("cpu"))
-        loss = loop.loss_on_batch(net(batch["image"]), batch, loss_fn, heads, bce_scale=info.world_size)
+        loss = objectives.loss_on_batch(net(batch["image"]), batch, loss_fn, heads, bce_scale=info.world_size)
         loss.backward()
         return loss.detach()
 

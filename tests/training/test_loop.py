@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from multitalent import objectives
-from multitalent.errors import UserInputError
+from multitalent.errors import TrainingError, UserInputError
 from multitalent.training import loop
 from multitalent.training.checkpoint import load_checkpoint
 from tests.helpers import small_cfg
@@ -98,5 +98,5 @@ def test_nonfinite_loss_stops_training_with_a_clear_message(pre, tmp_path, monke
         return torch.tensor(float("nan"), requires_grad=True)
 
     monkeypatch.setattr(objectives, "loss_on_batch", nan_loss)
-    with pytest.raises(loop.TrainingError, match="non-finite in 3 consecutive"):
+    with pytest.raises(TrainingError, match="non-finite in 3 consecutive"):
         loop.train(pre.root, tmp_path / "r", small_cfg(max_nonfinite=3))

@@ -46,52 +46,18 @@ def summarize(results: dict[str, dict[str, dict[str, dict]]], registry: HeadRegi
         raise UserInputError(f"difficult threshold {difficult_threshold} must be a Dice in percent (0..100).")
     if reference is not None:
         _check_reference(reference, head_ids)
-    heads: dict[str, dict] = {}
-    for hid in head_ids:
-        head = registry.heads[registry.index(hid)]
-        per_case = [m[hid] for m in results.get(head.dataset, {}).values()]
-        d = np.array([m["dice"] for m in per_case], dtype=float)
-        counted = np.array([m["hd95_counted"] for m in per_case], dtype=float)
-        heads[hid] = {
-            "dataset": head.dataset,
-            "name": head.name,
-            "lesion": head.lesion,
-            "n_cases": len(per_case),
-            "dice_mean": _num(d.mean()) if d.size else None,
-            "dice_std": _num(d.std()) if d.size else None,
-            "dice_median": _num(np.median(d)) if d.size else None,
-            "hd95_mean": _num(counted.mean()) if counted.size else None,
-            "hd95_median": _num(np.median(counted)) if counted.size else None,
-            "n_hd95_undefined": sum(1 for m in per_case if m["hd95"] is None or math.isnan(m["hd95"])),
-        }
+    heads = {hid: _head_summary(registry, hid, results) for hid in head_ids}
     for hid, h in heads.items():
-        if reference is not None:
-            ref = reference[hid] / 100.0
-        else:
-            ref = h["dice_mean"]
+        ref = reference[hid] / 100.0 if reference is not None else h["dice_mean"]
         h["reference_dice"] = ref
         h["difficult"] = ref is not None and ref < difficult_threshold / 100.0
-
-    datasets: dict[str, dict] = {}
-    for ds in registry.dataset_ids:
-        ids = [hid for hid, h in heads.items() if h["dataset"] == ds]
-        if not ids:
-            continue
-        datasets[ds] = {
-            "name": registry.datasets[ds].get("name", ds),
-            "heads": ids,
-            "n_cases": len(results.get(ds, {})),
-            "dice_mean": _mean([heads[i]["dice_mean"] for i in ids]),
-            "hd95_mean": _mean([heads[i]["hd95_mean"] for i in ids]),
-        }
+    datasets = _dataset_summaries(registry, heads, results)
     members = {
         "all": list(heads),
         "lesions": [hid for hid, h in heads.items() if h["lesion"]],
         "difficult": [hid for hid, h in heads.items() if h["difficult"]],
     }
-    groups = {g: {"heads": ids, "n_heads": len(ids),
-                  "dice_mean": _mean([heads[i]["dice_mean"] for i in ids]),
-                  "hd95_mean": _mean([heads[i]["hd95_mean"] for i in ids])} for g, ids in members.items()}
+    groups = {g: {"heads": ids, "n_heads": len(ids), **_means([heads[i] for i in ids])} for g, ids in members.items()}
     cases = {ds: {case: {hid: {**m, "hd95": _num(m["hd95"]) if m["hd95"] is not None else None}
                          for hid, m in per_head.items()}
                   for case, per_head in per_case.items()}
@@ -107,14 +73,48 @@ def summarize(results: dict[str, dict[str, dict[str, dict]]], registry: HeadRegi
         "difficult_threshold_dice": difficult_threshold / 100.0,
         "reference": "given" if reference is not None else "own mean Dice",
         "n_cases": sum(len(v) for v in results.values()),
-        "dataset_average": {"n_datasets": len(datasets),
-                            "dice_mean": _mean([d["dice_mean"] for d in datasets.values()]),
-                            "hd95_mean": _mean([d["hd95_mean"] for d in datasets.values()])},
+        "dataset_average": {"n_datasets": len(datasets), **_means(list(datasets.values()))},
         "groups": groups,
         "datasets": datasets,
         "heads": heads,
         "cases": cases,
     }
+
+
+def _means(items: list[dict]) -> dict:
+    """Mean Dice and mean HD95 over ``items`` (heads or datasets), the undefined ones left out."""
+    return {"dice_mean": _mean([x["dice_mean"] for x in items]), "hd95_mean": _mean([x["hd95_mean"] for x in items])}
+
+
+def _head_summary(registry: HeadRegistry, hid: str, results: dict) -> dict:
+    """One head's means over its dataset's cases (HD95 with undefined values counted as the image diagonal)."""
+    head = registry.heads[registry.index(hid)]
+    per_case = [m[hid] for m in results.get(head.dataset, {}).values()]
+    d = np.array([m["dice"] for m in per_case], dtype=float)
+    counted = np.array([m["hd95_counted"] for m in per_case], dtype=float)
+    return {
+        "dataset": head.dataset,
+        "name": head.name,
+        "lesion": head.lesion,
+        "n_cases": len(per_case),
+        "dice_mean": _num(d.mean()) if d.size else None,
+        "dice_std": _num(d.std()) if d.size else None,
+        "dice_median": _num(np.median(d)) if d.size else None,
+        "hd95_mean": _num(counted.mean()) if counted.size else None,
+        "hd95_median": _num(np.median(counted)) if counted.size else None,
+        "n_hd95_undefined": sum(1 for m in per_case if m["hd95"] is None or math.isnan(m["hd95"])),
+    }
+
+
+def _dataset_summaries(registry: HeadRegistry, heads: dict, results: dict) -> dict:
+    """Per dataset with scored heads: its name, heads, cases and the means over its heads."""
+    datasets: dict[str, dict] = {}
+    for ds in registry.dataset_ids:
+        ids = [hid for hid, h in heads.items() if h["dataset"] == ds]
+        if ids:
+            datasets[ds] = {"name": registry.datasets[ds].get("name", ds), "heads": ids,
+                            "n_cases": len(results.get(ds, {})), **_means([heads[i] for i in ids])}
+    return datasets
 
 
 def _check_reference(reference: dict[str, float], head_ids: list[str]) -> None:

@@ -9,7 +9,6 @@ phases are data (:mod:`multitalent.training.schedule`): plain training is one po
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -32,8 +31,7 @@ from multitalent.data.loader import (
 )
 from multitalent.data.targets import batch_to_device
 from multitalent.device import resolve_device
-from multitalent.errors import TrainingError, ensure_output_dir, write_json
-from multitalent.objectives import loss_on_batch
+from multitalent.errors import ensure_output_dir, write_json
 from multitalent.registry import HeadRegistry
 from multitalent.training.checkpoint import (
     BackgroundSaver,
@@ -47,14 +45,12 @@ from multitalent.training.config import TrainConfig
 from multitalent.training.distributed import all_reduce_sum, cleanup, init_distributed, reduce_detached, setup_barrier
 from multitalent.training.progress import append_log, plot_progress, read_log, truncate_log
 from multitalent.training.pseudo_dice import validate
-from multitalent.training.schedule import Phase, standard_phases
-from multitalent.training.spec import RunSpec, build_run, split_cases
+from multitalent.training.schedule import Phase
+from multitalent.training.spec import RunSpec, build_run
 from multitalent.training.step import TrainStep
 
 log = logging.getLogger("multitalent")
 
-# names other modules and scripts import from here
-__all__ = ["Phase", "TrainingError", "loss_on_batch", "read_config", "split_cases", "standard_phases", "train"]
 
 EMA_DECAY = 0.9  # nnU-Net's moving average of the pseudo-Dice
 
@@ -254,7 +250,3 @@ def _ema_from_log(records: list[dict]) -> tuple[float | None, float]:
     """(last moving average, best moving average) of the epochs already logged (for a resumed run)."""
     values = [r["ema_pseudo_dice"] for r in records if r.get("ema_pseudo_dice") is not None]
     return (values[-1], max(values)) if values else (None, -math.inf)
-
-
-def read_config(run: str | os.PathLike) -> dict:
-    return json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))

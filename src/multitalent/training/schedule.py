@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from multitalent.models import head_parameters
+from multitalent.training.config import TrainConfig
 
 OptimizerName = Literal["sgd", "adamw"]
 ScheduleName = Literal["poly", "linear"]
@@ -45,7 +46,7 @@ class Phase:
         return self.lr_start + (self.lr_end - self.lr_start) * frac
 
 
-def standard_phases(cfg, epochs: int | None = None) -> list[Phase]:
+def standard_phases(cfg: TrainConfig, epochs: int | None = None) -> list[Phase]:
     """nnU-Net's schedule: one SGD phase with poly decay over ``epochs`` (default ``cfg.epochs``) of
     ``cfg.iterations_per_epoch``, from ``cfg.lr``."""
     n = cfg.epochs if epochs is None else epochs

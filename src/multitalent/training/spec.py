@@ -90,8 +90,8 @@ class RunSpec:
                 **self.extra_meta}
 
 
-def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> None:
-    """The options that can be refused before anything is read."""
+def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> type[Objective]:
+    """The options that can be refused before anything is read; returns the objective."""
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
     latest = out / "checkpoint_latest.pt"
@@ -109,6 +109,7 @@ def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> None:
     objective = get_objective(cfg.objective)
     if dinfo.enabled and not objective.distributed:
         raise UserInputError(f"--objective {cfg.objective} is a single-process baseline; run it without torchrun.")
+    return objective
 
 
 def _registry_for(cfg: TrainConfig, pre: Preprocessed, registry: HeadRegistry | None) -> HeadRegistry:
@@ -128,7 +129,7 @@ def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     prior) and check that one training step fits the device's memory (:mod:`.memory`). Raises
     :class:`UserInputError` for anything a user can fix; writes nothing."""
     out = Path(out)
-    _check_options(cfg, out, dinfo)
+    objective = _check_options(cfg, out, dinfo)
     pre = Preprocessed.open(pre_dir)
     registry = _registry_for(cfg, pre, registry)
     batch_size = cfg.batch_size or pre.plans.batch_size
@@ -137,7 +138,6 @@ def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     train_cases, val_cases = split_cases(pre, cfg.fold, cfg.datasets)
     if not train_cases:
         raise UserInputError(f"{pre.root}: no training cases for fold {cfg.fold} and datasets {cfg.datasets or 'all'}.")
-    objective = get_objective(cfg.objective)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
