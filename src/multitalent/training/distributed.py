@@ -173,12 +173,20 @@ def cleanup(info: DistInfo) -> None:
     :class:`RankFailure` instead when that error came from another training process dying without a word."""
     if not (info.enabled and dist.is_initialized()):
         return
-    failure = explain_failure(sys.exc_info()[1], info)
+    error = sys.exc_info()[1]
+    if error is None:  # a normal end: no rank tears the group (and rank 0 the store) down under another
+        try:
+            dist.barrier()
+        except Exception as e:  # noqa: BLE001 - a peer is gone: reported below
+            error = e
+    failure = explain_failure(error, info)
     _mark_ended(info.rank)
     _unwatch()
     dist.destroy_process_group()
     if failure is not None:
-        raise failure from sys.exc_info()[1]
+        raise failure from error
+    if error is not None and sys.exc_info()[1] is None:
+        raise error
 
 
 # ------------------------------------------------------------------------------------ a rank that died
