@@ -259,6 +259,7 @@ class Reproduction:
         s = self.sizes
         main = s.archs[0]
         mt_epochs = s.multitalent_factor * s.single_epochs
+        base_epochs = s.baseline_its // s.iterations_per_epoch
         jobs: dict[str, dict] = {}
 
         def plain(name: str, pre: str, epochs: int, **kw) -> None:
@@ -266,9 +267,9 @@ class Reproduction:
 
         for arch in s.archs:
             plain(f"multitalent_{arch}", "all", mt_epochs, arch=arch)
-        plain("pretrain_multitalent", "pretrain", mt_epochs, arch=main)
-        plain("pretrain_supervised", "fully", mt_epochs, arch=main)
-        plain("merged_softmax", "all", mt_epochs, arch=main, objective="merged_softmax")
+        plain("pretrain_multitalent", "pretrain", base_epochs, arch=main)
+        plain("pretrain_supervised", "fully", base_epochs, arch=main)
+        plain("merged_softmax", "all", base_epochs, arch=main, objective="merged_softmax")
         for name, kw in s.ablations:  # an ablation may change the budget (epochs) or any TrainConfig field
             kw = dict(kw)
             plain(f"ablation_{name}", "all", kw.pop("epochs", mt_epochs), **{"arch": main, **kw})
