@@ -57,22 +57,11 @@ class MaskAssembler:
         self.canonical = io.Geometry.from_dict(props["canonical_geometry"])
         self.original = io.Geometry.from_dict(props["original_geometry"])
         self.probabilities = probabilities
-        n, m = self.target_shape[0], self.crop_shape[0]
-        # Where each output slice j of the crop sits along the target z axis, taken from the resampling
-        # function itself: resampling the index ramp 0..n-1 gives the interpolation coordinate (linear is
-        # exact on a ramp; along a coarse z axis it is nearest neighbour and gives whole indices).
-        ramp = np.arange(n, dtype=np.float32).reshape(n, 1, 1)
-        coord = resample_image(ramp, self.spacing, (m, 1, 1), order=1)[:, 0, 0].astype(np.float64)
-        coord = np.clip(coord, 0, n - 1)
-        lo = np.floor(coord)
-        frac = coord - lo
-        up = frac > 1 - 1e-5
-        lo[up] += 1
-        frac[up | (frac < 1e-5)] = 0
-        lo = np.minimum(lo.astype(np.int64), n - 1)
-        self._lo = lo
-        self._hi = np.where(frac > 0, np.minimum(lo + 1, n - 1), lo)
-        self._frac = frac.astype(np.float32)
+        # Where each output voxel of the crop sits along each target axis: (lo, hi, frac) per axis
+        self._lo, self._hi, self._frac = _axis_taps(self.target_shape[0], self.crop_shape[0], 0, self.spacing)
+        self._taps_y = _axis_taps(self.target_shape[1], self.crop_shape[1], 1, self.spacing)
+        self._taps_x = _axis_taps(self.target_shape[2], self.crop_shape[2], 2, self.spacing)
+        m = self.crop_shape[0]
         self._plane = self.crop_shape[1] * self.crop_shape[2]
         self.packed = np.zeros((self.num_heads, m, math.ceil(self._plane / 8)), dtype=np.uint8)
         self.counts = np.zeros(self.num_heads, dtype=np.int64)
@@ -107,19 +96,41 @@ class MaskAssembler:
                 if first < z0:
                     src = np.concatenate([self._halo[h][None], src], axis=0)
                 src = src[: int(hi[-1]) - first + 1]
-                if src.max() <= 0:  # interpolation is a convex combination: stays <= 0, mask empty
+                mask = self._slab_mask(src, lo - first, hi - first, frac)
+                if mask is None:
                     continue
-                plane = resample_image(src, self.spacing, (src.shape[0],) + self.crop_shape[1:], order=1)
-                vals = plane[lo - first]
-                if np.any(frac > 0):
-                    f = frac[:, None, None]
-                    vals = vals * (1 - f) + plane[hi - first] * f
-                mask = vals > 0
                 self.packed[h, j0:j1] = np.packbits(mask.reshape(j1 - j0, -1), axis=1)
                 self.counts[h] += int(np.count_nonzero(mask))
         self._halo = arr[:, -1].copy()
         self._next_j = j1
         self._next_z = z0 + k
+
+    def _slab_mask(self, src: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray) -> np.ndarray | None:
+        """One head's mask for output slices with z taps ``lo``/``hi``/``frac`` into ``src`` [k, y, x] (logits
+        on the target grid), or None when it is empty.
+
+        Linear interpolation is a convex combination of its taps, so an output voxel can be > 0 only where
+        one of its taps is: only the in-plane box of positive logits (and the output voxels whose taps reach
+        it) is interpolated, axis by axis with the same taps as ``resample_image`` (order 1). Small
+        structures cost their own extent instead of the whole plane.
+        """
+        pos = src > 0
+        if not pos.any():
+            return None
+        rows, cols = np.flatnonzero(pos.any(axis=(0, 2))), np.flatnonzero(pos.any(axis=(0, 1)))
+        (jy, sy), (jx, sx) = (_reach(self._taps_y, rows[0], rows[-1]), _reach(self._taps_x, cols[0], cols[-1]))
+        if jy.stop <= jy.start or jx.stop <= jx.start:  # a coarser output grid may skip every positive voxel
+            return None
+        a = src[:, sy, sx]
+        a = _interpolate(a, self._taps_y, jy, sy.start, axis=1)
+        a = _interpolate(a, self._taps_x, jx, sx.start, axis=2)
+        vals = a[lo]
+        if np.any(frac > 0):
+            f = frac[:, None, None]
+            vals = vals * (1 - f) + a[hi] * f
+        mask = np.zeros((len(lo),) + self.crop_shape[1:], dtype=bool)
+        mask[:, jy, jx] = vals > 0
+        return mask
 
     def finish(self) -> None:
         """Check that every slice arrived."""
@@ -201,6 +212,48 @@ def write_merged_labels(out: Path, table: list[dict]) -> None:
         w = csv.DictWriter(fh, fieldnames=["value", "head", "dataset", "class"])
         w.writeheader()
         w.writerows(table)
+
+
+def _axis_taps(n: int, m: int, axis: int, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo, hi, frac) of each of ``m`` output positions along ``axis`` of a target axis of ``n`` voxels.
+
+    Taken from the resampling function itself: resampling the index ramp 0..n-1 gives the interpolation
+    coordinate (linear is exact on a ramp; along a coarse axis ``resample_image`` uses nearest neighbour and
+    the ramp gives whole indices)."""
+    shape, out_shape = [1, 1, 1], [1, 1, 1]
+    shape[axis], out_shape[axis] = n, m
+    ramp = np.arange(n, dtype=np.float32).reshape(shape)
+    coord = resample_image(ramp, spacing, tuple(out_shape), order=1).reshape(-1).astype(np.float64)
+    coord = np.clip(coord, 0, n - 1)
+    lo = np.floor(coord)
+    frac = coord - lo
+    up = frac > 1 - 1e-5
+    lo[up] += 1
+    frac[up | (frac < 1e-5)] = 0
+    lo = np.minimum(lo.astype(np.int64), n - 1)
+    hi = np.where(frac > 0, np.minimum(lo + 1, n - 1), lo)
+    return lo, hi, frac.astype(np.float32)
+
+
+def _reach(taps: tuple[np.ndarray, np.ndarray, np.ndarray], first: int, last: int) -> tuple[slice, slice]:
+    """The output positions whose taps touch source positions ``first..last`` (a contiguous range: the taps
+    are monotone) and the source positions those outputs read."""
+    lo, hi, _ = taps
+    j0 = int(np.searchsorted(hi, first, side="left"))
+    j1 = int(np.searchsorted(lo, last, side="right"))
+    if j1 <= j0:
+        return slice(j0, j0), slice(0, 0)
+    return slice(j0, j1), slice(int(lo[j0]), int(hi[j1 - 1]) + 1)
+
+
+def _interpolate(a: np.ndarray, taps: tuple[np.ndarray, np.ndarray, np.ndarray], out: slice, start: int,
+                 axis: int) -> np.ndarray:
+    """Linear interpolation of ``a`` (its ``axis`` starting at source position ``start``) at the outputs ``out``."""
+    lo, hi, frac = (t[out] for t in taps)
+    shape = [1] * a.ndim
+    shape[axis] = len(frac)
+    f = frac.reshape(shape)
+    return np.take(a, lo - start, axis=axis) * (1 - f) + np.take(a, hi - start, axis=axis) * f
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
