@@ -10,6 +10,12 @@ subprocess, so the peak resident memory (``ru_maxrss`` of the child) belongs to 
   positive voxels of every head in each finished slab (the predict command thresholds and bit-packs
   them there instead); it never holds more than one patch depth of logits.
 
+With ``--masks`` both end where a user needs them, with one binary mask per head on the host: MONAI's output
+thresholded on its device and copied over (bool), against the streaming window feeding predict's own
+``MaskAssembler`` (thresholding and the crop of each head's positive box on the device, bit-packed masks on
+the host; the volume is on the output grid, so no resampling). This is the GPU comparison of issue 15
+(benchmarks/device/gpu_check.sh runs it with ``--device cuda``).
+
     python benchmarks/inference_benchmark.py --quick
     python benchmarks/inference_benchmark.py --heads 2 47 --shape 300 512 512 --repeats 3 --out results.md
 
@@ -51,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["monai", "streaming"], choices=["monai", "streaming"])
     p.add_argument("--quick", action="store_true",
                    help=f"small smoke run: shape {QUICK_SHAPE}, patch {QUICK_PATCH}, one repeat")
+    p.add_argument("--masks", action="store_true",
+                   help="both methods end with one binary mask per head on the host (predict's export for ours)")
     p.add_argument("--out", type=Path, help="also write the Markdown report here")
     p.add_argument("--child", choices=["monai", "streaming"], help=argparse.SUPPRESS)
     p.add_argument("--child-heads", type=int, help=argparse.SUPPRESS)
@@ -81,6 +89,7 @@ def _run_child(a: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_mb()
     result: dict = {"method": a.child, "heads": heads}
+    asm = None
     with torch.inference_mode():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -91,15 +100,20 @@ def _run_child(a: argparse.Namespace) -> None:
             with _autocast(device):  # the same mixed precision as ours
                 out = sliding_window_inference(image, tuple(a.patch), a.window_batch, net, overlap=0.5,
                                                mode="gaussian", sigma_scale=0.125)
-            positives = (out[0] > 0).sum(dim=(1, 2, 3)).cpu()
+            if a.masks:
+                masks = (out[0] > 0).cpu().numpy()
+                positives = torch.from_numpy(masks.sum(axis=(1, 2, 3)))
+            else:
+                positives = (out[0] > 0).sum(dim=(1, 2, 3)).cpu()
         else:
-            positives = torch.zeros(heads, dtype=torch.long)
+            positives = torch.zeros(heads, dtype=torch.long, device=device)
 
             def consume(z: int, slab: torch.Tensor) -> None:
                 positives.add_((slab > 0).sum(dim=(1, 2, 3)))
 
+            asm = _assembler(a.shape, heads) if a.masks else None  # predict's export: masks on the host
             stats: dict = {}
-            sliding_window(net, image[0], a.patch, 0.5, a.window_batch, (), consume, device=device,
+            sliding_window(net, image[0], a.patch, 0.5, a.window_batch, (), asm or consume, device=device,
                            stats=stats)
             result.update(forward_s=stats["forward_s"], sw_total_s=stats["total_s"], windows=stats["windows"],
                           accumulator_mb=stats["accumulator_bytes"] / 2**20,
@@ -107,12 +121,25 @@ def _run_child(a: argparse.Namespace) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result["wall_s"] = time.perf_counter() - t0
+    if asm is not None:
+        positives = torch.from_numpy(asm.counts)
     result["positives"] = int(positives.sum())
     result["rss_before_mb"] = rss_before
     result["peak_rss_mb"] = _rss_mb()
     if device.type == "cuda":
         result["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     print("RESULT " + json.dumps(result))
+
+
+def _assembler(shape: list[int], heads: int):
+    """predict's ``MaskAssembler`` for a volume already on the output grid (identity geometry, no crop)."""
+    from multitalent.inference.export import MaskAssembler
+    from multitalent.io import Geometry
+
+    geom = Geometry(tuple(shape), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)).to_dict()
+    props = {"resampled_shape": list(shape), "crop_box": [[0, n] for n in shape], "spacing": [1.0, 1.0, 1.0],
+             "canonical_geometry": geom, "original_geometry": geom}
+    return MaskAssembler(props, heads)
 
 
 # --- parent: orchestration and report ------------------------------------------------------------
@@ -143,7 +170,7 @@ def _spawn(a: argparse.Namespace, method: str, heads: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", method, "--child-heads", str(heads),
            "--shape", *map(str, a.shape), "--patch", *map(str, a.patch),
            "--base-features", str(a.base_features), "--n-stages", str(a.n_stages),
-           "--window-batch", str(a.window_batch), "--device", a.device]
+           "--window-batch", str(a.window_batch), "--device", a.device] + (["--masks"] if a.masks else [])
     res = subprocess.run(cmd, capture_output=True, text=True)
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -346,10 +346,12 @@ def _render_transfer(v: _View) -> None:
     w(f"**Here:** target {TARGET} AbdomenMultiOrgan ({ctx['n_target_train']} training and "
       f"{ctx['n_target_test']} test cases, {len(tr['heads'])} heads), the smallest dataset, like BTCV; it is "
       "left out of both pre-trainings and preprocessed as its own collection (its own CT statistics, the same "
-      f"spacing and patch). MultiTalent pre-training: the other {k - 1} datasets, {v.sizes.baseline_its} iterations. Supervised "
+      f"spacing and patch). MultiTalent pre-training: the other {k - 1} datasets, {v.sizes.baseline_its} "
+      "iterations. Supervised "
       f"pre-training: `{FULLY_FOLDER}`, the same {ctx['n_fully']} training cases with all {len(FULLY_LABELS)} "
       "structures annotated (painted from the phantom ground truth: the TotalSegmentator-like baseline), "
-      f"{v.sizes.baseline_its} iterations. Fine-tuning: `multitalent.finetune` (new heads, the backbone copied, three phases).\n")
+      f"{v.sizes.baseline_its} iterations. Fine-tuning: `multitalent.finetune` (new heads, the backbone "
+      "copied, three phases).\n")
     w("Dice (%) on the target's test cases, mean over its heads:\n")
     conds = list(CONDITIONS)
     w("| seed | " + " | ".join(CONDITIONS[c] for c in conds) + " |")

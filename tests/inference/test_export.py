@@ -39,3 +39,20 @@ def test_streamed_export_equals_restoring_whole_logit_volumes(code, spacing, tar
         expected = restore_channel(logits[h], props, order=1, fill=-1.0) > 0
         assert np.array_equal(asm.mask(h).astype(bool), expected)
         assert asm.counts[h] == expected.sum()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_export_on_cuda_equals_the_host_export():
+    """Slabs on the GPU: thresholding and interpolation stay there; the masks equal those made on the host."""
+    rng = np.random.default_rng(1)
+    img, g = scan(shape=(24, 40, 36), spacing=(2.5, 0.8, 0.8), code="LPS")
+    resampled, props = prepare_image(img, g, (1.5, 1.0, 1.0))
+    logits = 20 * ndimage.gaussian_filter(rng.normal(size=(3, *resampled.shape)), (0, 2, 2, 2)).astype(np.float32)
+    logits[2] -= np.quantile(logits[2], 0.995)
+    host, gpu = MaskAssembler(props, 3), MaskAssembler(props, 3)
+    for z in range(0, resampled.shape[0], 3):
+        host(z, torch.from_numpy(logits[:, z : z + 3].copy()))
+        gpu(z, torch.from_numpy(logits[:, z : z + 3].copy()).cuda())
+    host.finish()
+    gpu.finish()
+    assert np.array_equal(host.packed, gpu.packed) and np.array_equal(host.counts, gpu.counts)

@@ -61,75 +61,94 @@ class MaskAssembler:
         self._lo, self._hi, self._frac = _axis_taps(self.target_shape[0], self.crop_shape[0], 0, self.spacing)
         self._taps_y = _axis_taps(self.target_shape[1], self.crop_shape[1], 1, self.spacing)
         self._taps_x = _axis_taps(self.target_shape[2], self.crop_shape[2], 2, self.spacing)
+        self._taps_on: dict[torch.device, tuple] = {}
         m = self.crop_shape[0]
         self._plane = self.crop_shape[1] * self.crop_shape[2]
         self.packed = np.zeros((self.num_heads, m, math.ceil(self._plane / 8)), dtype=np.uint8)
         self.counts = np.zeros(self.num_heads, dtype=np.int64)
         self._next_j = 0
         self._next_z = 0
-        self._halo: np.ndarray | None = None  # last target slice received, [heads, y, x]
+        self._halo: torch.Tensor | None = None  # last target slice received, [heads, y, x]
 
     @property
     def nbytes(self) -> int:
         return int(self.packed.nbytes)
 
     def __call__(self, z0: int, logits: torch.Tensor | np.ndarray) -> None:
-        arr = logits.numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
-        arr = arr.astype(np.float32, copy=False)
-        if arr.shape[0] != self.num_heads or tuple(arr.shape[2:]) != self.target_shape[1:]:
-            raise ValueError(f"slab shape {arr.shape} does not fit {self.num_heads} heads on "
+        """Receive target slices ``z0 .. z0 + k`` of every head (``[heads, k, y, x]``, on any device).
+
+        The work stays on the tensor's device: thresholding, the crop of each head's positive box and its
+        interpolation; only finished masks (bool, the head's box) and a few per-row flags reach the host.
+        """
+        t = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
+        t = t.float()
+        if t.shape[0] != self.num_heads or tuple(t.shape[2:]) != self.target_shape[1:]:
+            raise ValueError(f"slab shape {tuple(t.shape)} does not fit {self.num_heads} heads on "
                              f"{self.target_shape}")
         if z0 != self._next_z:
             raise ValueError(f"slabs must arrive in z order: expected z={self._next_z}, got {z0}")
-        k = arr.shape[1]
+        k = t.shape[1]
         if self.probabilities is not None:
+            dtype = torch.float16 if self.probabilities.dtype == np.float16 else torch.float32
             for h in range(self.num_heads):
-                self.probabilities[h, z0 : z0 + k] = _sigmoid(arr[h]).astype(self.probabilities.dtype)
+                self.probabilities[h, z0 : z0 + k] = torch.sigmoid(t[h]).to(dtype).cpu().numpy()
         last = z0 + k - 1
         j0 = self._next_j
         j1 = int(np.searchsorted(self._hi, last, side="right"))
         if j1 > j0:
             lo, hi, frac = self._lo[j0:j1], self._hi[j0:j1], self._frac[j0:j1]
             first = int(lo[0])  # lowest target slice needed; z0 - 1 at most (the halo)
-            for h in range(self.num_heads):
-                src = arr[h, max(first - z0, 0) :]
-                if first < z0:
-                    src = np.concatenate([self._halo[h][None], src], axis=0)
-                src = src[: int(hi[-1]) - first + 1]
-                mask = self._slab_mask(src, lo - first, hi - first, frac)
+            src = t[:, max(first - z0, 0) :]
+            if first < z0:
+                src = torch.cat([self._halo[:, None], src], dim=1)
+            src = src[:, : int(hi[-1]) - first + 1]
+            pos = src > 0
+            rows, cols = pos.any(dim=(1, 3)).cpu().numpy(), pos.any(dim=(1, 2)).cpu().numpy()  # [heads, y | x]
+            del pos
+            for h in np.flatnonzero(rows.any(axis=1)):
+                mask = self._slab_mask(src[h], lo - first, hi - first, frac, rows[h], cols[h])
                 if mask is None:
                     continue
                 self.packed[h, j0:j1] = np.packbits(mask.reshape(j1 - j0, -1), axis=1)
                 self.counts[h] += int(np.count_nonzero(mask))
-        self._halo = arr[:, -1].copy()
+        self._halo = t[:, -1].clone()
         self._next_j = j1
         self._next_z = z0 + k
 
-    def _slab_mask(self, src: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray) -> np.ndarray | None:
-        """One head's mask for output slices with z taps ``lo``/``hi``/``frac`` into ``src`` [k, y, x] (logits
-        on the target grid), or None when it is empty.
+    def _device_taps(self, device: torch.device) -> tuple:
+        """The in-plane taps as tensors on ``device`` (made once per device)."""
+        if device not in self._taps_on:
+            self._taps_on[device] = tuple(
+                (torch.from_numpy(lo).to(device), torch.from_numpy(hi).to(device), torch.from_numpy(f).to(device))
+                for lo, hi, f in (self._taps_y, self._taps_x))
+        return self._taps_on[device]
+
+    def _slab_mask(self, src: torch.Tensor, lo: np.ndarray, hi: np.ndarray, frac: np.ndarray,
+                   rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+        """One head's mask (host, bool) for output slices with z taps ``lo``/``hi``/``frac`` into ``src``
+        [k, y, x] (logits on the target grid, any device), or None when it is empty. ``rows``/``cols``: which
+        target rows and columns hold a positive logit.
 
         Linear interpolation is a convex combination of its taps, so an output voxel can be > 0 only where
         one of its taps is: only the in-plane box of positive logits (and the output voxels whose taps reach
         it) is interpolated, axis by axis with the same taps as ``resample_image`` (order 1). Small
         structures cost their own extent instead of the whole plane.
         """
-        pos = src > 0
-        if not pos.any():
-            return None
-        rows, cols = np.flatnonzero(pos.any(axis=(0, 2))), np.flatnonzero(pos.any(axis=(0, 1)))
-        (jy, sy), (jx, sx) = (_reach(self._taps_y, rows[0], rows[-1]), _reach(self._taps_x, cols[0], cols[-1]))
+        ry, rx = np.flatnonzero(rows), np.flatnonzero(cols)
+        (jy, sy), (jx, sx) = _reach(self._taps_y, ry[0], ry[-1]), _reach(self._taps_x, rx[0], rx[-1])
         if jy.stop <= jy.start or jx.stop <= jx.start:  # a coarser output grid may skip every positive voxel
             return None
+        taps_y, taps_x = self._device_taps(src.device)
         a = src[:, sy, sx]
-        a = _interpolate(a, self._taps_y, jy, sy.start, axis=1)
-        a = _interpolate(a, self._taps_x, jx, sx.start, axis=2)
-        vals = a[lo]
+        a = _interpolate(a, taps_y, jy, sy.start, axis=1)
+        a = _interpolate(a, taps_x, jx, sx.start, axis=2)
+        dev = a.device
+        vals = a.index_select(0, torch.from_numpy(lo).to(dev))
         if np.any(frac > 0):
-            f = frac[:, None, None]
-            vals = vals * (1 - f) + a[hi] * f
+            f = torch.from_numpy(frac).to(dev)[:, None, None]
+            vals = vals * (1 - f) + a.index_select(0, torch.from_numpy(hi).to(dev)) * f
         mask = np.zeros((len(lo),) + self.crop_shape[1:], dtype=bool)
-        mask[:, jy, jx] = vals > 0
+        mask[:, jy, jx] = (vals > 0).cpu().numpy()
         return mask
 
     def finish(self) -> None:
@@ -246,18 +265,14 @@ def _reach(taps: tuple[np.ndarray, np.ndarray, np.ndarray], first: int, last: in
     return slice(j0, j1), slice(int(lo[j0]), int(hi[j1 - 1]) + 1)
 
 
-def _interpolate(a: np.ndarray, taps: tuple[np.ndarray, np.ndarray, np.ndarray], out: slice, start: int,
-                 axis: int) -> np.ndarray:
+def _interpolate(a: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor], out: slice, start: int,
+                 axis: int) -> torch.Tensor:
     """Linear interpolation of ``a`` (its ``axis`` starting at source position ``start``) at the outputs ``out``."""
     lo, hi, frac = (t[out] for t in taps)
-    shape = [1] * a.ndim
+    shape = [1] * a.dim()
     shape[axis] = len(frac)
     f = frac.reshape(shape)
-    return np.take(a, lo - start, axis=axis) * (1 - f) + np.take(a, hi - start, axis=axis) * f
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+    return a.index_select(axis, lo - start) * (1 - f) + a.index_select(axis, hi - start) * f
 
 
 def open_probabilities(folder: Path, num_heads: int, shape: Sequence[int]) -> np.ndarray:

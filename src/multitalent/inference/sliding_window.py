@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from multitalent.device import amp_dtype, autocast
 
-#: on_slab(z_start, logits) receives finished slices [heads, k, Y, X] (float32, CPU) in z order.
+#: on_slab(z_start, logits) receives finished slices [heads, k, Y, X] (float32, on the window's device)
+#: in z order.
 SlabCallback = Callable[[int, torch.Tensor], None]
 
 DEFAULT_SLAB_BYTES = 64 * 2**20
@@ -143,9 +144,10 @@ class _Ring:
         while c0 < hi:
             c1 = min(c0 + chunk, hi, c0 - c0 % pz + pz)  # stop at the ring's end
             r0 = c0 % pz
-            out = ring[:, r0 : r0 + (c1 - c0), y0:y1, x0:x1].float().cpu()
+            out = ring[:, r0 : r0 + (c1 - c0), y0:y1, x0:x1].float()
             self.st["max_chunk_bytes"] = max(self.st["max_chunk_bytes"], out.numel() * 4)
             if on_slab is None:
+                out = out.cpu()
                 shared = out.untyped_storage().data_ptr() == ring.untyped_storage().data_ptr()
                 self.collected.append(out.clone() if shared else out)
             else:
@@ -226,7 +228,7 @@ def sliding_window(net: nn.Module, image: torch.Tensor, patch_size: Sequence[int
         net: returns logits [B, H, *patch] for input [B, 1, *patch] (a list: its first entry is used).
         step: window step as a fraction of the patch (0.5: half-overlapping windows).
         mirror_axes: axes (0=z, 1=y, 2=x) mirrored for test-time augmentation (all combinations).
-        on_slab: receives ``(z_start, logits [H, k, y, x] float32 on CPU)`` for consecutive z chunks of
+        on_slab: receives ``(z_start, logits [H, k, y, x] float32 on the device)`` for consecutive z chunks of
             the (unpadded) image; the tensor may be a view of the accumulator, valid only during the call.
             When None, the whole logit volume [H, z, y, x] is returned instead.
         heads: output channels to keep (default all); the accumulator only holds these.
