@@ -19,13 +19,18 @@ What is run (all on one phantom collection, seed fixed, inside ``--out``):
 4. **Cost** -- training time of MultiTalent vs the sum of the single-dataset models (from the training
    logs) and inference time of one MultiTalent model vs the ensemble of the single-dataset models on
    the same scans.
+5. **Adding a dataset** (``--extend``) -- the MultiTalent pre-training (every dataset but the target) extended
+   with the target by ``multitalent extend``, with the original data (the union) and without it
+   (distillation): the old heads' Dice before and after (forgetting) and the new heads' Dice against a model
+   from scratch on all datasets with the same total iterations and against fine-tuning to the target alone.
 
 Everything is resumable: a training run is skipped when its ``checkpoint_final.pt`` exists and resumed
 (``resume=True``) when only ``checkpoint_latest.pt`` does; predictions skip finished cases; an
 evaluation is skipped when its ``summary.json`` exists; timings are cached under ``OUT/results/``.
 
     python benchmarks/reproduce.py --quick         # checks the machinery, < 10 min on 2 CPU cores
-    python benchmarks/reproduce.py --full          # about an hour on 2 idle CPU cores; docs/results.md
+    python benchmarks/reproduce.py --full          # about 150 min on 2 idle CPU cores; docs/results.md
+    python benchmarks/reproduce.py --full --extend # and the extension experiment (section 5)
     python benchmarks/reproduce.py --full --out work_dirs/reproduce_full --seed 0 --device cpu
     python benchmarks/reproduce.py --gpu --device cuda   # one H200, <= 10 min; docs/results_gpu.md
 
@@ -64,8 +69,9 @@ def _experiments(rep: Reproduction) -> dict:
     rep.ablation_runs(summaries)
     swin = rep.swin_probe()
     fidelity = rep.protocol_fidelity([m for m in summaries if not m.startswith("single")])
+    extension = rep.extension()
     return {"summaries": summaries, "transfer": transfer, "inference": inference, "swin": swin,
-            "fidelity": fidelity}
+            "fidelity": fidelity, "extension": extension}
 
 
 def _cost(rep: Reproduction, runs: dict) -> dict:
@@ -117,14 +123,16 @@ def _context(rep: Reproduction, stages: dict, command: str, wall_s: float) -> di
 
 
 def run(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
-        report: Path | None = None, command: str | None = None) -> dict:
-    """Run (or resume) every experiment in ``out`` and write the report; returns the report context."""
+        report: Path | None = None, command: str | None = None, extend: bool = False) -> dict:
+    """Run (or resume) every experiment in ``out`` (with ``extend`` also the extension experiment) and write the
+    report; returns the report context."""
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rep = Reproduction(sizes, out, seed, device, quiet)
+    rep = Reproduction(sizes, out, seed, device, quiet, extend=extend)
     rep.check_sizes()
-    command = command or f"python benchmarks/reproduce.py --{sizes.name} --out {out} --seed {seed}"
+    command = command or (f"python benchmarks/reproduce.py --{sizes.name} --out {out} --seed {seed}"
+                          + (" --extend" if extend else ""))
     rep.start_invocation(command)
     rep.say(f"reproduce ({sizes.name} sizes, seed {seed}, device {device}) -> {out}")
     stages = _experiments(rep)
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="toy sizes: checks the machinery (minutes)")
-    mode.add_argument("--full", action="store_true", help="the sizes for < 70 min on 2 idle CPU cores")
+    mode.add_argument("--full", action="store_true", help="the sizes for <= 150 min on 2 idle CPU cores")
     mode.add_argument("--gpu", action="store_true",
                       help="the sizes for <= 10 min on one H200 with 16 CPU cores (use with --device cuda)")
     mode.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the reduced form the tests run
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None,
                    help="also write the report here (default for --full: docs/results.md, for --gpu: "
                         "docs/results_gpu.md); it is always written to OUT/results.md")
+    p.add_argument("--extend", action="store_true",
+                   help="also the extension experiment (`multitalent extend`: the MultiTalent pre-training gains the "
+                        "left-out target, with and without its original data); adds two training runs")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
@@ -160,5 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or DEFAULT_REPORTS.get(name)
     argv = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv)
-    run(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report, command=command)
+    run(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
+        extend=args.extend)
     return 0

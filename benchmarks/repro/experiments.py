@@ -56,6 +56,11 @@ FT_CONDITIONS = {"scratch": ("pretrain_multitalent", True), "multitalent": ("pre
                  "supervised": ("pretrain_supervised", False)}
 
 
+# the extension experiment: the run extended, and each extension run with whether it keeps the original data
+EXT_BASE = "pretrain_multitalent"
+EXT_RUNS = {"extend_union": True, "extend_distill": False}
+
+
 def _set_threads(n: int) -> None:
     import torch
 
@@ -75,8 +80,10 @@ def _train_job(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, nam
 class Reproduction:
     """All experiments inside one output folder; each step skips what is already done."""
 
-    def __init__(self, sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True):
+    def __init__(self, sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
+                 extend: bool = False):
         self.sizes = sizes
+        self.extend = extend  # also the extension experiment (``--extend``)
         self.out = Path(out)
         self.seed = seed
         self.device = device
@@ -132,7 +139,10 @@ class Reproduction:
         path = self.results / "sizes.json"
         now = {"sizes": asdict(self.sizes), "seed": self.seed}
         before = _read_json(path)
-        if before is not None and json.loads(json.dumps(now)) != before:
+        if before is not None:  # a field added to Sizes later describes an experiment, not the runs made before
+            now_cmp = json.loads(json.dumps(now))
+            now_cmp["sizes"] = {k: v for k, v in now_cmp["sizes"].items() if k in before.get("sizes", {})}
+        if before is not None and now_cmp != before:
             raise SystemExit(f"{self.out} holds runs made with other sizes or another seed ({path}); "
                              "choose a new --out (or delete that folder).")
         _write_json(path, now)
@@ -282,6 +292,10 @@ class Reproduction:
                 name = f"finetune_{cond}_seed{self.seed + k}"
                 jobs[name] = {"name": name, "kind": "finetune", "pretrained": pretrained, "seed": self.seed + k,
                               "from_scratch": scratch, "after": [pretrained]}
+        # adding the target to the MultiTalent pre-training (``--extend`` only)
+        for name, original in EXT_RUNS.items():
+            jobs[name] = {"name": name, "kind": "extend", "original": original, "after": [EXT_BASE],
+                          "extension": True}
         return jobs
 
     def train(self, name: str) -> Path:
@@ -289,7 +303,28 @@ class Reproduction:
         spec = self.training_jobs()[name]
         if spec["kind"] == "finetune":
             return self.train_finetune(name, self.runs / spec["pretrained"], spec["seed"], spec["from_scratch"])
+        if spec["kind"] == "extend":
+            return self.train_extend(name, spec["original"])
         return self.train_plain(name, self.pre[spec["pre"]], spec["epochs"], **spec["kw"])
+
+    def train_extend(self, name: str, original: bool) -> Path:
+        """``multitalent extend``: the MultiTalent pre-training (every dataset but the target) gains the target's
+        heads; with its original data (the union) or without (distillation)."""
+        from multitalent.extend import extend
+        from multitalent.training.config import ExtendConfig
+
+        s = self.sizes
+
+        def fn(run: Path, resume: bool) -> None:
+            cfg = ExtendConfig(epochs=s.ext_epochs, iterations_per_epoch=s.iterations_per_epoch,
+                               val_iterations=s.val_iterations, base_features=s.base_features,
+                               head_warmup_epochs=s.ext_head_warmup_epochs, full_warmup_epochs=s.ext_full_warmup_epochs,
+                               without_original_data=not original, fold=s.fold, final_validation=False,
+                               num_workers=s.num_workers, seed=self.seed, device=self.device, quiet=self.quiet,
+                               resume=resume, preprocess_workers=1)
+            extend(self.runs / EXT_BASE, self.out / "manifests" / "target.json", run, cfg)
+
+        return self.train_run(name, fn)
 
     def train_all(self) -> None:
         """Every unfinished training run, ``sizes.jobs`` at a time in worker processes (each with
@@ -301,7 +336,7 @@ class Reproduction:
         s = self.sizes
         if s.jobs <= 1:
             return
-        jobs = self.training_jobs()
+        jobs = {n: j for n, j in self.training_jobs().items() if self.extend or not j.get("extension")}
         done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
         todo = [n for n in jobs if n not in done]
         if not todo:
@@ -460,6 +495,36 @@ class Reproduction:
                 per_seed[cond][seed] = {"dataset_dice": summary["datasets"][TARGET]["dice_mean"],
                                         "heads": {h: v["dice_mean"] for h, v in summary["heads"].items()}}
         return {"per_seed": per_seed, "heads": registry.ids}
+
+    def extension(self) -> dict | None:
+        """The extension experiment (``--extend``): the base model, both extensions, the model from scratch on all
+        datasets with the base + extension iterations and the fine-tuning to the target alone, every one scored
+        on every test case of its datasets."""
+        from multitalent.registry import HeadRegistry
+
+        if not self.extend:
+            return None
+        s = self.sizes
+        scratch = s.ext_scratch or f"multitalent_{s.archs[0]}"
+        models = {EXT_BASE: self.train(EXT_BASE), **{n: self.train(n) for n in EXT_RUNS}, scratch: self.train(scratch)}
+        summaries = {}
+        for name, run in models.items():
+            registry = HeadRegistry.load(run / "heads.json")
+            datasets = [d for d in self.dataset_ids if d in registry.dataset_ids]
+            pred = self.preds / f"{name}_test"
+            if not all((pred / c / "case.json").is_file() for d in datasets for c in self.test_cases[d]):
+                self.say(f"predicting {name} on the test cases of {len(datasets)} dataset(s)")
+                self.predict(run, self.test_images, pred)
+            summaries[name] = self.evaluate(pred, datasets, registry, name)
+        finetuned = {}
+        for k in range(s.ft_seeds):  # fine-tuning to the target alone, from the same base (the transfer stage)
+            name = f"finetune_multitalent_seed{self.seed + k}"
+            finetuned[name] = json.loads((self.evals / name / "summary.json").read_text())
+        base = HeadRegistry.load(models[EXT_BASE] / "heads.json")
+        target = [h.id for h in HeadRegistry.load(models["extend_union"] / "heads.json").heads if h.dataset == TARGET]
+        return {"summaries": summaries, "finetuned": finetuned, "scratch": scratch, "old_heads": base.ids,
+                "new_heads": target, "base_its": s.baseline_its, "ext_its": s.ext_its,
+                "scratch_its": _train_log(models[scratch])[-1]["iteration"] if _train_log(models[scratch]) else None}
 
     def inference_timing(self) -> dict:
         cache = self.results / "inference_timing.json"

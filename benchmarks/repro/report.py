@@ -21,6 +21,7 @@ from repro.statistics import (
     compare,
     dataset_average,
     judge,
+    mean_summary,
     within_noise,
 )
 from repro.text import CONDITIONS, _num, _p, _pct, _points, _title, _verdict
@@ -426,6 +427,63 @@ def _render_cost(v: _View) -> None:
 
 
 
+def _render_extension(v: _View) -> None:
+    """## 5: adding a dataset to a trained model (``--extend``)."""
+    ctx, w, claim_line = v.ctx, v.w, v.claim_line
+    ext = ctx.get("extension")
+    if not ext:
+        return
+    sm, conv, scratch = ext["summaries"], v.conv, ext["scratch"]
+    old = [h for h in ext["old_heads"] if h in v.resolved]
+    new = [h for h in ext["new_heads"] if h in v.resolved]
+    finetuned = mean_summary(list(ext["finetuned"].values()))
+    base_its, ext_its = ext["base_its"], ext["ext_its"]
+    w("## 5. Adding a dataset to a trained model (`multitalent extend`)\n")
+    w("**Paper:** no experiment; its closing remark is that MultiTalent imposes no restrictions on additional "
+      "datasets. No implementation, the paper's included, adds a dataset to a trained model.\n")
+    w(f"**Here:** the MultiTalent pre-training of section 3 (every dataset but {TARGET}, {base_its} iterations) "
+      f"gains {TARGET}'s {len(ext['new_heads'])} heads with `multitalent extend` ({ext_its} more iterations: "
+      f"{v.sizes.ext_head_warmup_epochs} epoch(s) of the output convolutions only, "
+      f"{v.sizes.ext_full_warmup_epochs} of whole-network warm-up, {v.sizes.ext_epochs} poly), (a) on the union "
+      f"of the original collection and {TARGET} with MultiTalent's loss and sampling, and (b) on {TARGET} alone, "
+      "the old heads kept close to the base model's probabilities by distillation. Beside them: "
+      f"`{scratch}`, MultiTalent from scratch on all datasets ({ext.get('scratch_its')} iterations; the same total "
+      f"as base + extension when that is {base_its + ext_its}), and the fine-tuning of the same base model to "
+      f"{TARGET} alone (section 3, mean over {len(ext['finetuned'])} seeds; it replaces every head). Dice (%), "
+      "resolved heads, every test case of the datasets a model has heads for.\n")
+    w(f"| model | iterations | trained on | converged | old heads: over datasets | old heads: over heads | "
+      f"new heads ({TARGET}) |")
+    w("|---|---:|---|---|---:|---:|---:|")
+    rows = [("pretrain_multitalent", f"{base_its}", f"every dataset but {TARGET}", sm["pretrain_multitalent"]),
+            ("extend_union", f"{base_its} + {ext_its}", f"+ union with {TARGET}", sm["extend_union"]),
+            ("extend_distill", f"{base_its} + {ext_its}", f"+ {TARGET} alone, distillation", sm["extend_distill"]),
+            (scratch, f"{ext.get('scratch_its')}", "every dataset, from scratch", sm[scratch])]
+    states = {True: "yes", False: "**no**", None: "?"}
+    for name, its, data, summary in rows:
+        w(f"| {name} | {its} | {data} | {states[all_converged(conv, [name])]} | "
+          f"{_pct(dataset_average(summary, old))} | {_pct(_mean_dice(summary, old))} | "
+          f"{_pct(_mean_dice(summary, new))} |")
+    w(f"| fine-tuned to {TARGET} (mean of seeds) | {base_its} + fine-tuning | {TARGET} alone, new heads | "
+      f"{states[all_converged(conv, list(ext['finetuned']))]} | n/a (heads replaced) | n/a | "
+      f"{_pct(_mean_dice(finetuned, new))} |")
+    w("")
+    w("Old heads per dataset (Dice %, mean over the dataset's resolved heads): forgetting is the change from the "
+      "base model.\n")
+    w("| dataset | base | extended (union) | extended (distillation) |")
+    w("|---|---:|---:|---:|")
+    for ds in dict.fromkeys(sm["pretrain_multitalent"]["heads"][h]["dataset"] for h in old):
+        hs = [h for h in old if sm["pretrain_multitalent"]["heads"][h]["dataset"] == ds]
+        w(f"| {ds} | " + " | ".join(_pct(_mean_dice(sm[m], hs))
+                                   for m in ("pretrain_multitalent", "extend_union", "extend_distill")) + " |")
+    w("")
+    w("**Verdicts** (a claim that one model keeps up with another holds unless a one-sided paired t-test over "
+      f"heads or over cases finds it worse at p < {ALPHA}; only between converged runs):\n")
+    for f in ctx["findings"]:
+        if f["key"].startswith("ext_"):
+            claim_line(f["key"])
+    w("")
+
+
 def _render_ablations(v: _View) -> None:
     """## Ablations."""
     ctx, w = v.ctx, v.w
@@ -474,7 +532,7 @@ def _render_summary(v: _View) -> None:
     w("")
 
 RENDERERS = (_render_intro, _render_run, _render_convergence, _render_table1, _render_fidelity, _render_transfer,
-             _render_cost, _render_ablations, _render_runs, _render_summary)
+             _render_cost, _render_extension, _render_ablations, _render_runs, _render_summary)
 
 
 def write_report(path: Path, ctx: dict) -> str:

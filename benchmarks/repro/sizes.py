@@ -62,6 +62,15 @@ class Sizes:
     jobs: int = 1
     # ablations of MultiTalent (main backbone, 2N iterations): (name, ((TrainConfig field, value), ...))
     ablations: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    # adding a dataset (``multitalent extend``, ``reproduce.py --extend``): the MultiTalent pre-training (every
+    # dataset but the target) extended with the target, with and without the original data, for
+    # ``ext_total_epochs`` epochs of ``iterations_per_epoch``: heads only, whole-network warm-up, then poly.
+    # ``ext_scratch``: the run from scratch on all datasets with the base + extension iterations ("": the main
+    # MultiTalent run, whatever its iterations)
+    ext_head_warmup_epochs: int = 1
+    ext_full_warmup_epochs: int = 1
+    ext_epochs: int = 1
+    ext_scratch: str = ""
 
     @property
     def n_single(self) -> int:
@@ -80,6 +89,15 @@ class Sizes:
     def ft_total_epochs(self) -> int:
         return self.ft_head_warmup_epochs + self.ft_full_warmup_epochs + self.ft_epochs
 
+    @property
+    def ext_total_epochs(self) -> int:
+        return self.ext_head_warmup_epochs + self.ext_full_warmup_epochs + self.ext_epochs
+
+    @property
+    def ext_its(self) -> int:
+        """Iterations of each extension run."""
+        return self.ext_total_epochs * self.iterations_per_epoch
+
 
 # FULL uses the demo's grid (6 mm, patch 32x48x48): on 2 CPU cores MultiTalent learns the large organs
 # there within ~1000 iterations (docs/benchmarks.md). Only the plain U-Net on the CPU (the residual U-Net's
@@ -96,7 +114,8 @@ FULL = Sizes(name="full", base_features=8, archs=("plain_unet",), swin_probe_ite
              single_epochs=64, multitalent_factor=4, baseline_epochs=64, fold="0", val_iterations=12,
              ft_iterations_per_epoch=25, ft_head_warmup_epochs=2, ft_full_warmup_epochs=4, ft_epochs=22,
              ft_seeds=3, timing_scans=3, jobs=2, ablations=(("mt_n", (("epochs", 64),)),
-                                                          ("mt_2n", (("epochs", 128),))))
+                                                          ("mt_2n", (("epochs", 128),))),
+             ext_head_warmup_epochs=2, ext_full_warmup_epochs=4, ext_epochs=58, ext_scratch="ablation_mt_2n")
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
               val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,

@@ -349,6 +349,75 @@ def _cost_findings(ctx: dict) -> list[dict]:
     ]
 
 
+def not_worse(tests: list[dict], converged: bool | None, judged: bool) -> str:
+    """The verdict of an 'a keeps up with b' claim: it does not hold when any paired test finds a < b at ALPHA,
+    and holds otherwise; only between converged models, and never for ``--quick``."""
+    if not judged:
+        return QUICK_VERDICT
+    if not converged:
+        return NOT_CONVERGED
+    if any(t["p_less"] is None for t in tests):
+        return "not testable (too few pairs)"
+    return "does not hold" if any(t["p_less"] < ALPHA for t in tests) else "holds"
+
+
+def mean_summary(summaries: list[dict]) -> dict:
+    """The per-head and per-case Dice of several summaries (seeds of one model) averaged, in summary form (what
+    ``per_head``, ``per_case`` and ``compare`` read)."""
+    first = summaries[0]
+    heads = {h: {**v, "dice_mean": _mean_or_none([s["heads"][h]["dice_mean"] for s in summaries])}
+             for h, v in first["heads"].items()}
+    cases = {ds: {c: {h: {"dice": _mean_or_none([s["cases"][ds][c][h]["dice"] for s in summaries])} for h in hs}
+                  for c, hs in cs.items()} for ds, cs in first["cases"].items()}
+    return {"heads": heads, "cases": cases}
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+EXT_PAPER = "no figure (the paper's closing remark: no restrictions on additional datasets)"
+
+
+def _extension_findings(ctx: dict) -> list[dict]:
+    """Adding a dataset (``--extend``): no forgetting of the old heads, new heads as good as the alternatives."""
+    ext, conv, judged = ctx.get("extension"), ctx["convergence"], ctx["judged"]
+    if not ext:
+        return []
+    sm, base, scratch = ext["summaries"], "pretrain_multitalent", ext["scratch"]
+    old = [h for h in ext["old_heads"] if h in ctx["resolved"]]
+    new = [h for h in ext["new_heads"] if h in ctx["resolved"]]
+    finetuned = mean_summary(list(ext["finetuned"].values()))
+    out = []
+    for run, label in (("extend_union", "with the original data"), ("extend_distill", "without it (distillation)")):
+        t = compare(sm[run], sm[base], old)
+        out.append(_finding(
+            f"ext_old_{run}", f"Extending {label} keeps the old heads (no significant loss against the base model)",
+            EXT_PAPER, f"{_pct(_mean_dice(sm[run], old))} vs {_pct(_mean_dice(sm[base], old))} "
+            f"({_points(_diff(_mean_dice(sm[run], old), _mean_dice(sm[base], old)))}; {_tests_less(t)})"
+            f"{_conv_note(conv, [run, base])}",
+            not_worse([t["heads"], t["cases"]], all_converged(conv, [run, base]), judged), t))
+        for other, name, runs in ((scratch, f"a model from scratch on all datasets ({scratch})", [scratch]),
+                                  ("finetuned", "fine-tuning the base model to the new dataset alone",
+                                   list(ext["finetuned"]))):
+            b = finetuned if other == "finetuned" else sm[other]
+            t = compare(sm[run], b, new)
+            out.append(_finding(
+                f"ext_new_{run}_{other if other == 'finetuned' else 'scratch'}",
+                f"Extending {label}: the new heads keep up with {name}", EXT_PAPER,
+                f"{_pct(_mean_dice(sm[run], new))} vs {_pct(_mean_dice(b, new))} "
+                f"({_points(_diff(_mean_dice(sm[run], new), _mean_dice(b, new)))}; {_tests_less(t)})"
+                f"{_conv_note(conv, [run, *runs])}",
+                not_worse([t["heads"], t["cases"]], all_converged(conv, [run, *runs]), judged), t))
+    return out
+
+
+def _tests_less(t: dict) -> str:
+    return (f"one-sided paired p (a < b) = {_p(t['heads']['p_less'])} over {t['heads']['n']} heads, "
+            f"{_p(t['cases']['p_less'])} over {t['cases']['n']} cases")
+
+
 def findings(ctx: dict) -> list[dict]:
     """Every paper claim with what was measured here and its verdict (``judge``)."""
     heads = [h for h in ctx["summaries"]["single"]["heads"] if h in ctx["resolved"]]
@@ -356,7 +425,7 @@ def findings(ctx: dict) -> list[dict]:
     for arch in ctx["sizes"].archs:
         out += _arch_findings(ctx, arch, heads)
     return (out + _merged_findings(ctx, heads) + _fidelity_findings(ctx) + _transfer_findings(ctx)
-            + _cost_findings(ctx))
+            + _cost_findings(ctx) + _extension_findings(ctx))
 
 
 # --- the analysis of the runs ------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """MultiTalent: one 3D segmentation network trained on many partially-labelled CT datasets.
 
-The public API (``docs/usage.md``): :func:`preprocess`, :func:`train`, :func:`finetune`, :func:`predict`,
-:func:`evaluate`, :func:`validate` and :class:`Predictor`. They are imported on first use, so that
+The public API (``docs/usage.md``): :func:`preprocess`, :func:`train`, :func:`finetune`, :func:`extend`,
+:func:`predict`, :func:`evaluate`, :func:`validate` and :class:`Predictor`. They are imported on first use, so that
 ``import multitalent`` (and the CLI's ``--help``) does not load torch.
 """
 
 from multitalent.errors import UserInputError
 
 __version__ = "0.1.0"
-_API = ("preprocess", "train", "finetune", "predict", "evaluate", "validate")
+_API = ("preprocess", "train", "finetune", "extend", "predict", "evaluate", "validate")
 __all__ = ["UserInputError", "__version__", "Predictor", *_API]
 
 

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
 from pathlib import Path
 
 
@@ -36,6 +38,16 @@ def finetune(model: str | os.PathLike, preprocessed: str | os.PathLike, out: str
     from multitalent.training.config import FinetuneConfig
 
     return _finetune(model, preprocessed, out, FinetuneConfig(**options))
+
+
+def extend(model: str | os.PathLike, manifest: str | os.PathLike, out: str | os.PathLike,
+           preprocessed: str | os.PathLike | None = None, **options) -> Path:
+    """``multitalent extend``: add the datasets of ``manifest`` to the trained ``model``; ``options`` are
+    :class:`~multitalent.training.config.ExtendConfig` fields. Returns the extended run's ``checkpoint_final.pt``."""
+    from multitalent.extend import extend as _extend
+    from multitalent.training.config import ExtendConfig
+
+    return _extend(model, manifest, out, ExtendConfig(**options), preprocessed=preprocessed)
 
 
 def predict(model: str | os.PathLike | list, input: str | os.PathLike, output: str | os.PathLike,
@@ -69,3 +81,17 @@ def validate(run: str | os.PathLike, **options) -> dict | None:
     from multitalent.training.validation import final_validation
 
     return final_validation(run, **options)
+
+
+class _CallableModule(types.ModuleType):
+    """A module of the package that shares its name with a public call (``multitalent.finetune``,
+    ``multitalent.extend``): importing the module replaces the package attribute, so the module itself
+    answers ``mt.finetune(...)`` with the API function of its name."""
+
+    def __call__(self, *args, **kwargs):
+        return globals()[self.__name__.rsplit(".", 1)[1]](*args, **kwargs)
+
+
+def make_callable(module_name: str) -> None:
+    """Let the module ``module_name`` be called as the API function of the same name."""
+    sys.modules[module_name].__class__ = _CallableModule

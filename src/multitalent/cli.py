@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   multitalent validate work/run --checkpoint best
   multitalent predict -m work/run -i scan.nii.gz -o work/pred
   multitalent evaluate work/pred work/raw/Dataset001_Liver/labelsTs --heads work/run/heads.json -o work/eval
+  multitalent extend -m work/run work/new/collection.json -o work/run_extended
   multitalent demo -o demo_output
 """
 
@@ -82,6 +83,15 @@ def _cmd_finetune(a: argparse.Namespace) -> None:
         print(f"fine-tuning finished; checkpoint: {final}")
 
 
+def _cmd_extend(a: argparse.Namespace) -> None:
+    from multitalent.extend import extend
+    from multitalent.training.config import ExtendConfig
+
+    cfg = from_namespace(ExtendConfig, a, quiet=a.quiet)
+    final = extend(a.model, a.manifest, a.output, cfg, preprocessed=a.preprocessed_output)
+    print(f"extension finished; checkpoint: {final}")
+
+
 def _cmd_validate(a: argparse.Namespace) -> None:
     from multitalent.evaluation import format_dataset_table
     from multitalent.training.validation import ValidateConfig, final_validation
@@ -107,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     from multitalent.inference.config import PredictConfig
     from multitalent.phantoms.config import PhantomsConfig
     from multitalent.preprocessing.config import PreprocessConfig
-    from multitalent.training.config import FinetuneConfig, TrainConfig
+    from multitalent.training.config import ExtendConfig, FinetuneConfig, TrainConfig
     from multitalent.training.validation import ValidateConfig
 
     parser = argparse.ArgumentParser(
@@ -167,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="run folder")
     add_dataclass_arguments(p, FinetuneConfig, skip=("quiet",))
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("extend", parents=[common],
+                       help="add datasets to a trained model: its heads and weights kept, new heads trained on the "
+                            "union (or, without the original data, with distillation)")
+    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the trained MultiTalent model")
+    p.add_argument("manifest", help="manifest (collection.json or .yaml) of the datasets to add, raw nnU-Net format")
+    p.add_argument("-o", "--output", required=True, help="run folder of the extended model")
+    p.add_argument("--preprocessed-output", default=None,
+                   help="where the union's preprocessed folder goes (default: OUTPUT/preprocessed)")
+    add_dataclass_arguments(p, ExtendConfig, skip=("quiet", "from_scratch"))
+    p.set_defaults(func=_cmd_extend)
 
     p = sub.add_parser("validate", parents=[common], help="predict and evaluate a run's held-out fold on whole scans "
                                         "(RUN/validation/; train does it at the end)")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import types
 from pathlib import Path
 
 import torch
 
+from multitalent.api import make_callable
 from multitalent.errors import UserInputError
 from multitalent.models import head_parameters, load_backbone
 from multitalent.models.unet import NNUNET_MAX_FEATURES
@@ -109,14 +108,4 @@ def finetune(model: str | os.PathLike, pre_target: str | os.PathLike, out: str |
                  extra_meta={"pretrained": ckpt.path, "from_scratch": cfg.from_scratch})
 
 
-class _CallableModule(types.ModuleType):
-    """``multitalent.finetune`` is both this module and the public ``mt.finetune(model, pre, out, **options)``:
-    importing the module replaces the package attribute, so the module itself answers the call."""
-
-    def __call__(self, *args, **kwargs):
-        from multitalent.api import finetune as api_finetune
-
-        return api_finetune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__)  # ``mt.finetune(...)`` also after ``import multitalent.finetune``

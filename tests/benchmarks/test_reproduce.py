@@ -48,7 +48,8 @@ def test_gpu_sizes_train_every_backbone_within_the_projected_ten_minutes(reprodu
     assert jobs["multitalent_swin_unetr"]["kw"] == {"arch": "swin_unetr"}
     assert jobs["single_swin_unetr_D005"]["kw"] == {"datasets": ["D005"], "arch": "swin_unetr"}
     assert jobs["ablation_width32"]["kw"] == {"arch": "plain_unet", "base_features": 32}
-    assert len(jobs) == 3 * 3 + 3 + 3 + 1 + 3 * gpu.ft_seeds
+    assert len(jobs) == 3 * 3 + 3 + 3 + 1 + 3 * gpu.ft_seeds + 2  # + the two extension runs (--extend)
+    assert [n for n, j in jobs.items() if j.get("extension")] == ["extend_union", "extend_distill"]
     # the SwinUNETR runs get its feature size (train_plain), not a U-Net's base features
     import multitalent.training.loop
 
@@ -140,7 +141,7 @@ def t1_text(text: str) -> str:
 @pytest.mark.slow  # the whole reduced reproduction: trains every run
 def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     out = tmp_path / "repro"
-    ctx = reproduce.run(reproduce.TINY, out, seed=0, quiet=True)
+    ctx = reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True)
     report = out / "results.md"
     text = report.read_text()
     assert (out / "results_boxplot.png").stat().st_size > 0
@@ -181,13 +182,24 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     tr = _section(text, "## 3. Transfer")
     assert "| 0 |" in tr and "mean ± sd" in tr and "MultiTalent vs from scratch" in tr
     assert len(_table_numbers(tr)) > 0
+    # adding the target to the pre-training: both extensions trained, scored and set beside the alternatives
+    ext = _section(text, "## 5. Adding a dataset")
+    for row in ("| pretrain_multitalent |", "| extend_union |", "| extend_distill |", "| multitalent_plain_unet |",
+                "| fine-tuned to D005 (mean of seeds) |"):
+        assert row in ext, row
+    assert len(_table_numbers(ext)) > 0
+    keys = {f["key"]: f["verdict"] for f in ctx["findings"] if f["key"].startswith("ext_")}
+    assert len(keys) == 6 and set(keys.values()) == {"not judged (--quick checks the machinery)"}
+    for run in ("extend_union", "extend_distill"):
+        record = json.loads((out / "runs" / run / "config.json").read_text())
+        assert record["extension"]["added_datasets"] == ["D005"]
     cost = _section(text, "## 4. Cost")
     assert "training time" in cost and "inference on" in cost
     assert ctx["cost"]["ratio"] > 0 and ctx["inference"]["ratio"] > 0
 
     # resumable: a second invocation finds every run, prediction, evaluation and timing done
     lines_before = (out / "reproduce.log").read_text().count("\n")
-    reproduce.run(reproduce.TINY, out, seed=0, quiet=True)
+    reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True)
     new = (out / "reproduce.log").read_text().splitlines()[lines_before:]
     assert not [line for line in new if "training" in line or "predicting" in line or "preprocessing" in line]
     invocations = json.loads((out / "results" / "invocations.json").read_text())

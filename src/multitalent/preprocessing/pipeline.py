@@ -175,11 +175,33 @@ def _preprocess_one(args: tuple) -> tuple[str, np.ndarray]:
     samples = sample_foreground(resampled, seg_res, rng)
     props.update({"case": record.case, "dataset": record.dataset, "image_file": str(record.image),
                   "label_file": str(record.label),
-                  "heads_present": sorted({int(i) for i in np.unique(fg_heads)})})
+                  "heads_present": sorted({int(i) for i in np.unique(fg_heads)}),
+                  "min_intensity": float(image.min()) if image.size else 0.0})
     np.savez_compressed(cases_dir / f"{record.case}.npz", image=image_hu, seg=seg_res.astype(np.int16),
                         fg_locations=fg_locations, fg_heads=fg_heads)
     write_json(cases_dir / f"{record.case}.json", props)
     return record.case, samples
+
+
+def preprocess_records(records: Sequence[CaseRecord], registry: HeadRegistry, plans: Plans, cases_dir: Path,
+                       workers: int = 1, progress: bool = True) -> dict[str, np.ndarray]:
+    """Write every case of ``records`` into ``cases_dir`` at ``plans``' spacing (``fg_heads`` index
+    ``registry``); returns each case's foreground intensity samples (for the normalisation statistics)."""
+    jobs = [(r, registry.to_dict(), plans.spacing, cases_dir, plans.foreground_samples_per_head) for r in records]
+    samples: dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for case, s in pool.map(_preprocess_one, jobs):
+                samples[case] = s
+                bar.update()
+    else:
+        for job in jobs:
+            case, s = _preprocess_one(job)
+            samples[case] = s
+            bar.update()
+    bar.close()
+    return samples
 
 
 def _stable_seed(text: str) -> int:
@@ -229,20 +251,7 @@ def run_preprocessing(manifest: str | os.PathLike, out: str | os.PathLike, confi
     with atomic_dir(out) as tmp:
         cases_dir = tmp / "cases"
         cases_dir.mkdir()
-        jobs = [(r, registry.to_dict(), plans.spacing, cases_dir, plans.foreground_samples_per_head) for r in records]
-        samples: dict[str, np.ndarray] = {}
-        bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress)
-        if workers > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for case, s in pool.map(_preprocess_one, jobs):
-                    samples[case] = s
-                    bar.update()
-        else:
-            for job in jobs:
-                case, s = _preprocess_one(job)
-                samples[case] = s
-                bar.update()
-        bar.close()
+        samples = preprocess_records(records, registry, plans, cases_dir, workers, progress)
         plans.normalization = compute_normalization([samples[r.case] for r in records])
         plans.save(tmp / "plans.json")
         registry.save(tmp / "heads.json")

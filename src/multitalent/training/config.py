@@ -77,3 +77,18 @@ class FinetuneConfig(TrainConfig):
     full_warmup_epochs: int = option(50, "phase 2: epochs of whole-network SGD with lr rising linearly to --lr")
     from_scratch: bool = option(False, "ignore the pre-trained weights: one poly phase as long as the three phases "
                                 "together (the comparison baseline)")
+
+
+@dataclass
+class ExtendConfig(FinetuneConfig):
+    batch_size: int = option(0, "global batch size; 0 takes plans.json's (the base model's, paper: 4)")
+    head_warmup_epochs: int = option(10, "phase 1: epochs training only the output convolutions (the new heads start "
+                                     "at the head prior; AdamW, lr rising linearly)")
+    base_preprocessed: str = option("", "the base model's preprocessed folder (default: the one its checkpoint "
+                                    "records); its cases are linked, not copied")
+    without_original_data: bool = option(False, "the original data is not available: train on the new datasets "
+                                         "only and keep the old heads close to the base model's outputs on the new "
+                                         "scans (distillation)")
+    distill_weight: float = option(1.0, "weight of the distillation term (old heads vs the base model's "
+                                   "probabilities) with --without-original-data")
+    preprocess_workers: int = option(1, "processes preprocessing the new datasets")

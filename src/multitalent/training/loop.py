@@ -32,6 +32,7 @@ from multitalent.data.loader import (
 from multitalent.data.targets import batch_to_device
 from multitalent.device import resolve_device
 from multitalent.errors import ensure_output_dir, write_json
+from multitalent.objectives import Objective
 from multitalent.registry import HeadRegistry
 from multitalent.training.checkpoint import (
     BackgroundSaver,
@@ -57,8 +58,12 @@ EMA_DECAY = 0.9  # nnU-Net's moving average of the pseudo-Dice
 
 def train(pre_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConfig,
           phases: list[Phase] | None = None, init_fn: Callable[[torch.nn.Module], None] | None = None,
-          registry: HeadRegistry | None = None, extra_meta: dict | None = None) -> Path:
+          registry: HeadRegistry | None = None, extra_meta: dict | None = None,
+          objective: type[Objective] | None = None) -> Path:
     """Train one network on the preprocessed collection ``pre_dir``; artefacts go to ``out_dir``.
+
+    ``objective`` replaces the one ``cfg.objective`` names (``multitalent extend`` adds distillation to
+    MultiTalent's loss this way); the checkpoint still records ``cfg.objective``, which prediction reads.
 
     Returns the path of ``checkpoint_final.pt``. With ``cfg.final_validation`` the held-out fold's whole
     scans are then predicted and evaluated into ``out_dir/validation/`` (:mod:`multitalent.training.validation`).
@@ -68,7 +73,7 @@ def train(pre_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: TrainConf
     if dinfo.enabled and device.type == "cuda":
         device = torch.device("cuda", dinfo.local_rank)
     try:
-        spec, model = build_run(pre_dir, out_dir, cfg, device, dinfo, phases, registry, extra_meta)
+        spec, model = build_run(pre_dir, out_dir, cfg, device, dinfo, phases, registry, extra_meta, objective)
         final = _run(spec, model, init_fn)
     finally:
         cleanup(dinfo)

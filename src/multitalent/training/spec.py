@@ -90,7 +90,8 @@ class RunSpec:
                 **self.extra_meta}
 
 
-def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> type[Objective]:
+def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo,
+                   objective: type[Objective] | None = None) -> type[Objective]:
     """The options that can be refused before anything is read; returns the objective."""
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{out}: the output path exists and is a file; give a folder path instead.")
@@ -106,9 +107,9 @@ def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo) -> type[Objecti
         raise UserInputError(f"--head-prior {cfg.head_prior}: give a probability in [0, 1) (0 keeps zero biases).")
     if not 0.0 <= cfg.fg_fraction <= 1.0:
         raise UserInputError(f"--fg-fraction {cfg.fg_fraction}: give a fraction in [0, 1] (the paper: 1/3).")
-    objective = get_objective(cfg.objective)
+    objective = objective or get_objective(cfg.objective)
     if dinfo.enabled and not objective.distributed:
-        raise UserInputError(f"--objective {cfg.objective} is a single-process baseline; run it without torchrun.")
+        raise UserInputError(f"the {objective.name} objective runs in one process; run it without torchrun.")
     return objective
 
 
@@ -124,12 +125,13 @@ def _registry_for(cfg: TrainConfig, pre: Preprocessed, registry: HeadRegistry | 
 
 def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, device: torch.device,
               dinfo: DistInfo, phases: list[Phase] | None = None, registry: HeadRegistry | None = None,
-              extra_meta: dict | None = None) -> tuple[RunSpec, MultiHeadNet]:
+              extra_meta: dict | None = None,
+              objective: type[Objective] | None = None) -> tuple[RunSpec, MultiHeadNet]:
     """Check every option against the preprocessed collection, build the network (seeded, with its head
     prior) and check that one training step fits the device's memory (:mod:`.memory`). Raises
     :class:`UserInputError` for anything a user can fix; writes nothing."""
     out = Path(out)
-    objective = _check_options(cfg, out, dinfo)
+    objective = _check_options(cfg, out, dinfo, objective)
     pre = Preprocessed.open(pre_dir)
     registry = _registry_for(cfg, pre, registry)
     batch_size = cfg.batch_size or pre.plans.batch_size
