@@ -38,12 +38,12 @@ def _configs() -> dict[str, type]:
     from multitalent.inference.config import PredictConfig
     from multitalent.phantoms.config import PhantomsConfig
     from multitalent.preprocessing.config import PreprocessConfig
-    from multitalent.training.config import FinetuneConfig, TrainConfig
+    from multitalent.training.config import ExtendConfig, FinetuneConfig, TrainConfig
     from multitalent.training.validation import ValidateConfig
 
     return {"phantoms": PhantomsConfig, "preprocess": PreprocessConfig, "train": TrainConfig,
             "predict": PredictConfig, "evaluate": EvaluateConfig, "finetune": FinetuneConfig,
-            "validate": ValidateConfig, "demo": DemoConfig}
+            "extend": ExtendConfig, "validate": ValidateConfig, "demo": DemoConfig}
 
 
 # subcommand -> (its arguments without options, the function it calls)
@@ -54,6 +54,7 @@ COMMANDS = {
     "predict": (["-m", "run", "-i", "x", "-o", "pred"], "multitalent.inference.predict.predict"),
     "evaluate": (["pred", "gt", "--heads", "h.json", "-o", "ev"], "multitalent.evaluation.evaluate"),
     "finetune": (["-m", "run", "pre", "-o", "run2"], "multitalent.finetune.finetune"),
+    "extend": (["-m", "run", "new.json", "-o", "run2"], "multitalent.extend.extend"),
     "validate": (["run"], "multitalent.training.validation.final_validation"),
     "demo": (["-o", "d"], "multitalent.demo.run_demo"),
 }

@@ -191,3 +191,16 @@ def test_a_merged_softmax_model_cannot_be_extended(base, tmp_path):
     ckpt.save(tmp_path / "merged.pt")
     with pytest.raises(UserInputError, match="no sigmoid heads"):
         extend(tmp_path / "merged.pt", _new_dataset(tmp_path / "new"), tmp_path / "ext", _cfg())
+
+
+def test_an_extension_resumes_on_its_preprocessed_union_and_is_not_started_twice(base, tmp_path):
+    run, _ = base
+    manifest = _new_dataset(tmp_path / "new")
+    extend(run, manifest, tmp_path / "ext", _cfg())
+    union = tmp_path / "ext" / "preprocessed" / "heads.json"
+    stamp = union.stat().st_mtime_ns
+    with pytest.raises(UserInputError, match="--resume"):
+        extend(run, manifest, tmp_path / "ext", _cfg())
+    final = load_checkpoint(extend(run, manifest, tmp_path / "ext", _cfg(epochs=1, resume=True)))
+    assert final.iteration == 2 * COMMON["iterations_per_epoch"]  # head warm-up, then one poly epoch
+    assert union.stat().st_mtime_ns == stamp  # the union folder was reused, not preprocessed again

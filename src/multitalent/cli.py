@@ -89,7 +89,8 @@ def _cmd_extend(a: argparse.Namespace) -> None:
 
     cfg = from_namespace(ExtendConfig, a, quiet=a.quiet)
     final = extend(a.model, a.manifest, a.output, cfg, preprocessed=a.preprocessed_output)
-    print(f"extension finished; checkpoint: {final}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"extension finished; checkpoint: {final}")
 
 
 def _cmd_validate(a: argparse.Namespace) -> None:

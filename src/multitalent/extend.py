@@ -243,6 +243,22 @@ def _same_union(folder: Path, registry: HeadRegistry, plans: Plans) -> bool:
     return pre.registry.to_dict() == registry.to_dict() and pre.plans.to_dict() == plans.to_dict()
 
 
+UNION_WAIT_S = 6 * 3600.0  # how long other torchrun ranks wait for rank 0's preprocessing
+
+
+def _wait_for_union(union: Path, registry: HeadRegistry, plans: Plans, timeout_s: float = UNION_WAIT_S) -> None:
+    """Block until rank 0 has renamed the finished union folder into place (the rename is atomic)."""
+    import time
+
+    start = time.monotonic()
+    while not _same_union(union, registry, plans):
+        if time.monotonic() - start > timeout_s:
+            raise UserInputError(f"{union}: rank 0 did not finish preprocessing the added datasets within "
+                                 f"{timeout_s / 3600:.0f} h; see rank 0's error, or give the union folder of an "
+                                 "earlier extension with --preprocessed-output.")
+        time.sleep(5.0)
+
+
 def extend(model: str | os.PathLike, manifest: str | os.PathLike, out: str | os.PathLike, cfg: ExtendConfig,
            preprocessed: str | os.PathLike | None = None) -> Path:
     """Add the datasets of ``manifest`` (raw nnU-Net format) to the model ``model`` (run folder or checkpoint)
@@ -274,7 +290,9 @@ def extend(model: str | os.PathLike, manifest: str | os.PathLike, out: str | os.
     union = Path(preprocessed) if preprocessed else out / "preprocessed"
     created = not out.exists()
     try:
-        if not _same_union(union, registry, plans):
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 preprocesses, the others wait for it
+            _wait_for_union(union, registry, plans)
+        elif not _same_union(union, registry, plans):
             if union.exists() and any(union.iterdir()):
                 raise UserInputError(f"{union}: holds something other than this extension's preprocessed data; "
                                      "remove it or choose another output folder.")

@@ -17,8 +17,12 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "usage.md"
 def test_the_api_names_exist():
     import multitalent as mt
 
-    for name in ("preprocess", "train", "finetune", "predict", "evaluate", "validate", "Predictor"):
+    for name in ("preprocess", "train", "finetune", "extend", "predict", "evaluate", "validate", "Predictor"):
         assert callable(getattr(mt, name)), name
+    import multitalent.extend  # noqa: F401 - importing the module keeps the name callable
+    import multitalent.finetune  # noqa: F401
+
+    assert callable(mt.extend) and callable(mt.finetune)
 
 
 @pytest.mark.slow  # trains and predicts
