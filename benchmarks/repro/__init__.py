@@ -7,7 +7,7 @@ renderer per section, the plots), ``cli`` (``run``, ``main``; the full descripti
 ``benchmarks/`` on ``sys.path``, as ``benchmarks/reproduce.py`` does.
 """
 
-from repro.cli import main, run
+from repro.cli import main, run, run_extension_only
 from repro.experiments import Reproduction
 from repro.report import write_report
 from repro.sizes import FULL, GPU, QUICK, SIZES, TINY, Sizes, calibration_note, gpu_projection, projection
@@ -18,6 +18,7 @@ from repro.statistics import (
     analysis,
     compare,
     convergence,
+    extension_findings,
     findings,
     judge,
     paired,
@@ -25,5 +26,6 @@ from repro.statistics import (
 )
 
 __all__ = ["ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
-           "analysis", "calibration_note", "compare", "convergence", "findings", "gpu_projection", "judge", "main",
-           "paired", "projection", "run", "within_noise", "write_report"]
+           "analysis", "calibration_note", "compare", "convergence", "extension_findings", "findings",
+           "gpu_projection", "judge", "main", "paired", "projection", "run", "run_extension_only", "within_noise",
+           "write_report"]

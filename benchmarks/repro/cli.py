@@ -31,6 +31,7 @@ evaluation is skipped when its ``summary.json`` exists; timings are cached under
     python benchmarks/reproduce.py --quick         # checks the machinery, < 10 min on 2 CPU cores
     python benchmarks/reproduce.py --full          # about 150 min on 2 idle CPU cores; docs/results.md
     python benchmarks/reproduce.py --full --extend # and the extension experiment (section 5)
+    python benchmarks/reproduce.py --full --extend-only  # that experiment alone: docs/results_extension.md
     python benchmarks/reproduce.py --full --out work_dirs/reproduce_full --seed 0 --device cpu
     python benchmarks/reproduce.py --gpu --device cuda   # one H200, <= 10 min; docs/results_gpu.md
 
@@ -50,12 +51,13 @@ from pathlib import Path
 
 from repro.common import REPO, TARGET, _date_utc, _read_json, _write_json, machine_description, run_stats
 from repro.experiments import Reproduction
-from repro.report import write_report
+from repro.report import write_extension_report, write_report
 from repro.sizes import SIZES, Sizes, calibration_note
-from repro.statistics import analysis, findings, within_noise
+from repro.statistics import analysis, extension_findings, findings, within_noise
 
 # the report written besides OUT/results.md when --report is not given
 DEFAULT_REPORTS = {"full": REPO / "docs" / "results.md", "gpu": REPO / "docs" / "results_gpu.md"}
+EXTENSION_REPORTS = {"full": REPO / "docs" / "results_extension.md"}
 
 
 def _experiments(rep: Reproduction) -> dict:
@@ -145,6 +147,44 @@ def run(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool
     return ctx
 
 
+def run_extension_only(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
+                       report: Path | None = None, command: str | None = None) -> dict:
+    """Only the extension experiment and the runs it reads (base, run from scratch, fine-tunings); writes
+    ``OUT/results_extension.md`` (and ``report``); returns the report context."""
+    from multitalent.preprocessing.pipeline import Preprocessed
+    from multitalent.registry import HeadRegistry
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Reproduction(sizes, out, seed, device, quiet, extend=True)
+    rep.check_sizes()
+    command = command or f"python benchmarks/reproduce.py --{sizes.name} --extend-only --out {out} --seed {seed}"
+    rep.start_invocation(command)
+    rep.say(f"extension experiment ({sizes.name} sizes, seed {seed}, device {device}) -> {out}")
+    rep.prepare_data()
+    names = rep.extension_jobs()
+    rep.train_all(only=names)
+    rep.registry = HeadRegistry.load(rep.pre["all"] / "heads.json")
+    extension = rep.extension()
+    pre_all = Preprocessed.open(rep.pre["all"])
+    runs = {n: run_stats(rep.runs / n) for n in names}
+    invocations = rep.invocations()
+    ctx = {"extension": extension, "sizes": sizes, "command": command, "date": _date_utc(),
+           "machine": machine_description(device), "wall_s": time.perf_counter() - t_start,
+           "wall_total_s": sum(i["wall_s"] for i in invocations), "n_invocations": len(invocations),
+           "run_stats": runs, "dataset_ids": rep.dataset_ids,
+           "plans": {"spacing": pre_all.plans.spacing, "patch_size": pre_all.plans.patch_size,
+                     "batch_size": pre_all.plans.batch_size}}
+    ctx.update(analysis(rep, runs, pre_all, sizes, pre_all.plans.spacing))
+    ctx["findings"] = extension_findings(ctx)
+    _write_json(rep.results / "findings_extension.json", ctx["findings"])
+    for path in [out / "results_extension.md"] + ([Path(report)] if report else []):
+        write_extension_report(path, ctx)
+        rep.say(f"report written: {path}")
+    return ctx
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extend", action="store_true",
                    help="also the extension experiment (`multitalent extend`: the MultiTalent pre-training gains the "
                         "left-out target, with and without its original data); adds two training runs")
+    p.add_argument("--extend-only", action="store_true",
+                   help="only the extension experiment and the runs it compares (about a third of --full's "
+                        "training); writes OUT/results_extension.md (and, for --full, docs/results_extension.md)")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
@@ -171,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     report = args.report or DEFAULT_REPORTS.get(name)
     argv = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/reproduce.py " + " ".join(shlex.quote(a) for a in argv)
+    if args.extend_only:
+        report = args.report or EXTENSION_REPORTS.get(name)
+        run_extension_only(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report,
+                           command=command)
+        return 0
     run(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
         extend=args.extend)
     return 0

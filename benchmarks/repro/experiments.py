@@ -326,9 +326,9 @@ class Reproduction:
 
         return self.train_run(name, fn)
 
-    def train_all(self) -> None:
-        """Every unfinished training run, ``sizes.jobs`` at a time in worker processes (each with
-        ``cpu_count // jobs`` torch threads), a fine-tuning only after its pre-training. Nothing to do when
+    def train_all(self, only: list[str] | None = None) -> None:
+        """Every unfinished training run (``only``: just these), ``sizes.jobs`` at a time in worker processes (each
+        with ``cpu_count // jobs`` torch threads), a fine-tuning only after its pre-training. Nothing to do when
         ``sizes.jobs`` is 1: the stages then train one run after the other."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -336,7 +336,8 @@ class Reproduction:
         s = self.sizes
         if s.jobs <= 1:
             return
-        jobs = {n: j for n, j in self.training_jobs().items() if self.extend or not j.get("extension")}
+        jobs = {n: j for n, j in self.training_jobs().items()
+                if (self.extend or not j.get("extension")) and (only is None or n in only)}
         done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
         todo = [n for n in jobs if n not in done]
         if not todo:
@@ -486,15 +487,20 @@ class Reproduction:
         for k in range(s.ft_seeds):
             seed = self.seed + k
             for cond in FT_CONDITIONS:
-                name = f"finetune_{cond}_seed{seed}"
-                run = self.train(name)
-                pred = self.preds / name
-                if not all((pred / c / "case.json").is_file() for c in self.test_cases[TARGET]):
-                    self.predict(run, self.dataset_dirs[TARGET] / "imagesTs", pred)
-                summary = self.evaluate(pred, [TARGET], registry, name)
+                summary = self.finetune_summary(f"finetune_{cond}_seed{seed}", registry)
                 per_seed[cond][seed] = {"dataset_dice": summary["datasets"][TARGET]["dice_mean"],
                                         "heads": {h: v["dice_mean"] for h, v in summary["heads"].items()}}
         return {"per_seed": per_seed, "heads": registry.ids}
+
+    def ext_scratch(self) -> str:
+        """The run from scratch on all datasets that the extensions are compared with."""
+        return self.sizes.ext_scratch or f"multitalent_{self.sizes.archs[0]}"
+
+    def extension_jobs(self) -> list[str]:
+        """The training runs the extension experiment reads: its base, both extensions, the run from scratch and
+        the fine-tunings of the base to the target."""
+        return [EXT_BASE, *EXT_RUNS, self.ext_scratch(),
+                *(f"finetune_multitalent_seed{self.seed + k}" for k in range(self.sizes.ft_seeds))]
 
     def extension(self) -> dict | None:
         """The extension experiment (``--extend``): the base model, both extensions, the model from scratch on all
@@ -505,7 +511,7 @@ class Reproduction:
         if not self.extend:
             return None
         s = self.sizes
-        scratch = s.ext_scratch or f"multitalent_{s.archs[0]}"
+        scratch = self.ext_scratch()
         models = {EXT_BASE: self.train(EXT_BASE), **{n: self.train(n) for n in EXT_RUNS}, scratch: self.train(scratch)}
         summaries = {}
         for name, run in models.items():
@@ -516,15 +522,22 @@ class Reproduction:
                 self.say(f"predicting {name} on the test cases of {len(datasets)} dataset(s)")
                 self.predict(run, self.test_images, pred)
             summaries[name] = self.evaluate(pred, datasets, registry, name)
-        finetuned = {}
-        for k in range(s.ft_seeds):  # fine-tuning to the target alone, from the same base (the transfer stage)
-            name = f"finetune_multitalent_seed{self.seed + k}"
-            finetuned[name] = json.loads((self.evals / name / "summary.json").read_text())
+        target_registry = HeadRegistry.load(self.pre["target"] / "heads.json")
+        finetuned = {name: self.finetune_summary(name, target_registry)  # the target alone, from the same base
+                     for name in self.extension_jobs() if name.startswith("finetune_")}
         base = HeadRegistry.load(models[EXT_BASE] / "heads.json")
         target = [h.id for h in HeadRegistry.load(models["extend_union"] / "heads.json").heads if h.dataset == TARGET]
         return {"summaries": summaries, "finetuned": finetuned, "scratch": scratch, "old_heads": base.ids,
                 "new_heads": target, "base_its": s.baseline_its, "ext_its": s.ext_its,
                 "scratch_its": _train_log(models[scratch])[-1]["iteration"] if _train_log(models[scratch]) else None}
+
+    def finetune_summary(self, name: str, registry) -> dict:
+        """Train (or find) the fine-tuning run ``name``, predict and evaluate it on the target's test cases."""
+        run = self.train(name)
+        pred = self.preds / name
+        if not all((pred / c / "case.json").is_file() for c in self.test_cases[TARGET]):
+            self.predict(run, self.dataset_dirs[TARGET] / "imagesTs", pred)
+        return self.evaluate(pred, [TARGET], registry, name)
 
     def inference_timing(self) -> dict:
         cache = self.results / "inference_timing.json"

@@ -201,19 +201,7 @@ def _render_convergence(v: _View) -> None:
       "summary gives the verdicts under both readings. No test case enters either.\n")
     w(f"![validation curves]({curves_png.name})\n")
     w(f"*`{curves_png.name}`: every run's validation curve; dashed: not converged by the criterion.*\n")
-    w("| run | iterations | pseudo-Dice at 25 / 50 / 75 / 100 % of training (%) | gain over the last "
-      "quarter (points) | converged | noise per epoch (sd, points) | gain's standard error | converged within "
-      "noise |")
-    w("|---|---:|---|---:|---|---:|---:|---|")
-    states = {True: "yes", False: "**no**", None: "cannot be judged"}
-    for name, c in conv.items():
-        q = " / ".join(_pct(v) for v in _quarters(c))
-        gain = None if c["gain_last_quarter"] is None else 100 * c["gain_last_quarter"]
-        last = c["iterations"][-1] if c["iterations"] else 0
-        sd, se = (None if c.get(k) is None else 100 * c[k] for k in ("noise_sd", "gain_se"))
-        w(f"| {name} | {last} | {q} | {_num(gain, '+.2f')} | {states[c['converged']]} | {_num(sd, '.2f')} | "
-          f"{_num(se, '.2f')} | {states[c.get('converged_within_noise')]} |")
-    w("")
+    _convergence_table(w, conv)
     samples = ctx["samples"]
     if samples:
         cols = list(samples)
@@ -234,6 +222,23 @@ def _render_convergence(v: _View) -> None:
       + (", ".join(f"{h} ({_num(ctx['thickness'][h], '.0f')} mm)" for h in below) if below else "none")
       + ". They appear in the per-head tables but not in the averages and tests.\n")
 
+
+
+def _convergence_table(w: Callable[[str], None], conv: dict) -> None:
+    """One row per run: its curve at the quarters, the gain over the last quarter and both readings."""
+    w("| run | iterations | pseudo-Dice at 25 / 50 / 75 / 100 % of training (%) | gain over the last "
+      "quarter (points) | converged | noise per epoch (sd, points) | gain's standard error | converged within "
+      "noise |")
+    w("|---|---:|---|---:|---|---:|---:|---|")
+    states = {True: "yes", False: "**no**", None: "cannot be judged"}
+    for name, c in conv.items():
+        q = " / ".join(_pct(v) for v in _quarters(c))
+        gain = None if c["gain_last_quarter"] is None else 100 * c["gain_last_quarter"]
+        last = c["iterations"][-1] if c["iterations"] else 0
+        sd, se = (None if c.get(k) is None else 100 * c[k] for k in ("noise_sd", "gain_se"))
+        w(f"| {name} | {last} | {q} | {_num(gain, '+.2f')} | {states[c['converged']]} | {_num(sd, '.2f')} | "
+          f"{_num(se, '.2f')} | {states[c.get('converged_within_noise')]} |")
+    w("")
 
 
 def _render_table1(v: _View) -> None:
@@ -441,7 +446,8 @@ def _render_extension(v: _View) -> None:
     w("## 5. Adding a dataset to a trained model (`multitalent extend`)\n")
     w("**Paper:** no experiment; its closing remark is that MultiTalent imposes no restrictions on additional "
       "datasets. No implementation, the paper's included, adds a dataset to a trained model.\n")
-    w(f"**Here:** the MultiTalent pre-training of section 3 (every dataset but {TARGET}, {base_its} iterations) "
+    w(f"**Here:** the MultiTalent pre-training of the transfer experiment (every dataset but {TARGET}, {base_its} "
+      "iterations) "
       f"gains {TARGET}'s {len(ext['new_heads'])} heads with `multitalent extend` ({ext_its} more iterations: "
       f"{v.sizes.ext_head_warmup_epochs} epoch(s) of the output convolutions only, "
       f"{v.sizes.ext_full_warmup_epochs} of whole-network warm-up, {v.sizes.ext_epochs} poly), (a) on the union "
@@ -449,7 +455,8 @@ def _render_extension(v: _View) -> None:
       "the old heads kept close to the base model's probabilities by distillation. Beside them: "
       f"`{scratch}`, MultiTalent from scratch on all datasets ({ext.get('scratch_its')} iterations; the same total "
       f"as base + extension when that is {base_its + ext_its}), and the fine-tuning of the same base model to "
-      f"{TARGET} alone (section 3, mean over {len(ext['finetuned'])} seeds; it replaces every head). Dice (%), "
+      f"{TARGET} alone (the transfer experiment's, mean over {len(ext['finetuned'])} seeds; it replaces every head). "
+      "Dice (%), "
       "resolved heads, every test case of the datasets a model has heads for.\n")
     w(f"| model | iterations | trained on | converged | old heads: over datasets | old heads: over heads | "
       f"new heads ({TARGET}) |")
@@ -543,6 +550,46 @@ def write_report(path: Path, ctx: dict) -> str:
     plot_report(v)
     for render in RENDERERS:
         render(v)
+    text = "\n".join(v.lines)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return text
+
+
+class _ExtensionView:
+    """What ``_render_extension`` reads, for the report of the extension experiment alone (``--extend-only``)."""
+
+    def __init__(self, ctx: dict) -> None:
+        self.ctx, self.sizes, self.conv, self.resolved = ctx, ctx["sizes"], ctx["convergence"], ctx["resolved"]
+        self.found = {f["key"]: f for f in ctx["findings"]}
+        self.lines: list[str] = []
+
+    w = _View.w
+    claim_line = _View.claim_line
+
+
+def write_extension_report(path: Path, ctx: dict) -> str:
+    """The report of ``reproduce.py --extend-only``: the run, the convergence of the runs it reads, section 5."""
+    from multitalent.errors import atomic_path
+
+    v = _ExtensionView(ctx)
+    w = v.w
+    w("# Adding a dataset to a trained model on the phantom collection\n")
+    w(f"Written by `benchmarks/reproduce.py --extend-only` ({ctx['sizes'].name} sizes): only the runs section 5 of "
+      "the full reproduction reads, trained and scored in the same way and with the same verdict rules "
+      "(`docs/results.md` explains them; `--full --extend` puts this section into that report).\n")
+    w("## Run\n")
+    w(f"- command: `{ctx['command']}`")
+    w(f"- date: {ctx['date']}")
+    w(f"- machine: {ctx['machine']}")
+    w(f"- wall time: {ctx['wall_s'] / 60:.1f} min for the invocation that wrote this report; "
+      f"{ctx['wall_total_s'] / 60:.1f} min summed over all {ctx['n_invocations']} invocation(s) on this folder")
+    w(f"- plans: spacing {ctx['plans']['spacing']} mm, patch {ctx['plans']['patch_size']}, batch "
+      f"{ctx['plans']['batch_size']}; heads below the resolution limit ({ctx['resolution_limit_mm']:.0f} mm) are "
+      "left out of the averages and tests\n")
+    w("## Convergence of the runs compared\n")
+    _convergence_table(w, v.conv)
+    _render_extension(v)
     text = "\n".join(v.lines)
     with atomic_path(path) as tmp:
         tmp.write_text(text)

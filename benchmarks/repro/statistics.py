@@ -380,7 +380,7 @@ def _mean_or_none(values: list) -> float | None:
 EXT_PAPER = "no figure (the paper's closing remark: no restrictions on additional datasets)"
 
 
-def _extension_findings(ctx: dict) -> list[dict]:
+def extension_findings(ctx: dict) -> list[dict]:
     """Adding a dataset (``--extend``): no forgetting of the old heads, new heads as good as the alternatives."""
     ext, conv, judged = ctx.get("extension"), ctx["convergence"], ctx["judged"]
     if not ext:
@@ -425,7 +425,7 @@ def findings(ctx: dict) -> list[dict]:
     for arch in ctx["sizes"].archs:
         out += _arch_findings(ctx, arch, heads)
     return (out + _merged_findings(ctx, heads) + _fidelity_findings(ctx) + _transfer_findings(ctx)
-            + _cost_findings(ctx) + _extension_findings(ctx))
+            + _cost_findings(ctx) + extension_findings(ctx))
 
 
 # --- the analysis of the runs ------------------------------------------------------------------------

@@ -204,3 +204,18 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert not [line for line in new if "training" in line or "predicting" in line or "preprocessing" in line]
     invocations = json.loads((out / "results" / "invocations.json").read_text())
     assert len(invocations) == 2
+
+
+@pytest.mark.slow  # trains the runs the extension experiment reads
+def test_the_extension_experiment_runs_alone(reproduce, tmp_path):
+    out = tmp_path / "ext"
+    ctx = reproduce.run_extension_only(reproduce.TINY, out, seed=0, quiet=True)
+    text = (out / "results_extension.md").read_text()
+    assert "## 5. Adding a dataset" in text and "## Convergence of the runs compared" in text
+    # only the runs section 5 reads were trained: no single-dataset model, no merged softmax
+    trained = sorted(p.name for p in (out / "runs").iterdir() if (p / "checkpoint_final.pt").is_file())
+    assert trained == sorted(["pretrain_multitalent", "extend_union", "extend_distill", "multitalent_plain_unet",
+                              "finetune_multitalent_seed0"])
+    assert len(ctx["findings"]) == 6 and all(f["verdict"].startswith("not judged") for f in ctx["findings"])
+    for row in ("| extend_union |", "| extend_distill |", "| fine-tuned to D005 (mean of seeds) |"):
+        assert row in text, row
