@@ -204,3 +204,16 @@ def test_an_extension_resumes_on_its_preprocessed_union_and_is_not_started_twice
     final = load_checkpoint(extend(run, manifest, tmp_path / "ext", _cfg(epochs=1, resume=True)))
     assert final.iteration == 2 * COMMON["iterations_per_epoch"]  # head warm-up, then one poly epoch
     assert union.stat().st_mtime_ns == stamp  # the union folder was reused, not preprocessed again
+
+
+def test_a_model_trained_on_some_of_its_folders_datasets_needs_the_distillation_variant(base, tmp_path):
+    _, final = base
+    pre = load_checkpoint(final).run["preprocessed"]
+    sub = loop.train(pre, tmp_path / "liver_only", TrainConfig(epochs=1, base_features=4, n_stages=3, datasets=["D001"],
+                                                              **COMMON))
+    manifest = _new_dataset(tmp_path / "new")
+    with pytest.raises(UserInputError, match="other heads than the base model"):
+        extend(sub, manifest, tmp_path / "ext", _cfg())
+    assert not (tmp_path / "ext").exists()
+    out = extend(sub, manifest, tmp_path / "ext", _cfg(without_original_data=True))
+    assert HeadRegistry.from_dict(load_checkpoint(out).heads).ids == ["D001_liver", "D001_tumor", "D003_kidney"]

@@ -167,10 +167,10 @@ def _base_preprocessed(ckpt: Checkpoint, plans: Plans, registry: HeadRegistry, c
     if (mine.spacing, mine.patch_size, mine.normalization) != (theirs.spacing, theirs.patch_size, theirs.normalization):
         raise UserInputError(f"{base.root / 'plans.json'}: differs from the plans the base model was trained with "
                              f"({ckpt.path}); pass the folder it was trained on with --base-preprocessed.")
-    if base.registry.to_dict()["heads"] != registry.to_dict()["heads"][: len(base.registry)] or \
-            not set(registry.dataset_ids) <= set(base.registry.dataset_ids):
-        raise UserInputError(f"{base.root / 'heads.json'}: does not hold the base model's heads; pass the folder "
-                             "it was trained on with --base-preprocessed.")
+    if base.registry.to_dict() != registry.to_dict():  # its case files index these heads (fg_heads)
+        raise UserInputError(f"{base.root / 'heads.json'}: holds other heads than the base model ({len(base.registry)} "
+                             f"vs {len(registry)}; a model trained on some of the folder's datasets with --datasets?); "
+                             "pass the folder it was trained on with --base-preprocessed, or --without-original-data.")
     return base
 
 
