@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from multitalent.api import make_callable
+from multitalent.data.loader import UNPACKED_KEYS
 from multitalent.errors import UserInputError, atomic_dir, write_json
 from multitalent.finetune import adopt_network, finetune_phases
 from multitalent.loss import MultiTalentLoss
@@ -139,8 +140,10 @@ def build_union(base_pre: Preprocessed | None, plans: Plans, registry: HeadRegis
                     _link(base_pre.root / "cases" / f"{c['case']}{suffix}", cases_dir / f"{c['case']}{suffix}")
                 # cases the base run already unpacked are shared too (a large collection's arrays are not
                 # written twice)
-                for f in sorted((base_pre.root / "unpacked").glob(f"{c['case']}_*.npy")):
-                    _link(f, tmp / "unpacked" / f.name)
+                arrays = [base_pre.root / "unpacked" / f"{c['case']}_{key}.npy" for key in UNPACKED_KEYS]
+                if all(f.is_file() for f in arrays):
+                    for f in arrays:
+                        _link(f, tmp / "unpacked" / f.name)
             cases = list(base_pre.cases)
             splits = _merge_splits(base_pre.splits, splits)
         cases += [{"case": r.case, "dataset": r.dataset, "image": str(r.image), "label": str(r.label)}

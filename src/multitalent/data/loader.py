@@ -35,6 +35,9 @@ STREAM_TRAIN = 0
 STREAM_VAL = 1
 
 
+UNPACKED_KEYS = ("image", "seg", "fg_locations", "fg_heads")  # one ``<case>_<key>.npy`` each under ``unpacked/``
+
+
 class CaseStore:
     """Opens case files as memory maps (unpacking each ``.npz`` once to ``.npy`` files beside the run)."""
 
@@ -46,7 +49,7 @@ class CaseStore:
     def _unpack(self, case: str) -> None:
         self.unpacked.mkdir(exist_ok=True)
         with np.load(self.pre.case_file(case)) as z:
-            for key in ("image", "seg", "fg_locations", "fg_heads"):
+            for key in UNPACKED_KEYS:
                 final = self.unpacked / f"{case}_{key}.npy"
                 if final.exists():
                     continue
@@ -60,7 +63,7 @@ class CaseStore:
                 self._unpack(case)
             self._cache[case] = {
                 key: np.load(self.unpacked / f"{case}_{key}.npy", mmap_mode="r" if key in ("image", "seg") else None)
-                for key in ("image", "seg", "fg_locations", "fg_heads")
+                for key in UNPACKED_KEYS
             }
         return self._cache[case]
 
@@ -262,5 +265,5 @@ def unpack_all(pre: Preprocessed, cases: Sequence[str]) -> None:
             store._unpack(c)
 
 
-__all__ = ["PatchBatches", "CaseStore", "make_loader", "auto_num_workers", "shared_memory_warning", "batch_nbytes",
-           "unpack_all", "crop_padded"]
+__all__ = ["UNPACKED_KEYS", "PatchBatches", "CaseStore", "make_loader", "auto_num_workers", "shared_memory_warning",
+           "batch_nbytes", "unpack_all", "crop_padded"]
