@@ -111,6 +111,30 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     run_demo(Path(a.output), from_namespace(DemoConfig, a), quiet=a.quiet)
 
 
+def _add_transfer_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``finetune`` and ``extend``: a trained model's network taken on to new datasets."""
+    from multitalent.training.config import ExtendConfig, FinetuneConfig
+
+    p = sub.add_parser("finetune", parents=[common],
+                       help="fine-tune a trained network on a new collection (new heads)")
+    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the pre-trained network")
+    p.add_argument("preprocessed", help="preprocessed target collection")
+    p.add_argument("-o", "--output", required=True, help="run folder")
+    add_dataclass_arguments(p, FinetuneConfig, skip=("quiet",))
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("extend", parents=[common],
+                       help="add datasets to a trained model: its heads and weights kept, new heads trained on the "
+                            "union (or, without the original data, with distillation)")
+    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the trained MultiTalent model")
+    p.add_argument("manifest", help="manifest (collection.json or .yaml) of the datasets to add, raw nnU-Net format")
+    p.add_argument("-o", "--output", required=True, help="run folder of the extended model")
+    p.add_argument("--preprocessed-output", default=None,
+                   help="where the union's preprocessed folder goes (default: OUTPUT/preprocessed)")
+    add_dataclass_arguments(p, ExtendConfig, skip=("quiet", "from_scratch"))
+    p.set_defaults(func=_cmd_extend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # configuration modules only: building the parser must not import torch (fast --help and errors)
     from multitalent.demo import DemoConfig
@@ -118,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     from multitalent.inference.config import PredictConfig
     from multitalent.phantoms.config import PhantomsConfig
     from multitalent.preprocessing.config import PreprocessConfig
-    from multitalent.training.config import ExtendConfig, FinetuneConfig, TrainConfig
+    from multitalent.training.config import TrainConfig
     from multitalent.training.validation import ValidateConfig
 
     parser = argparse.ArgumentParser(
@@ -171,24 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, EvaluateConfig)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("finetune", parents=[common],
-                       help="fine-tune a trained network on a new collection (new heads)")
-    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the pre-trained network")
-    p.add_argument("preprocessed", help="preprocessed target collection")
-    p.add_argument("-o", "--output", required=True, help="run folder")
-    add_dataclass_arguments(p, FinetuneConfig, skip=("quiet",))
-    p.set_defaults(func=_cmd_finetune)
-
-    p = sub.add_parser("extend", parents=[common],
-                       help="add datasets to a trained model: its heads and weights kept, new heads trained on the "
-                            "union (or, without the original data, with distillation)")
-    p.add_argument("-m", "--model", required=True, help="run folder or checkpoint of the trained MultiTalent model")
-    p.add_argument("manifest", help="manifest (collection.json or .yaml) of the datasets to add, raw nnU-Net format")
-    p.add_argument("-o", "--output", required=True, help="run folder of the extended model")
-    p.add_argument("--preprocessed-output", default=None,
-                   help="where the union's preprocessed folder goes (default: OUTPUT/preprocessed)")
-    add_dataclass_arguments(p, ExtendConfig, skip=("quiet", "from_scratch"))
-    p.set_defaults(func=_cmd_extend)
+    _add_transfer_commands(sub, common)
 
     p = sub.add_parser("validate", parents=[common], help="predict and evaluate a run's held-out fold on whole scans "
                                         "(RUN/validation/; train does it at the end)")
