@@ -16,16 +16,19 @@ from repro.statistics import (
     NOT_CONVERGED,
     QUICK_VERDICT,
     analysis,
+    budget_pair_rows,
+    by_budget_pairs,
     compare,
     convergence,
     extension_findings,
     findings,
     judge,
+    last_quarter,
     paired,
     within_noise,
 )
 
 __all__ = ["ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
-           "analysis", "calibration_note", "compare", "convergence", "extension_findings", "findings",
-           "gpu_projection", "judge", "main", "paired", "projection", "run", "run_extension_only", "within_noise",
-           "write_report"]
+           "analysis", "budget_pair_rows", "by_budget_pairs", "calibration_note", "compare", "convergence",
+           "extension_findings", "findings", "gpu_projection", "judge", "last_quarter", "main", "paired",
+           "projection", "run", "run_extension_only", "within_noise", "write_report"]

@@ -81,9 +81,10 @@ class Reproduction:
     """All experiments inside one output folder; each step skips what is already done."""
 
     def __init__(self, sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
-                 extend: bool = False):
+                 extend: bool = False, pairs: bool = False):
         self.sizes = sizes
         self.extend = extend  # also the extension experiment (``--extend``)
+        self.pairs = pairs  # also the half- and double-budget runs that decide convergence (``--pairs``)
         self.out = Path(out)
         self.seed = seed
         self.device = device
@@ -142,6 +143,10 @@ class Reproduction:
         if before is not None:  # a field added to Sizes later describes an experiment, not the runs made before
             now_cmp = json.loads(json.dumps(now))
             now_cmp["sizes"] = {k: v for k, v in now_cmp["sizes"].items() if k in before.get("sizes", {})}
+            # so does an ablation added after the others: the runs made before keep their settings
+            old = before.get("sizes", {}).get("ablations")
+            if old is not None and now_cmp["sizes"].get("ablations", [])[:len(old)] == old:
+                now_cmp["sizes"]["ablations"] = old
         if before is not None and now_cmp != before:
             raise SystemExit(f"{self.out} holds runs made with other sizes or another seed ({path}); "
                              "choose a new --out (or delete that folder).")
@@ -244,17 +249,19 @@ class Reproduction:
 
         return self.train_run(name, fn)
 
-    def train_finetune(self, name: str, pretrained: Path, seed: int, from_scratch: bool) -> Path:
+    def train_finetune(self, name: str, pretrained: Path, seed: int, from_scratch: bool, half: bool = False) -> Path:
+        """A fine-tuning run (``half``: each of its three phases half as long, the budget pair's shorter run)."""
         from multitalent.finetune import FinetuneConfig, finetune
 
         s = self.sizes
+        head, full, rest = (max(1, e // 2) if half else e
+                            for e in (s.ft_head_warmup_epochs, s.ft_full_warmup_epochs, s.ft_epochs))
 
         def fn(run: Path, resume: bool) -> None:
             # from scratch: one poly phase as long as the three phases (finetune_phases)
-            cfg = FinetuneConfig(epochs=s.ft_epochs, iterations_per_epoch=s.ft_iterations_per_epoch,
+            cfg = FinetuneConfig(epochs=rest, iterations_per_epoch=s.ft_iterations_per_epoch,
                                  val_iterations=s.val_iterations, base_features=s.base_features,
-                                 head_warmup_epochs=s.ft_head_warmup_epochs,
-                                 full_warmup_epochs=s.ft_full_warmup_epochs, from_scratch=from_scratch,
+                                 head_warmup_epochs=head, full_warmup_epochs=full, from_scratch=from_scratch,
                                  fold=s.fold, final_validation=False, num_workers=s.num_workers, seed=seed,
                                  device=self.device,
                                  quiet=self.quiet, resume=resume)
@@ -296,13 +303,47 @@ class Reproduction:
         for name, original in EXT_RUNS.items():
             jobs[name] = {"name": name, "kind": "extend", "original": original, "after": [EXT_BASE],
                           "extension": True}
-        return jobs
+        return self._pair_jobs(jobs)
+
+    def _pair_jobs(self, jobs: dict[str, dict]) -> dict[str, dict]:
+        """``jobs`` and, after them, the budget pairs' runs (``--pairs`` only, marked ``pairs``): every plain run
+        but the ablations and every fine-tuning at half its budget (``half_<name>``) unless a run with the same
+        settings at half the budget is already in the table, and the runs of ``sizes.double_runs`` at twice it
+        (``double_<name>``)."""
+        extra: dict[str, dict] = {}
+        for name, spec in jobs.items():
+            if spec["kind"] == "finetune":
+                extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "half": True, "pairs": True}
+            elif spec["kind"] == "plain" and not name.startswith("ablation_") and spec["epochs"] >= 2:
+                twins = [n for n, j in jobs.items() if j["kind"] == "plain" and j["pre"] == spec["pre"]
+                         and j["kw"] == spec["kw"] and 2 * j["epochs"] == spec["epochs"]]
+                if not twins:
+                    extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "epochs": spec["epochs"] // 2,
+                                             "pairs": True}
+            if name in self.sizes.double_runs and spec["kind"] == "plain":
+                extra[f"double_{name}"] = {**spec, "name": f"double_{name}", "epochs": 2 * spec["epochs"],
+                                           "pairs": True}
+        return {**jobs, **extra}
+
+    def pair_list(self) -> list[tuple[str, str]]:
+        """The budget pairs of the table: (shorter, longer) runs with the same settings, the longer one twice as
+        many iterations (plain runs: the same data, options and seed; fine-tunings: every phase doubled)."""
+        jobs = self.training_jobs()
+        out = []
+        for name, spec in jobs.items():
+            if spec["kind"] == "finetune" and not spec.get("half"):
+                out.append((f"half_{name}", name))
+            elif spec["kind"] == "plain":
+                out += [(n, name) for n, j in jobs.items() if j["kind"] == "plain" and j["pre"] == spec["pre"]
+                        and j["kw"] == spec["kw"] and 2 * j["epochs"] == spec["epochs"]]
+        return out
 
     def train(self, name: str) -> Path:
         """Train (or resume, or skip when finished) the run ``name`` of ``training_jobs``."""
         spec = self.training_jobs()[name]
         if spec["kind"] == "finetune":
-            return self.train_finetune(name, self.runs / spec["pretrained"], spec["seed"], spec["from_scratch"])
+            return self.train_finetune(name, self.runs / spec["pretrained"], spec["seed"], spec["from_scratch"],
+                                       spec.get("half", False))
         if spec["kind"] == "extend":
             return self.train_extend(name, spec["original"])
         return self.train_plain(name, self.pre[spec["pre"]], spec["epochs"], **spec["kw"])
@@ -337,7 +378,8 @@ class Reproduction:
         if s.jobs <= 1:
             return
         jobs = {n: j for n, j in self.training_jobs().items()
-                if (self.extend or not j.get("extension")) and (only is None or n in only)}
+                if (self.extend or not j.get("extension")) and (self.pairs or not j.get("pairs"))
+                and (only is None or n in only)}
         done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
         todo = [n for n in jobs if n not in done]
         if not todo:
@@ -373,7 +415,10 @@ class Reproduction:
         from multitalent.inference.predict import predict
 
         t = time.perf_counter()
-        cfg = PredictConfig(device=self.device, quiet=self.quiet, continue_=True, save_heads=save_heads)
+        # no postprocessing: every model is scored on its network's output (the held-out validation of
+        # ``budget_pairs`` decides a postprocessing for its runs, which would otherwise apply to later predictions)
+        cfg = PredictConfig(device=self.device, quiet=self.quiet, continue_=True, save_heads=save_heads,
+                            postprocess=False)
         predict(run, images, out, cfg)  # merged-softmax runs predict one logit per head too
         return time.perf_counter() - t
 
@@ -445,6 +490,31 @@ class Reproduction:
             key = f"ablation_{name}"
             self.table1_runs[key] = run = self.train(key)
             summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)
+
+    def budget_pairs(self) -> dict:
+        """Every budget pair whose two runs are finished, with each run's whole-scan Dice on its held-out fold
+        (``multitalent validate``: ``RUN/validation/summary.json``, made once): {"pairs": [(shorter, longer)],
+        "heldout": {run: {head: mean Dice over the held-out cases}}}. No test case is used."""
+        from multitalent.training.validation import final_validation
+
+        if self.pairs:  # the pair runs ``train_all`` has not trained (one run at a time when ``sizes.jobs`` is 1)
+            for name, spec in self.training_jobs().items():
+                if spec.get("pairs"):
+                    self.train(name)
+        done = [(a, b) for a, b in self.pair_list()
+                if all((self.runs / n / "checkpoint_final.pt").is_file() for n in (a, b))]
+        heldout: dict[str, dict[str, float]] = {}
+        for name in dict.fromkeys(n for pair in done for n in pair):
+            path = self.runs / name / "validation" / "summary.json"
+            if not path.is_file():
+                self.say(f"validating {name} on its held-out fold (whole scans)")
+                final_validation(self.runs / name, device=self.device, workers=self.sizes.eval_workers,
+                                 quiet=self.quiet)
+                (self.runs / name / "postprocessing.json").unlink(missing_ok=True)  # predictions stay raw
+            summary = _read_json(path, {}) or {}
+            heldout[name] = {h: v["dice_mean"] for h, v in summary.get("heads", {}).items()
+                             if v.get("dice_mean") is not None}
+        return {"pairs": done, "heldout": heldout}
 
     def swin_probe(self) -> dict | None:
         s = self.sizes

@@ -186,21 +186,29 @@ def _render_convergence(v: _View) -> None:
     ctx, w, conv, curves_png, resolved, heads = v.ctx, v.w, v.conv, v.curves_png, v.resolved, v.heads
     plans = ctx["plans"]
     w("## 0. Convergence, samples seen and resolution\n")
-    w("**Criterion.** Each run's curve is its mean patch pseudo-Dice on the held-out fold after every epoch "
-      "(`log.jsonl`). A run has converged when it gained less than "
-      f"{100 * CONVERGENCE_TOL:.0f} Dice point over the last quarter of training: the curve's mean over the "
-      "last eighth of the epochs minus its mean over the eighth that ends at 75 % of training (means of "
-      "several epochs, so that the noise of a few validation patches does not decide). The learning rate "
-      "decays to zero (poly), so this says the run stopped gaining under its schedule. This criterion was "
-      "stated before the run and decides the verdicts.\n")
-    w("**A second, noise-aware reading** (added after this run's curves were seen, reported beside the first, "
-      "never instead of it): a pseudo-Dice over a dozen validation patches moves by a point or two from epoch "
-      "to epoch, so a plateaued run can show a one-point 'gain' by chance. From the epoch-to-epoch differences "
-      "over the second half of each curve, its per-epoch noise (sd) and the standard error of the gain follow; "
-      "a run has converged *within noise* when its gain is below one point plus two standard errors. The "
-      "summary gives the verdicts under both readings. No test case enters either.\n")
+    w("**Criterion: budget doubling on held-out whole scans** (decides the verdicts; stated before the pair "
+      "runs were trained, after an earlier criterion, below, had been met by almost no run). A *budget pair* is "
+      "the same run twice, with the same data, options and seed, the longer one with twice the iterations (a "
+      "fine-tuning: each of its three phases twice as long); each run predicts its held-out fold (fold "
+      f"{v.sizes.fold} of its own training cases, never a test case) as whole scans with the real predictor "
+      "(`multitalent validate`), scored by the mean Dice over its heads. A run has converged when a pair it "
+      f"belongs to gained less than {100 * CONVERGENCE_TOL:.0f} Dice point from the shorter run to the longer: "
+      "then doubling the budget no longer pays, the shorter run has reached the plateau and the longer one lies on "
+      "it. A run whose pairs all gained more has not converged; a run in no scored pair cannot be judged. "
+      "`reproduce.py --pairs` trains the pairs' runs (`half_<run>`, and `double_<run>` for MultiTalent; a run "
+      "of the table at half the budget, such as an ablation, stands in for a `half_` run).\n")
+    _pairs_table(w, ctx.get("pair_rows", []), conv)
+    w("**The earlier criterion** (stated before the previous runs, reported beside the first, never instead of "
+      "it): the run's mean patch pseudo-Dice on the held-out fold after every epoch (`log.jsonl`) gained less than "
+      f"{100 * CONVERGENCE_TOL:.0f} Dice point over the last quarter of training (the curve's mean over the last "
+      "eighth of the epochs minus its mean over the eighth that ends at 75 % of training). Under a poly schedule "
+      "the last quarter is the annealing phase, which itself produces gains, so almost no run met it. **Its "
+      "noise-aware reading**: from the epoch-to-epoch differences over the second half of each curve, its "
+      "per-epoch noise (sd) and the standard error of the gain follow; a run has converged *within noise* when "
+      "its gain is below one point plus two standard errors. The summary gives the verdicts under all three "
+      "readings. No test case enters any of them.\n")
     w(f"![validation curves]({curves_png.name})\n")
-    w(f"*`{curves_png.name}`: every run's validation curve; dashed: not converged by the criterion.*\n")
+    w(f"*`{curves_png.name}`: every run's validation curve; dashed: not shown converged by budget doubling.*\n")
     _convergence_table(w, conv)
     samples = ctx["samples"]
     if samples:
@@ -224,20 +232,41 @@ def _render_convergence(v: _View) -> None:
 
 
 
+_STATES = {True: "yes", False: "**no**", None: "cannot be judged"}
+
+
+def _pairs_table(w: Callable[[str], None], rows: list[dict], conv: dict) -> None:
+    """One row per budget pair: both runs' held-out whole-scan Dice and the gain of doubling."""
+    if not rows:
+        w("No budget pair is finished in this folder (`--pairs` trains them): no run can be judged by this "
+          "criterion.\n")
+        return
+    w("| shorter run | iterations | held-out Dice (%) | longer run | iterations | held-out Dice (%) | gain of "
+      "doubling (points) | within one point |")
+    w("|---|---:|---:|---|---:|---:|---:|---|")
+    for r in rows:
+        its = [(conv.get(n, {}).get("iterations") or [0])[-1] for n in (r["shorter"], r["longer"])]
+        gain = None if r["gain"] is None else 100 * r["gain"]
+        w(f"| {r['shorter']} | {its[0]} | {_pct(r['dice'][0])} | {r['longer']} | {its[1]} | {_pct(r['dice'][1])} | "
+          f"{_num(gain, '+.2f')} | {_STATES[r['within']]} |")
+    w("")
+
+
 def _convergence_table(w: Callable[[str], None], conv: dict) -> None:
-    """One row per run: its curve at the quarters, the gain over the last quarter and both readings."""
+    """One row per run: its curve at the quarters, the gain over the last quarter, its readings and the verdict of
+    its budget pairs."""
     w("| run | iterations | pseudo-Dice at 25 / 50 / 75 / 100 % of training (%) | gain over the last "
-      "quarter (points) | converged | noise per epoch (sd, points) | gain's standard error | converged within "
-      "noise |")
-    w("|---|---:|---|---:|---|---:|---:|---|")
-    states = {True: "yes", False: "**no**", None: "cannot be judged"}
+      "quarter (points) | converged (last quarter) | noise per epoch (sd, points) | gain's standard error | "
+      "converged within noise | **converged (budget doubling)** |")
+    w("|---|---:|---|---:|---|---:|---:|---|---|")
     for name, c in conv.items():
         q = " / ".join(_pct(v) for v in _quarters(c))
         gain = None if c["gain_last_quarter"] is None else 100 * c["gain_last_quarter"]
         last = c["iterations"][-1] if c["iterations"] else 0
         sd, se = (None if c.get(k) is None else 100 * c[k] for k in ("noise_sd", "gain_se"))
-        w(f"| {name} | {last} | {q} | {_num(gain, '+.2f')} | {states[c['converged']]} | {_num(sd, '.2f')} | "
-          f"{_num(se, '.2f')} | {states[c.get('converged_within_noise')]} |")
+        w(f"| {name} | {last} | {q} | {_num(gain, '+.2f')} | {_STATES[c.get('converged_last_quarter')]} | "
+          f"{_num(sd, '.2f')} | {_num(se, '.2f')} | {_STATES[c.get('converged_within_noise')]} | "
+          f"{_STATES[c['converged']]} |")
     w("")
 
 
@@ -530,12 +559,14 @@ def _render_summary(v: _View) -> None:
     """## Summary: every claim with its verdict."""
     ctx, w = v.ctx, v.w
     w("## Summary: the paper's claims at this scale\n")
-    w("| claim | paper | here | verdict | verdict with the noise-aware convergence reading |")
-    w("|---|---|---|---|---|")
-    second = {f["key"]: f["verdict"] for f in ctx.get("findings_noise", [])}
+    w("| claim | paper | here | verdict (convergence by budget doubling) | verdict by the last-quarter criterion | "
+      "by its noise-aware reading |")
+    w("|---|---|---|---|---|---|")
+    second = {f["key"]: f["verdict"] for f in ctx.get("findings_last_quarter", [])}
+    third = {f["key"]: f["verdict"] for f in ctx.get("findings_noise", [])}
     for f in ctx["findings"]:
         w(f"| {f['claim']} | {f['paper']} | {f['measured']} | {_verdict(f['verdict'])} | "
-          f"{_verdict(second.get(f['key'], f['verdict']))} |")
+          f"{_verdict(second.get(f['key'], f['verdict']))} | {_verdict(third.get(f['key'], f['verdict']))} |")
     w("")
 
 RENDERERS = (_render_intro, _render_run, _render_convergence, _render_table1, _render_fidelity, _render_transfer,

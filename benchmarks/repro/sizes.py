@@ -71,6 +71,10 @@ class Sizes:
     ext_full_warmup_epochs: int = 1
     ext_epochs: int = 1
     ext_scratch: str = ""
+    # convergence by budget doubling (``reproduce.py --pairs``): every judged run also trains at half its budget
+    # (``half_<run>``; a run of the table with the same settings at half the budget, such as an ablation, stands in
+    # for it), and the runs named here also at twice theirs (``double_<run>``); see ``Reproduction.budget_pairs``
+    double_runs: tuple[str, ...] = ()
 
     @property
     def n_single(self) -> int:
@@ -115,7 +119,8 @@ FULL = Sizes(name="full", base_features=8, archs=("plain_unet",), swin_probe_ite
              ft_iterations_per_epoch=25, ft_head_warmup_epochs=2, ft_full_warmup_epochs=4, ft_epochs=22,
              ft_seeds=3, timing_scans=3, jobs=2, ablations=(("mt_n", (("epochs", 64),)),
                                                           ("mt_2n", (("epochs", 128),))),
-             ext_head_warmup_epochs=2, ext_full_warmup_epochs=4, ext_epochs=58, ext_scratch="ablation_mt_2n")
+             ext_head_warmup_epochs=2, ext_full_warmup_epochs=4, ext_epochs=58, ext_scratch="ablation_mt_2n",
+             double_runs=("multitalent_plain_unet",))
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
               val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
@@ -124,7 +129,8 @@ TINY = Sizes(name="tiny", datasets=("D005", "D006", "D007"), max_train=2, max_te
              spacing=(8.0, 8.0, 8.0), patch_size=(16, 32, 32), base_features=4, iterations_per_epoch=2,
              single_epochs=1, val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1,
              ft_full_warmup_epochs=2, ft_epochs=1, ft_seeds=1, timing_scans=1, eval_workers=1,
-             preprocess_workers=1, jobs=2, ablations=(("width16", (("base_features", 8),)),))
+             preprocess_workers=1, jobs=2, ablations=(("width16", (("base_features", 8),)),),
+             double_runs=("multitalent_plain_unet",))
 # GPU: one NVIDIA H200 with 16 CPU cores, at most 10 minutes of wall time (``--gpu --device cuda``; the
 # script for a lent machine is benchmarks/device/reproduce_gpu.sh). The preset grid (4 mm, patch 32x64x64:
 # SwinUNETR needs every axis divisible by 32), networks twice as wide as FULL's, all three backbones, six
@@ -177,6 +183,16 @@ def projection(sizes: Sizes, speeds: dict[str, float] | None = None) -> tuple[di
     return its, epochs, seconds / 60 / PARALLEL_SPEEDUP.get(sizes.jobs, 1.0)
 
 
+def pairs_iterations(sizes: Sizes, k: int = 7) -> int:
+    """Training iterations that ``--pairs`` adds: the half runs (every plain run but MultiTalent, whose half is
+    an ablation at the FULL sizes, and every fine-tuning) and the ``double_runs`` (counted at MultiTalent's
+    budget)."""
+    ft_half = sum(max(1, e // 2) for e in (sizes.ft_head_warmup_epochs, sizes.ft_full_warmup_epochs,
+                                              sizes.ft_epochs)) * sizes.ft_iterations_per_epoch
+    return (len(sizes.archs) * k * sizes.n_single // 2 + 3 * sizes.baseline_its // 2 + 3 * sizes.ft_seeds * ft_half
+            + len(sizes.double_runs) * 2 * sizes.n_multi)
+
+
 def calibration_note(sizes: Sizes) -> str:
     """What the sizes were chosen from, and the projected training time of ``sizes`` on 2 idle cores (on the
     GPU sizes: ``gpu_note``)."""
@@ -184,6 +200,8 @@ def calibration_note(sizes: Sizes) -> str:
         return gpu_note(sizes)
     its, epochs, minutes = projection(sizes)
     fast = projection(sizes, CALIBRATION_S_PER_IT_FAST)[2]
+    pairs = pairs_iterations(sizes)
+    pairs_min = pairs * CALIBRATION_S_PER_IT["plain_unet"] / 60 / PARALLEL_SPEEDUP.get(sizes.jobs, 1.0)
     full_min = projection(FULL)[2] + CALIBRATION_FULL_FIXED_MIN
     full_fast = projection(FULL, CALIBRATION_S_PER_IT_FAST)[2] + CALIBRATION_FULL_FIXED_MIN
     total = " + ".join(f"{n} {a}" for a, n in its.items())
@@ -196,7 +214,8 @@ def calibration_note(sizes: Sizes) -> str:
         f"of training on 2 idle cores ({sizes.jobs} run(s) at a time); the `--full` sizes project to "
         f"~{full_min:.0f} / ~{full_fast:.0f} min in all (~{CALIBRATION_FULL_FIXED_MIN:.0f} min of it for data, "
         "prediction and evaluation): on the faster machine within the 150 min the issue allows, on the slower "
-        "one at its limit. The measured wall time is in the Run section."
+        "one at its limit. The measured wall time is in the Run section. `--pairs` adds "
+        f"{pairs} iterations (~{pairs_min:.0f} min at the slower speed, in a second invocation on the same folder)."
     )
 
 

@@ -60,8 +60,44 @@ def noise_aware(y: list[float], w: int, gain: float) -> dict:
 
 
 def within_noise(conv: dict) -> dict:
-    """``conv`` with each run's ``converged`` replaced by its noise-aware reading (for the second verdicts)."""
+    """``conv`` with each run's ``converged`` replaced by the noise-aware reading of its last-quarter gain."""
     return {n: {**c, "converged": c.get("converged_within_noise", c.get("converged"))} for n, c in conv.items()}
+
+
+def last_quarter(conv: dict) -> dict:
+    """``conv`` with each run's ``converged`` replaced by the last-quarter criterion of the earlier runs."""
+    return {n: {**c, "converged": c.get("converged_last_quarter", c.get("converged"))} for n, c in conv.items()}
+
+
+def budget_pair_rows(pairs: dict, below: set[str]) -> list[dict]:
+    """One row per budget pair (``Reproduction.budget_pairs``): each run's mean whole-scan Dice on the held-out
+    fold over its heads (but those ``below`` resolution), the gain of the longer run over the shorter and whether
+    it is below one point (None where a run has no held-out score)."""
+    def mean(run: str) -> float | None:
+        v = [d for h, d in pairs["heldout"].get(run, {}).items() if h not in below]
+        return float(np.mean(v)) if v else None
+
+    rows = []
+    for shorter, longer in pairs["pairs"]:
+        a, b = mean(shorter), mean(longer)
+        gain = None if a is None or b is None else b - a
+        rows.append({"shorter": shorter, "longer": longer, "dice": [a, b], "gain": gain,
+                     "within": None if gain is None else bool(gain < CONVERGENCE_TOL)})
+    return rows
+
+
+def by_budget_pairs(conv: dict, rows: list[dict]) -> dict:
+    """The criterion that decides the verdicts: a run has converged when a budget pair it belongs to gained less
+    than one point of held-out whole-scan Dice from the shorter run to the longer (the same settings, twice the
+    iterations): then the shorter run has reached the plateau and the longer lies on it. A run whose pairs all
+    gained more has not; a run without a scored pair cannot be judged. The last-quarter reading stays in
+    ``converged_last_quarter``."""
+    out = {}
+    for name, c in conv.items():
+        states = [r["within"] for r in rows if name in (r["shorter"], r["longer"]) and r["within"] is not None]
+        state = True if any(states) else False if states else None
+        out[name] = {**c, "converged": state, "converged_last_quarter": c.get("converged")}
+    return out
 
 
 def samples_per_dataset(run: Path, pre_cases: list[dict]) -> dict[str, float]:
@@ -432,9 +468,10 @@ def findings(ctx: dict) -> list[dict]:
 JUDGED_SIZES = ("full", "gpu")  # sizes whose report gives verdicts; --quick and the test sizes judge nothing
 
 
-def analysis(rep, runs: dict, pre_all, sizes, spacing) -> dict:
-    """Convergence of every run, samples drawn per dataset, head thickness and the resolved heads
-    (``rep``: the ``Reproduction``)."""
+def analysis(rep, runs: dict, pre_all, sizes, spacing, pairs: dict | None = None) -> dict:
+    """Convergence of every run (by its budget pairs, ``pairs`` from ``Reproduction.budget_pairs``; the
+    last-quarter readings beside), samples drawn per dataset, head thickness and the resolved heads (``rep``: the
+    ``Reproduction``)."""
     conv = {name: convergence(rep.runs / name) for name in runs}
     # the single-dataset model of each dataset (any backbone: same N and batch) and the multi-dataset runs
     samples: dict[str, dict[str, float]] = {"its single-dataset model": {
@@ -453,6 +490,8 @@ def analysis(rep, runs: dict, pre_all, sizes, spacing) -> dict:
     per_ds: dict[str, int] = {}
     for c in pre_all.cases:
         per_ds[c["dataset"]] = per_ds.get(c["dataset"], 0) + 1
-    return {"convergence": conv, "samples": samples, "thickness": thickness, "resolved": resolved,
+    rows = budget_pair_rows(pairs or {"pairs": [], "heldout": {}}, set(thickness) - set(resolved))
+    conv = by_budget_pairs(conv, rows)
+    return {"convergence": conv, "pair_rows": rows, "samples": samples, "thickness": thickness, "resolved": resolved,
             "resolution_limit_mm": limit, "judged": sizes.name in JUDGED_SIZES,
             "train_cases_per_dataset": per_ds}

@@ -48,7 +48,10 @@ def test_gpu_sizes_train_every_backbone_within_the_projected_ten_minutes(reprodu
     assert jobs["multitalent_swin_unetr"]["kw"] == {"arch": "swin_unetr"}
     assert jobs["single_swin_unetr_D005"]["kw"] == {"datasets": ["D005"], "arch": "swin_unetr"}
     assert jobs["ablation_width32"]["kw"] == {"arch": "plain_unet", "base_features": 32}
-    assert len(jobs) == 3 * 3 + 3 + 3 + 1 + 3 * gpu.ft_seeds + 2  # + the two extension runs (--extend)
+    # + the two extension runs (--extend) and the budget pairs' half runs (--pairs): every plain run but the
+    # ablation, every fine-tuning
+    base = 3 * 3 + 3 + 3 + 1 + 3 * gpu.ft_seeds
+    assert len(jobs) == base + 2 + (base - 1)
     assert [n for n, j in jobs.items() if j.get("extension")] == ["extend_union", "extend_distill"]
     # the SwinUNETR runs get its feature size (train_plain), not a U-Net's base features
     import multitalent.training.loop
@@ -100,6 +103,70 @@ def test_a_verdict_needs_converged_models_and_a_significant_test(reproduce):
     assert reproduce.judge([sig, sig], converged=True, judged=False) == reproduce.QUICK_VERDICT
 
 
+def test_budget_pairs_pair_each_run_with_itself_at_half_or_twice_the_iterations(reproduce, tmp_path, monkeypatch):
+    full = reproduce.FULL
+    rep = reproduce.Reproduction(full, tmp_path)
+    rep.dataset_ids = ["D001", "D005"]
+    jobs = rep.training_jobs()
+    assert jobs["half_single_D001"]["epochs"] == full.single_epochs // 2 and jobs["half_single_D001"]["pairs"]
+    assert jobs["half_single_D001"]["kw"] == jobs["single_D001"]["kw"]
+    assert jobs["double_multitalent_plain_unet"]["epochs"] == 2 * jobs["multitalent_plain_unet"]["epochs"]
+    # MultiTalent at half its budget is the ablation mt_2n already: no second run of the same settings
+    assert "half_multitalent_plain_unet" not in jobs and "half_ablation_mt_2n" not in jobs
+    pairs = rep.pair_list()
+    for pair in [("ablation_mt_n", "ablation_mt_2n"), ("ablation_mt_2n", "multitalent_plain_unet"),
+                 ("multitalent_plain_unet", "double_multitalent_plain_unet"), ("half_single_D005", "single_D005"),
+                 ("half_merged_softmax", "merged_softmax"), ("half_finetune_scratch_seed0", "finetune_scratch_seed0")]:
+        assert pair in pairs, pair
+    assert not [p for p in pairs if "extend" in p[0] or "extend" in p[1]]
+    # a half fine-tuning halves each of its three phases
+    import multitalent.finetune
+
+    configs = {}
+    monkeypatch.setattr(multitalent.finetune, "finetune", lambda pre, data, run, cfg: configs.setdefault(run.name, cfg))
+    monkeypatch.setattr(rep, "train_run", lambda name, fn: fn(tmp_path / name, False))
+    rep.train("half_finetune_multitalent_seed1")
+    rep.train("finetune_multitalent_seed1")
+    half, whole = configs["half_finetune_multitalent_seed1"], configs["finetune_multitalent_seed1"]
+    assert (half.head_warmup_epochs, half.full_warmup_epochs, half.epochs) == (1, 2, 11)
+    assert (whole.head_warmup_epochs, whole.full_warmup_epochs, whole.epochs) == (2, 4, 22)
+    assert half.seed == whole.seed == 1 and not half.from_scratch
+
+
+def test_an_output_folder_takes_added_ablations_but_not_other_sizes(reproduce, tmp_path):
+    import dataclasses
+
+    tiny = reproduce.TINY
+    reproduce.Reproduction(tiny, tmp_path).check_sizes()
+    more = dataclasses.replace(tiny, ablations=(*tiny.ablations, ("uniform", (("sampling", "uniform"),))))
+    reproduce.Reproduction(more, tmp_path).check_sizes()  # the runs made before keep their settings
+    with pytest.raises(SystemExit, match="other sizes"):
+        reproduce.Reproduction(dataclasses.replace(more, base_features=8), tmp_path).check_sizes()
+    with pytest.raises(SystemExit, match="other sizes"):  # an ablation changed, not added
+        reproduce.Reproduction(dataclasses.replace(tiny, ablations=(("width16", (("base_features", 16),)),)),
+                               tmp_path).check_sizes()
+
+
+def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(reproduce):
+    heldout = {"a_half": {"h1": 0.50, "h2": 0.70}, "a": {"h1": 0.52, "h2": 0.69},  # +0.5 points: converged
+               "b_half": {"h1": 0.40, "h2": 0.50}, "b": {"h1": 0.45, "h2": 0.55},  # +5 points
+               "b_double": {"h1": 0.455, "h2": 0.555, "thin": 0.0},  # +0.5 (the thin head is below resolution)
+               "c_half": {"h1": 0.3}, "c": {"h1": 0.4}}  # +10 points and no longer run
+    pairs = {"pairs": [("a_half", "a"), ("b_half", "b"), ("b", "b_double"), ("c_half", "c"), ("d_half", "d")],
+             "heldout": heldout}
+    rows = reproduce.budget_pair_rows(pairs, below={"thin"})
+    assert [r["within"] for r in rows] == [True, False, True, False, None]
+    assert rows[1]["gain"] == pytest.approx(0.05) and rows[2]["dice"] == [pytest.approx(0.5), pytest.approx(0.505)]
+    conv = {n: {"converged": True} for n in ("a_half", "a", "b_half", "b", "b_double", "c", "d", "e")}
+    out = reproduce.by_budget_pairs(conv, rows)
+    states = {n: c["converged"] for n, c in out.items()}
+    # b gains 5 points over its half but less than one point from doubling: b has converged, b_half has not
+    assert states == {"a_half": True, "a": True, "b_half": False, "b": True, "b_double": True, "c": False,
+                      "d": None, "e": None}
+    assert out["c"]["converged_last_quarter"] is True  # the earlier criterion stays beside
+    assert reproduce.last_quarter(out)["c"]["converged"] is True
+
+
 def _write_log(run: Path, curve: list[float]) -> None:
     run.mkdir(parents=True)
     with open(run / "log.jsonl", "w") as fh:
@@ -141,7 +208,7 @@ def t1_text(text: str) -> str:
 @pytest.mark.slow  # the whole reduced reproduction: trains every run
 def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     out = tmp_path / "repro"
-    ctx = reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True)
+    ctx = reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True, pairs=True)
     report = out / "results.md"
     text = report.read_text()
     assert (out / "results_boxplot.png").stat().st_size > 0
@@ -161,6 +228,17 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     conv = _section(text, "## 0. Convergence")
     for name in ("multitalent_plain_unet", "merged_softmax", "single_D005", "finetune_scratch_seed0"):
         assert f"| {name} |" in conv
+    # the budget pairs (--pairs): trained, scored on the held-out fold's whole scans, one table row each
+    for shorter, longer in (("half_multitalent_plain_unet", "multitalent_plain_unet"),
+                            ("multitalent_plain_unet", "double_multitalent_plain_unet"),
+                            ("half_finetune_scratch_seed0", "finetune_scratch_seed0")):
+        assert re.search(rf"\| {shorter} \| \d+ \| [\d.]+ \| {longer} \| \d+ \| [\d.]+ \| [-+][\d.]+ \|", conv), shorter
+        assert (out / "runs" / longer / "validation" / "summary.json").is_file()
+    rows = {(r["shorter"], r["longer"]): r for r in ctx["pair_rows"]}
+    assert rows[("half_merged_softmax", "merged_softmax")]["gain"] is not None
+    assert all(ctx["convergence"][n]["converged"] is not None for n in ("multitalent_plain_unet", "merged_softmax"))
+    # the validation's postprocessing decision is removed: every prediction of the reproduction stays raw
+    assert not list((out / "runs").glob("*/postprocessing.json"))
     # the paper's figures beside ours
     assert "80.21" in t1_text(text) and "84.41" in _section(text, "## 3. Transfer")
 
@@ -199,7 +277,7 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
 
     # resumable: a second invocation finds every run, prediction, evaluation and timing done
     lines_before = (out / "reproduce.log").read_text().count("\n")
-    reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True)
+    reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True, pairs=True)
     new = (out / "reproduce.log").read_text().splitlines()[lines_before:]
     assert not [line for line in new if "training" in line or "predicting" in line or "preprocessing" in line]
     invocations = json.loads((out / "results" / "invocations.json").read_text())
