@@ -490,7 +490,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", nargs="+", choices=["small", "scaling", "paper", "paper-loader", "paper-real"],
                    help="what to measure (default: small scaling paper-loader on cpu, small paper on cuda)")
     add = p.add_argument
-    add("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (CUDA only)")
+    add("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision (on the CPU: bf16 or off)")
     add("--channels-last", action="store_true", help="channels-last 3D memory format")
     add("--compile", action="store_true", help="torch.compile the network")
     add("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True (CUDA)")

@@ -34,7 +34,10 @@ def test_training_refuses_a_gpu_index_that_is_not_there(tmp_path):
 
 def test_mixed_precision_only_on_cuda():
     cpu = torch.device("cpu")
-    assert all(amp_dtype(m, cpu) is None for m in ("auto", "bf16", "fp16", "off"))
+    assert amp_dtype("auto", cpu) is None and amp_dtype("off", cpu) is None  # float32 unless asked
+    assert amp_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(UserInputError, match="fp16 needs a CUDA device"):
+        amp_dtype("fp16", cpu)
     with pytest.raises(UserInputError, match="--amp"):
         amp_dtype("fp8", cpu)
     if torch.cuda.is_available():

@@ -32,6 +32,28 @@ def test_train_writes_artefacts_and_loss_falls(pre, tmp_path):
     assert load_checkpoint(run).path.endswith("checkpoint_final.pt")
 
 
+def test_bf16_on_the_cpu_trains_float32_weights_through_bfloat16_convolutions(pre, tmp_path, monkeypatch):
+    from multitalent.training import step as step_module
+
+    seen = []
+    real = step_module.autocast
+
+    def spy(device, dtype):
+        seen.append((device.type, dtype))
+        return real(device, dtype)
+
+    monkeypatch.setattr(step_module, "autocast", spy)
+    final = loop.train(pre.root, tmp_path / "run", small_cfg(epochs=1, iterations_per_epoch=2, amp="bf16"))
+    assert seen and set(seen) == {("cpu", torch.bfloat16)}
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert torch.isfinite(torch.tensor(log[-1]["train_loss"]))
+    weights = load_checkpoint(final).state_dict
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+    with pytest.raises(UserInputError, match="fp16 needs a CUDA device"):
+        loop.train(pre.root, tmp_path / "fp16", small_cfg(epochs=1, iterations_per_epoch=1, amp="fp16"))
+    assert not (tmp_path / "fp16").exists()
+
+
 @pytest.mark.slow  # three runs of up to 6 iterations
 def test_resume_reaches_the_same_weights(pre, tmp_path, monkeypatch):
     cfg = small_cfg(epochs=3, iterations_per_epoch=2)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multitalent.device import amp_dtype
 from multitalent.errors import UserInputError
 from multitalent.loss import deep_supervision_weights
 from multitalent.models import MultiHeadNet, create_model, init_head_bias
@@ -132,6 +133,7 @@ def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     :class:`UserInputError` for anything a user can fix; writes nothing."""
     out = Path(out)
     objective = _check_options(cfg, out, dinfo, objective)
+    amp_dtype(cfg.amp, device)  # --amp fp16 on the CPU is refused here, before the run folder exists
     pre = Preprocessed.open(pre_dir)
     registry = _registry_for(cfg, pre, registry)
     batch_size = cfg.batch_size or pre.plans.batch_size
