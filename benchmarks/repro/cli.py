@@ -76,6 +76,7 @@ def _experiments(rep: Reproduction) -> dict:
     inference = rep.inference_timing()
     rep.extra_archs(summaries)
     rep.ablation_runs(summaries)
+    rep.double_runs(summaries)
     swin = rep.swin_probe()
     fidelity = rep.protocol_fidelity([m for m in summaries if not m.startswith("single")])
     extension = rep.extension()

@@ -491,6 +491,16 @@ class Reproduction:
             self.table1_runs[key] = run = self.train(key)
             summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)
 
+    def double_runs(self, summaries: dict) -> None:
+        """The multi-dataset runs of ``sizes.double_runs`` at twice their budget (``--pairs``, or found finished),
+        scored on the test cases like an ablation."""
+        for name in self.sizes.double_runs:
+            key = f"double_{name}"
+            if name.startswith("single") or not (self.pairs or (self.runs / key / "checkpoint_final.pt").is_file()):
+                continue
+            self.table1_runs[key] = run = self.train(key)
+            summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)
+
     def budget_pairs(self) -> dict:
         """Every budget pair whose two runs are finished, with each run's whole-scan Dice on its held-out fold
         (``multitalent validate``: ``RUN/validation/summary.json``, made once): {"pairs": [(shorter, longer)],

@@ -82,10 +82,11 @@ def plot_curves(ctx: dict, png: Path) -> None:
 
     groups: dict[str, list[str]] = {}
     for name in ctx["convergence"]:
-        kind = ("single-dataset, " + ("U-Net" if name.removeprefix("single_") in ctx["dataset_ids"] else
-                                      "SwinUNETR" if name.startswith("single_swin_unetr_") else
-                                      name.split("_")[1] + " U-Net")) if name.startswith("single_") else \
-            "fine-tuning" if name.startswith("finetune_") else "multi-dataset and pre-training"
+        base = name.removeprefix("half_").removeprefix("double_")  # a budget pair's runs beside their own kind
+        kind = ("single-dataset, " + ("U-Net" if base.removeprefix("single_") in ctx["dataset_ids"] else
+                                      "SwinUNETR" if base.startswith("single_swin_unetr_") else
+                                      base.split("_")[1] + " U-Net")) if base.startswith("single_") else \
+            "fine-tuning" if base.startswith("finetune_") else "multi-dataset and pre-training"
         groups.setdefault(kind, []).append(name)
     fig = Figure(figsize=(4.2 * len(groups), 3.6))
     for i, (kind, names) in enumerate(sorted(groups.items())):
@@ -647,7 +648,8 @@ def _ablations_text(ctx: dict, w: Callable[[str], None]) -> None:
     singles = [f"single_{ds}" for ds in ctx["dataset_ids"]]
     for key, what in [("single", "one model per dataset, N iterations"), (main, "as in the paper")] + [
             (f"ablation_{n}", ABLATION_TEXT.get(n, ", ".join(f"{k} = {v}" for k, v in kw)))
-            for n, kw in sizes.ablations]:
+            for n, kw in sizes.ablations] + [
+            (f"double_{n}", "twice the budget (the budget pair's longer run)") for n in sizes.double_runs]:
         if key not in summaries:
             continue
         sm = summaries[key]

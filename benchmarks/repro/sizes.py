@@ -120,7 +120,7 @@ FULL = Sizes(name="full", base_features=8, archs=("plain_unet",), swin_probe_ite
              ft_seeds=3, timing_scans=3, jobs=2, ablations=(("mt_n", (("epochs", 64),)),
                                                           ("mt_2n", (("epochs", 128),))),
              ext_head_warmup_epochs=2, ext_full_warmup_epochs=4, ext_epochs=58, ext_scratch="ablation_mt_2n",
-             double_runs=("multitalent_plain_unet",))
+             double_runs=("multitalent_plain_unet", "single_D001"))
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
               val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
@@ -185,12 +185,13 @@ def projection(sizes: Sizes, speeds: dict[str, float] | None = None) -> tuple[di
 
 def pairs_iterations(sizes: Sizes, k: int = 7) -> int:
     """Training iterations that ``--pairs`` adds: the half runs (every plain run but MultiTalent, whose half is
-    an ablation at the FULL sizes, and every fine-tuning) and the ``double_runs`` (counted at MultiTalent's
-    budget)."""
+    an ablation at the FULL sizes, and every fine-tuning) and the ``double_runs`` (MultiTalent's or a single
+    model's budget, twice)."""
     ft_half = sum(max(1, e // 2) for e in (sizes.ft_head_warmup_epochs, sizes.ft_full_warmup_epochs,
                                               sizes.ft_epochs)) * sizes.ft_iterations_per_epoch
-    return (len(sizes.archs) * k * sizes.n_single // 2 + 3 * sizes.baseline_its // 2 + 3 * sizes.ft_seeds * ft_half
-            + len(sizes.double_runs) * 2 * sizes.n_multi)
+    doubles = sum(2 * (sizes.n_single if name.startswith("single_") else sizes.n_multi) for name in sizes.double_runs)
+    return len(sizes.archs) * k * sizes.n_single // 2 + 3 * sizes.baseline_its // 2 + 3 * sizes.ft_seeds * ft_half \
+        + doubles
 
 
 def calibration_note(sizes: Sizes) -> str:

@@ -225,6 +225,8 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert "| ablation_width16 |" in abl and ctx["summaries"]["ablation_width16"]["heads"]
     assert "vs single-dataset models" in abl and "not judged" in abl  # test sizes give no verdict here either
     assert (out / "runs" / "ablation_width16" / "checkpoint_final.pt").is_file()
+    # MultiTalent at twice its budget (--pairs) is scored on the test cases beside the ablations
+    assert "| double_multitalent_plain_unet |" in abl and ctx["summaries"]["double_multitalent_plain_unet"]["heads"]
     conv = _section(text, "## 0. Convergence")
     for name in ("multitalent_plain_unet", "merged_softmax", "single_D005", "finetune_scratch_seed0"):
         assert f"| {name} |" in conv
