@@ -218,7 +218,7 @@ class Reproduction:
         s = self.sizes
         fields = dict(epochs=epochs, iterations_per_epoch=s.iterations_per_epoch, val_iterations=s.val_iterations,
                       base_features=s.base_features, fold=s.fold, final_validation=False,
-                      num_workers=s.num_workers, seed=self.seed, device=self.device, quiet=self.quiet)
+                      num_workers=s.num_workers, seed=self.seed, device=self.device, quiet=self.quiet, amp=s.amp)
         return TrainConfig(**{**fields, **kw})  # an ablation may change a default (base_features)
 
     def train_run(self, name: str, fn: Callable[[Path, bool], object]) -> Path:
@@ -263,7 +263,7 @@ class Reproduction:
                                  val_iterations=s.val_iterations, base_features=s.base_features,
                                  head_warmup_epochs=head, full_warmup_epochs=full, from_scratch=from_scratch,
                                  fold=s.fold, final_validation=False, num_workers=s.num_workers, seed=seed,
-                                 device=self.device,
+                                 device=self.device, amp=s.amp,
                                  quiet=self.quiet, resume=resume)
             finetune(pretrained, self.pre["target"], run, cfg)
 
@@ -362,7 +362,7 @@ class Reproduction:
                                head_warmup_epochs=s.ext_head_warmup_epochs, full_warmup_epochs=s.ext_full_warmup_epochs,
                                without_original_data=not original, fold=s.fold, final_validation=False,
                                num_workers=s.num_workers, seed=self.seed, device=self.device, quiet=self.quiet,
-                               resume=resume, preprocess_workers=1)
+                               resume=resume, preprocess_workers=1, amp=s.amp)
             extend(self.runs / EXT_BASE, self.out / "manifests" / "target.json", run, cfg)
 
         return self.train_run(name, fn)

@@ -42,6 +42,9 @@ class Sizes:
     # single_epochs`` (None: the same as MultiTalent); FULL keeps them at the previous run's budget
     baseline_epochs: int | None = None
     num_workers: int = 0
+    # mixed precision of every run (TrainConfig.amp): "auto" is float32 on the CPU and bf16 on a GPU that has it;
+    # "bf16" on the CPU makes steps 2.2x faster on a CPU with AMX (docs/benchmarks.md)
+    amp: str = "auto"
     # validation curves: every run holds out this fold of its training cases (nnU-Net's 5-fold split) and
     # scores ``val_iterations`` fixed batches of them after every epoch (patch pseudo-Dice), which is the
     # convergence evidence; "all" trains on every case and validates on the training cases

@@ -65,7 +65,7 @@ def test_gpu_sizes_train_every_backbone_within_the_projected_ten_minutes(reprodu
     assert swin.arch == "swin_unetr" and swin.model_kwargs() == {"feature_size": gpu.swin_feature_size}
     assert configs["single_swin_unetr_D005"].datasets == ["D005"]
     assert configs["multitalent_resenc_unet"].model_kwargs()["base_features"] == gpu.base_features
-    assert swin.device == "cuda" and swin.num_workers == gpu.num_workers
+    assert swin.device == "cuda" and swin.num_workers == gpu.num_workers and swin.amp == gpu.amp == "auto"
     assert "GPU" in reproduce.calibration_note(gpu) and "not measured" in reproduce.calibration_note(gpu)
 
 
