@@ -57,6 +57,7 @@ class _View:
         self.found = {f["key"]: f for f in ctx["findings"]}
         self.png = path.with_name(path.stem + "_boxplot.png")
         self.curves_png = path.with_name(path.stem + "_curves.png")
+        self.budget_png = path.with_name(path.stem + "_budget.png")
         self.resolved = ctx["resolved"]
         single = self.summaries["single"]["heads"]
         self.heads = list(single)
@@ -105,6 +106,56 @@ def plot_curves(ctx: dict, png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+def budget_chains(ctx: dict) -> list[list[tuple[int, float, str]]]:
+    """The budget pairs joined into chains of the same settings (MultiTalent at N, 2N, 4N, 8N): each a list of
+    (iterations, held-out Dice, run) by iterations."""
+    conv, chains = ctx["convergence"], []
+    points: dict[str, tuple[int, float]] = {}
+    for r in ctx.get("pair_rows", []):
+        for name, dice in zip((r["shorter"], r["longer"]), r["dice"]):
+            if dice is not None and conv.get(name, {}).get("iterations"):
+                points[name] = (conv[name]["iterations"][-1], dice)
+    seen: set[str] = set()
+    for name in points:
+        if name in seen:
+            continue
+        chain, todo = set(), [name]
+        while todo:  # every run linked to this one by a pair
+            n = todo.pop()
+            if n in chain or n not in points:
+                continue
+            chain.add(n)
+            pairs = [(r["shorter"], r["longer"]) for r in ctx["pair_rows"]]
+            todo += [m for pair in pairs if n in pair for m in pair]
+        seen |= chain
+        if len(chain) > 1:
+            chains.append(sorted((points[n][0], points[n][1], n) for n in chain))
+    return chains
+
+
+def plot_budget(ctx: dict, png: Path) -> None:
+    """Held-out whole-scan Dice against the iterations of every chain of budget pairs (log2 axis)."""
+    from matplotlib.figure import Figure
+
+    chains = budget_chains(ctx)
+    if not chains:
+        return
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for chain in chains:
+        its, dice, names = zip(*chain)
+        label = names[-1].removeprefix("double_").removeprefix("half_")
+        ax.plot(its, np.asarray(dice) * 100, marker="o", lw=1, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training iterations (log2)", fontsize=8)
+    ax.set_ylabel("held-out whole-scan Dice (%)", fontsize=8)
+    ax.set_title("budget pairs: the same run at twice the iterations", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def _quarters(c: dict) -> list[float | None]:
     y = c["curve"]
     if not y:
@@ -126,6 +177,7 @@ def plot_report(v: _View) -> None:
     plot_comparison({_title(m): _only_heads(v.summaries[m], v.resolved) for m in v.methods}, v.png,
                     title=f"Dice per resolved head on the phantom test cases ({v.sizes.name} sizes)")
     plot_curves(v.ctx, v.curves_png)
+    plot_budget(v.ctx, v.budget_png)
 
 
 def _render_intro(v: _View) -> None:
@@ -199,6 +251,9 @@ def _render_convergence(v: _View) -> None:
       "`reproduce.py --pairs` trains the pairs' runs (`half_<run>`, and `double_<run>` for MultiTalent; a run "
       "of the table at half the budget, such as an ablation, stands in for a `half_` run).\n")
     _pairs_table(w, ctx.get("pair_rows", []), conv)
+    if ctx.get("pair_rows"):
+        w(f"![held-out Dice against the budget]({v.budget_png.name})\n")
+        w(f"*`{v.budget_png.name}`: held-out whole-scan Dice of each chain of budget pairs against its iterations.*\n")
     w("**The earlier criterion** (stated before the previous runs, reported beside the first, never instead of "
       "it): the run's mean patch pseudo-Dice on the held-out fold after every epoch (`log.jsonl`) gained less than "
       f"{100 * CONVERGENCE_TOL:.0f} Dice point over the last quarter of training (the curve's mean over the last "

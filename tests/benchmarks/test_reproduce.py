@@ -165,6 +165,13 @@ def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(re
                       "d": None, "e": None}
     assert out["c"]["converged_last_quarter"] is True  # the earlier criterion stays beside
     assert reproduce.last_quarter(out)["c"]["converged"] is True
+    # the pairs joined into chains of the same settings for the plot: b_half, b, b_double is one chain
+    from repro.report import budget_chains
+
+    its = {"a_half": 1, "a": 2, "b_half": 1, "b": 2, "b_double": 4, "c_half": 1, "c": 2}
+    chains = budget_chains({"convergence": {n: {"iterations": [i]} for n, i in its.items()}, "pair_rows": rows})
+    assert [[n for _, _, n in ch] for ch in chains] == [["a_half", "a"], ["b_half", "b", "b_double"],
+                                                        ["c_half", "c"]]
 
 
 def _write_log(run: Path, curve: list[float]) -> None:
@@ -213,6 +220,7 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     text = report.read_text()
     assert (out / "results_boxplot.png").stat().st_size > 0
     assert (out / "results_curves.png").stat().st_size > 0
+    assert (out / "results_budget.png").stat().st_size > 0
     for title in ("## Run", "## 0. Convergence", "## 1. MultiTalent vs single-dataset", "## 2. Protocol fidelity",
                   "## 3. Transfer", "## 4. Cost", "## Runs and calibration", "## Summary"):
         assert title in text, title
