@@ -315,9 +315,7 @@ class Reproduction:
             if spec["kind"] == "finetune":
                 extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "half": True, "pairs": True}
             elif spec["kind"] == "plain" and not name.startswith("ablation_") and spec["epochs"] >= 2:
-                twins = [n for n, j in jobs.items() if j["kind"] == "plain" and j["pre"] == spec["pre"]
-                         and j["kw"] == spec["kw"] and 2 * j["epochs"] == spec["epochs"]]
-                if not twins:
+                if not _halves(jobs, spec):
                     extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "epochs": spec["epochs"] // 2,
                                              "pairs": True}
             if name in self.sizes.double_runs and spec["kind"] == "plain":
@@ -334,8 +332,7 @@ class Reproduction:
             if spec["kind"] == "finetune" and not spec.get("half"):
                 out.append((f"half_{name}", name))
             elif spec["kind"] == "plain":
-                out += [(n, name) for n, j in jobs.items() if j["kind"] == "plain" and j["pre"] == spec["pre"]
-                        and j["kw"] == spec["kw"] and 2 * j["epochs"] == spec["epochs"]]
+                out += [(n, name) for n in _halves(jobs, spec)]
         return out
 
     def train(self, name: str) -> Path:
@@ -690,6 +687,12 @@ class Reproduction:
         _write_json(cache, out)
         return out
 
+
+
+def _halves(jobs: dict[str, dict], spec: dict) -> list[str]:
+    """The plain runs of ``jobs`` with the settings of the plain run ``spec`` (data, options) at half its epochs."""
+    return [n for n, j in jobs.items() if j["kind"] == "plain" and j["pre"] == spec["pre"] and j["kw"] == spec["kw"]
+            and 2 * j["epochs"] == spec["epochs"]]
 
 
 def _extra_metric(conflict: str, head: str, mask: np.ndarray, case: str, truth: Callable) -> float:

@@ -97,13 +97,18 @@ def plot_curves(ctx: dict, png: Path) -> None:
             if c["curve"]:
                 ax.plot(c["iterations"], np.asarray(c["curve"]) * 100, lw=1, label=name,
                         ls="-" if c["converged"] else "--")
-        ax.set_title(kind, fontsize=9)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.set_ylabel("validation pseudo-Dice (%)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=5, ncol=2)
+        _label_axes(ax, kind, "iteration", "validation pseudo-Dice (%)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+
+
+def _label_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """The report plots' small titles, labels and legend."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=5, ncol=2)
 
 
 def budget_chains(ctx: dict) -> list[list[tuple[int, float, str]]]:
@@ -115,6 +120,7 @@ def budget_chains(ctx: dict) -> list[list[tuple[int, float, str]]]:
         for name, dice in zip((r["shorter"], r["longer"]), r["dice"]):
             if dice is not None and conv.get(name, {}).get("iterations"):
                 points[name] = (conv[name]["iterations"][-1], dice)
+    pairs = [(r["shorter"], r["longer"]) for r in ctx.get("pair_rows", [])]
     seen: set[str] = set()
     for name in points:
         if name in seen:
@@ -125,7 +131,6 @@ def budget_chains(ctx: dict) -> list[list[tuple[int, float, str]]]:
             if n in chain or n not in points:
                 continue
             chain.add(n)
-            pairs = [(r["shorter"], r["longer"]) for r in ctx["pair_rows"]]
             todo += [m for pair in pairs if n in pair for m in pair]
         seen |= chain
         if len(chain) > 1:
@@ -147,11 +152,8 @@ def plot_budget(ctx: dict, png: Path) -> None:
         label = names[-1].removeprefix("double_").removeprefix("half_")
         ax.plot(its, np.asarray(dice) * 100, marker="o", lw=1, label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("training iterations (log2)", fontsize=8)
-    ax.set_ylabel("held-out whole-scan Dice (%)", fontsize=8)
-    ax.set_title("budget pairs: the same run at twice the iterations", fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=5, ncol=2)
+    _label_axes(ax, "budget pairs: the same run at twice the iterations", "training iterations (log2)",
+                "held-out whole-scan Dice (%)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 

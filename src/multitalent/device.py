@@ -43,7 +43,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp mode`` on ``device``. CUDA: ``auto`` is bfloat16 where the GPU supports it,
-    else float16. CPU: bfloat16 only when asked (``bf16``: about 2.2-2.5x faster training steps on a CPU with
+    else float16. CPU: bfloat16 only when asked (``bf16``: about 2.2x faster training steps on a CPU with
     AMX, docs/benchmarks.md), float32 for ``auto`` and ``off``; float16 is refused (slow and without a gradient
     scaler there)."""
     if mode not in AMP_MODES:

@@ -43,7 +43,7 @@ class TrainConfig:
     device: str = option("cpu", "cpu, cuda or cuda:N")
     amp: Literal["auto", "bf16", "fp16", "off"] = option(
         "auto", "mixed precision: on CUDA auto (bf16 if supported else fp16), bf16, fp16 or off; on the CPU "
-                "float32 unless bf16 (2.2-2.5x faster steps on CPUs with AMX)")
+                "float32 unless bf16 (about 2.2x faster steps on a CPU with AMX)")
     channels_last: Literal["auto", "on", "off"] = option(
         "auto", "channels-last 3D memory format: auto (on for CPU, where it made training about 1.9x faster here; "
         "off for CUDA, where it was slower), on or off")
