@@ -109,21 +109,24 @@ class Sizes:
 # FULL uses the demo's grid (6 mm, patch 32x48x48): on 2 CPU cores MultiTalent learns the large organs
 # there within ~1000 iterations (docs/benchmarks.md). Only the plain U-Net on the CPU (the residual U-Net's
 # runs would not fit; --gpu runs both and SwinUNETR); two training runs at a time with one thread each.
-# Budgets, from the two previous --full runs (measured 2026-12-02): at N = 800 five of seven single-dataset
-# models still gained 2.5-6 Dice points over their last quarter, at N = 1600 five still gained 1.0-5.9; so
-# N = 3200. MultiTalent gained +4.2 points over its last quarter at 3200 iterations and +4.1 at 6400, so the
-# paper's 2N rule does not converge it at this scale: it trains 4N = 12,800 (still 1.75x fewer iterations
-# than the seven single models together), and the two ablations keep it at 3200 (= N, the merged softmax's
-# budget, the fair comparison for it) and 6400 (= 2N: the paper's rule, and MultiTalent's "same model at half
-# the budget" convergence check). The merged softmax and the pre-trainings stay at 3200 (``baseline_epochs``).
-FULL = Sizes(name="full", base_features=8, archs=("plain_unet",), swin_probe_iterations=4,
-             spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48), lesion_scale=2.0, iterations_per_epoch=50,
-             single_epochs=64, multitalent_factor=4, baseline_epochs=64, fold="0", val_iterations=12,
-             ft_iterations_per_epoch=25, ft_head_warmup_epochs=2, ft_full_warmup_epochs=4, ft_epochs=22,
-             ft_seeds=3, timing_scans=3, jobs=2, ablations=(("mt_n", (("epochs", 64),)),
-                                                          ("mt_2n", (("epochs", 128),))),
-             ext_head_warmup_epochs=2, ext_full_warmup_epochs=4, ext_epochs=58, ext_scratch="ablation_mt_2n",
-             double_runs=("multitalent_plain_unet", "single_D001"))
+# Budgets, from the three previous --full runs (all seven datasets, float32, measured 2026-12-02/03): by
+# budget doubling on held-out whole scans no run but one single-dataset model had converged at N = 3200 and
+# MultiTalent at 4N = 12,800 still gained 1.2 points at 8N; seven datasets at a converging budget would take
+# 7-10 h here. So this round trades breadth for budget: bf16 (2.2x faster steps on this AMX Xeon, no slower
+# learning per iteration, docs/benchmarks.md) and five of the seven datasets (D001 and D003 for the lesions,
+# D005/D006/D007 for every conflicting protocol and the transfer target; D002 and D004, whose vessel and
+# tumour heads no model learned, are left out), which buys N = 4000 and MultiTalent 4N = 16,000 with every
+# budget pair (``--pairs``) inside one invocation: the single-dataset models also at N/2, MultiTalent also at
+# the paper's 2N (the ablation mt_2n, its half-budget twin), the merged softmax and both pre-trainings at 2400
+# and 1200, the fine-tunings at 700 and 350 iterations. (``--extend``: the pre-training's 2400 iterations plus
+# 5600 of extension = the 8000 of MultiTalent from scratch, mt_2n.)
+FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
+             archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
+             lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,
+             baseline_epochs=48, fold="0", val_iterations=12, ft_iterations_per_epoch=25, ft_head_warmup_epochs=2,
+             ft_full_warmup_epochs=4, ft_epochs=22, ft_seeds=3, timing_scans=3, jobs=2,
+             ablations=(("mt_2n", (("epochs", 160),)),), ext_head_warmup_epochs=2, ext_full_warmup_epochs=4,
+             ext_epochs=106, ext_scratch="ablation_mt_2n")
 QUICK = Sizes(name="quick", max_train=3, max_test=1, base_features=4, archs=("plain_unet", "resenc_unet"),
               lesion_scale=2.0, swin_probe_iterations=2, iterations_per_epoch=4, single_epochs=2,
               val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1, ft_full_warmup_epochs=5,
@@ -162,16 +165,25 @@ CALIBRATION_FULL_FIXED_MIN = 12.0  # FULL: phantoms, 4 preprocessings, ~100 pred
 # iterations per second of ``jobs`` one-thread training runs at once relative to one two-thread run (measured on
 # 2 cores: two runs at 0.27 s/it each against one at 0.185 s/it)
 PARALLEL_SPEEDUP = {1: 1.0, 2: 1.36}
+# ``amp="bf16"`` on the CPU (this AMX Xeon, 2026-12-03): two one-thread FULL runs at once took 0.165 s/it each in
+# bf16 against 0.27 s/it in float32 (train_throughput.py --parts small --threads 1, two at a time)
+BF16_SPEEDUP = 0.27 / 0.165
+
+
+def n_datasets(sizes: Sizes) -> int:
+    """The number of datasets the sizes train on (the whole collection: 7)."""
+    return len(sizes.datasets) if sizes.datasets else 7
 
 
 def projection(sizes: Sizes, speeds: dict[str, float] | None = None) -> tuple[dict[str, int], int, float]:
     """(iterations per architecture, epoch ends, training minutes) of ``sizes`` at the calibrated speeds
-    (default: the slower machine's)."""
+    (default: the slower machine's), without the ``--pairs`` runs (``pairs_iterations``)."""
+    k = n_datasets(sizes)
     ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
-    its = {sizes.archs[0]: 7 * sizes.n_single + sizes.n_multi + 3 * sizes.baseline_its + 3 * sizes.ft_seeds * ft_its}
+    its = {sizes.archs[0]: k * sizes.n_single + sizes.n_multi + 3 * sizes.baseline_its + 3 * sizes.ft_seeds * ft_its}
     for arch in sizes.archs[1:]:
-        its[arch] = its.get(arch, 0) + 7 * sizes.n_single + sizes.n_multi
-    epochs = (7 * len(sizes.archs) * sizes.single_epochs
+        its[arch] = its.get(arch, 0) + k * sizes.n_single + sizes.n_multi
+    epochs = (k * len(sizes.archs) * sizes.single_epochs
               + len(sizes.archs) * sizes.multitalent_factor * sizes.single_epochs  # MultiTalent per arch
               + 3 * sizes.baseline_its // sizes.iterations_per_epoch  # merged softmax, two pre-trainings
               + 3 * sizes.ft_seeds * sizes.ft_total_epochs)
@@ -181,20 +193,27 @@ def projection(sizes: Sizes, speeds: dict[str, float] | None = None) -> tuple[di
         width = float(kw.get("base_features", sizes.base_features)) / sizes.base_features
         its[sizes.archs[0]] += int(ab_epochs * sizes.iterations_per_epoch * max(1.0, width))
         epochs += ab_epochs
-    seconds = sum((speeds or CALIBRATION_S_PER_IT).get(a, 1.0) * n for a, n in its.items())
+    seconds = sum((speeds or CALIBRATION_S_PER_IT).get(a, 1.0) * n for a, n in its.items()) / _amp_speedup(sizes)
     seconds += CALIBRATION_S_PER_EPOCH * epochs
     return its, epochs, seconds / 60 / PARALLEL_SPEEDUP.get(sizes.jobs, 1.0)
 
 
-def pairs_iterations(sizes: Sizes, k: int = 7) -> int:
-    """Training iterations that ``--pairs`` adds: the half runs (every plain run but MultiTalent, whose half is
-    an ablation at the FULL sizes, and every fine-tuning) and the ``double_runs`` (MultiTalent's or a single
-    model's budget, twice)."""
+def _amp_speedup(sizes: Sizes) -> float:
+    return BF16_SPEEDUP if sizes.amp == "bf16" else 1.0
+
+
+def pairs_iterations(sizes: Sizes) -> int:
+    """Training iterations that ``--pairs`` adds: the half runs (every plain run and fine-tuning; MultiTalent's
+    half only where no ablation at half its budget stands in for it) and the ``double_runs`` (MultiTalent's or a
+    single model's budget, twice)."""
     ft_half = sum(max(1, e // 2) for e in (sizes.ft_head_warmup_epochs, sizes.ft_full_warmup_epochs,
                                               sizes.ft_epochs)) * sizes.ft_iterations_per_epoch
     doubles = sum(2 * (sizes.n_single if name.startswith("single_") else sizes.n_multi) for name in sizes.double_runs)
-    return len(sizes.archs) * k * sizes.n_single // 2 + 3 * sizes.baseline_its // 2 + 3 * sizes.ft_seeds * ft_half \
-        + doubles
+    half_epochs = sizes.multitalent_factor * sizes.single_epochs // 2
+    mt_twin = any(dict(kw).get("epochs") == half_epochs and len(kw) == 1 for _, kw in sizes.ablations)
+    mt_half = 0 if mt_twin else len(sizes.archs) * sizes.n_multi // 2
+    return (len(sizes.archs) * n_datasets(sizes) * sizes.n_single // 2 + mt_half + 3 * sizes.baseline_its // 2
+            + 3 * sizes.ft_seeds * ft_half + doubles)
 
 
 def calibration_note(sizes: Sizes) -> str:
@@ -205,21 +224,27 @@ def calibration_note(sizes: Sizes) -> str:
     its, epochs, minutes = projection(sizes)
     fast = projection(sizes, CALIBRATION_S_PER_IT_FAST)[2]
     pairs = pairs_iterations(sizes)
-    pairs_min = pairs * CALIBRATION_S_PER_IT["plain_unet"] / 60 / PARALLEL_SPEEDUP.get(sizes.jobs, 1.0)
+    pairs_min, pairs_fast = (pairs * sp["plain_unet"] / _amp_speedup(sizes) / 60 / PARALLEL_SPEEDUP.get(sizes.jobs, 1.0)
+                             for sp in (CALIBRATION_S_PER_IT, CALIBRATION_S_PER_IT_FAST))
+    full_pairs = pairs_iterations(FULL) * CALIBRATION_S_PER_IT_FAST["plain_unet"] / _amp_speedup(FULL) / 60 \
+        / PARALLEL_SPEEDUP.get(FULL.jobs, 1.0)
     full_min = projection(FULL)[2] + CALIBRATION_FULL_FIXED_MIN
     full_fast = projection(FULL, CALIBRATION_S_PER_IT_FAST)[2] + CALIBRATION_FULL_FIXED_MIN
     total = " + ".join(f"{n} {a}" for a, n in its.items())
+    amp = (f"; bf16 counted {BF16_SPEEDUP:.2f}x faster, as measured for two one-thread runs at once"
+           if sizes.amp == "bf16" else "")
     return (
         "Calibration (measured on 2-core machines while sizing the script, 6 mm, patch 32x48x48, batch 2, "
-        "`num_workers=0`): the plain U-Net with 8 base features took 0.18-0.30 s per iteration, the residual "
-        "U-Net 0.23-0.37 s (the lower figures on an AMD EPYC, the higher on a Xeon @ 2.5 GHz); another "
-        "CPU-heavy process on the same 2 cores makes iterations 2-7x slower. Projection for these sizes at "
-        f"the slower / faster speeds: {total} iterations and {epochs} epoch ends, ~{minutes:.0f} / ~{fast:.0f} min "
-        f"of training on 2 idle cores ({sizes.jobs} run(s) at a time); the `--full` sizes project to "
-        f"~{full_min:.0f} / ~{full_fast:.0f} min in all (~{CALIBRATION_FULL_FIXED_MIN:.0f} min of it for data, "
-        "prediction and evaluation): on the faster machine within the 150 min the issue allows, on the slower "
-        "one at its limit. The measured wall time is in the Run section. `--pairs` adds "
-        f"{pairs} iterations (~{pairs_min:.0f} min at the slower speed, in a second invocation on the same folder)."
+        "`num_workers=0`, float32): the plain U-Net with 8 base features took 0.18-0.30 s per iteration, the "
+        "residual U-Net 0.23-0.37 s (the lower figures on an AMD EPYC and on this AMX Xeon, the higher on a Xeon "
+        f"@ 2.5 GHz){amp}; another CPU-heavy process on the same 2 cores makes iterations 2-7x slower. "
+        f"Projection for these sizes at the slower / faster speeds: {total} iterations and {epochs} epoch ends, "
+        f"~{minutes:.0f} / ~{fast:.0f} min of training on 2 idle cores ({sizes.jobs} run(s) at a time); `--pairs` "
+        f"adds {pairs} iterations (~{pairs_min:.0f} / ~{pairs_fast:.0f} min, in the same invocation or a later one "
+        f"on the same folder). The `--full` sizes project to ~{full_min:.0f} / ~{full_fast:.0f} min in all "
+        f"(~{CALIBRATION_FULL_FIXED_MIN:.0f} min of it for data, prediction and evaluation), "
+        f"~{full_fast + full_pairs:.0f} min with `--pairs` at the faster speed, for the 150 min the issue allows. "
+        "The measured wall time is in the Run section."
     )
 
 

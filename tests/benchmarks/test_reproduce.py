@@ -104,7 +104,12 @@ def test_a_verdict_needs_converged_models_and_a_significant_test(reproduce):
 
 
 def test_budget_pairs_pair_each_run_with_itself_at_half_or_twice_the_iterations(reproduce, tmp_path, monkeypatch):
-    full = reproduce.FULL
+    import dataclasses
+
+    # the FULL sizes of the earlier rounds: two MultiTalent ablations (N, 2N) and MultiTalent twice its budget
+    full = dataclasses.replace(reproduce.FULL, ablations=(("mt_n", (("epochs", reproduce.FULL.single_epochs),)),
+                                                          ("mt_2n", (("epochs", 2 * reproduce.FULL.single_epochs),))),
+                               multitalent_factor=4, double_runs=("multitalent_plain_unet",))
     rep = reproduce.Reproduction(full, tmp_path)
     rep.dataset_ids = ["D001", "D005"]
     jobs = rep.training_jobs()
