@@ -35,10 +35,10 @@ Everything is resumable: a training run is skipped when its ``checkpoint_final.p
 evaluation is skipped when its ``summary.json`` exists; timings are cached under ``OUT/results/``.
 
     python benchmarks/reproduce.py --quick         # checks the machinery, < 10 min on 2 CPU cores
-    python benchmarks/reproduce.py --full          # about 150 min on 2 idle CPU cores; docs/results.md
+    python benchmarks/reproduce.py --full --pairs  # about 2 h on 2 idle CPU cores; docs/results.md
     python benchmarks/reproduce.py --full --extend # and the extension experiment (section 5)
     python benchmarks/reproduce.py --full --extend-only  # that experiment alone: docs/results_extension.md
-    python benchmarks/reproduce.py --full --pairs   # and the budget pairs (about 2 h more, same --out)
+    python benchmarks/reproduce.py --full          # without the budget pairs: no run can be shown converged
     python benchmarks/reproduce.py --full --out work_dirs/reproduce_full --seed 0 --device cpu
     python benchmarks/reproduce.py --gpu --device cuda   # one H200, <= 10 min; docs/results_gpu.md
 
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         "training); writes OUT/results_extension.md (and, for --full, docs/results_extension.md)")
     p.add_argument("--pairs", action="store_true",
                    help="also the budget pairs that decide convergence: every judged run again at half its budget "
-                        "(and MultiTalent at twice it), each scored on its held-out fold's whole scans; about as "
-                        "much training again as --full (run it as a second invocation on the same --out)")
+                        "(and Sizes.double_runs at twice it), each scored on its held-out fold's whole scans; at the "
+                        "--full sizes a third more training, in the same invocation or a later one on the same --out")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"

@@ -285,7 +285,30 @@ def _arch_findings(ctx: dict, arch: str, heads: list[str]) -> list[dict]:
             f"{paper['heads'][1] - paper['heads'][0]:+.2f})" if pf else "Fig. 2",
             f"{len(hs)} heads: {_pct(_mean_dice(mt, hs))} vs {_pct(_mean_dice(sg, hs))} ({_points(d)}; all "
             f"heads {_points(d_all)}); {_tests_text(t)}{cnote}", verdict, t))
-    return out
+    return out + _converged_subset_findings(ctx, arch, heads)
+
+
+def _converged_subset_findings(ctx: dict, arch: str, heads: list[str]) -> list[dict]:
+    """MultiTalent against the single-dataset models on the datasets whose single model has converged, when
+    MultiTalent has and some but not all of the single models have: the same claim judged where the evidence
+    allows (the subset is chosen by the training runs' held-out folds, never by a test case)."""
+    sizes, summaries, conv, judged = ctx["sizes"], ctx["summaries"], ctx["convergence"], ctx["judged"]
+    mt_key, sg_key = f"multitalent_{arch}", single_key(arch, sizes.archs[0])
+    single = {ds: conv.get(f"{sg_key}_{ds}", {}).get("converged") is True for ds in ctx["dataset_ids"]}
+    if conv.get(mt_key, {}).get("converged") is not True or all(single.values()) or not any(single.values()):
+        return []
+    kept = [ds for ds, ok in single.items() if ok]
+    mt, sg = summaries[mt_key], summaries[sg_key]
+    hs = [h for h in heads if sg["heads"][h]["dataset"] in kept]
+    t = compare(mt, sg, hs)
+    title = _title(mt_key)
+    return [_finding(
+        f"t1_converged_{arch}",
+        f"{title} beats the single-dataset models of its architecture, on the datasets whose single model has "
+        f"converged ({', '.join(kept)})", "Fig. 2 (all datasets)",
+        f"{len(kept)} of {len(single)} datasets, {len(hs)} heads: over datasets {_pct(dataset_average(mt, hs))} vs "
+        f"{_pct(dataset_average(sg, hs))}, over heads {_pct(_mean_dice(mt, hs))} vs {_pct(_mean_dice(sg, hs))}; "
+        f"{_tests_text(t)}", judge([t["heads"], t["cases"]], True, judged) if hs else "no such heads", t)]
 
 
 def _merged_findings(ctx: dict, heads: list[str]) -> list[dict]:

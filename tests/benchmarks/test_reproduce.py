@@ -213,6 +213,38 @@ def test_the_noise_aware_reading_forgives_a_plateau_but_not_a_climb(reproduce, t
     assert reproduce.within_noise({"r": c})["r"]["converged"] is False
 
 
+def test_the_claim_is_also_judged_on_the_datasets_whose_single_model_converged(reproduce):
+    from types import SimpleNamespace
+
+    from repro import statistics
+
+    heads = {"A_x": "A", "A_y": "A", "B_x": "B", "C_x": "C"}
+    cases = {"A": ["a1", "a2", "a3"], "B": ["b1", "b2"], "C": ["c1", "c2"]}
+
+    def summary(dice: dict[str, float]) -> dict:
+        return {"heads": {h: {"dice_mean": dice[h], "dataset": ds, "difficult": False} for h, ds in heads.items()},
+                "cases": {ds: {c: {h: {"dice": dice[h] + 0.01 * i} for h, d in heads.items() if d == ds}
+                               for i, c in enumerate(cs)} for ds, cs in cases.items()}}
+
+    mt = summary({"A_x": 0.9, "A_y": 0.8, "B_x": 0.7, "C_x": 0.2})
+    sg = summary({"A_x": 0.6, "A_y": 0.5, "B_x": 0.4, "C_x": 0.9})  # C: the single model far better, unconverged
+    conv = {"multitalent_plain_unet": {"converged": True}, "single_A": {"converged": True},
+            "single_B": {"converged": True}, "single_C": {"converged": False}}
+    ctx = {"sizes": reproduce.FULL, "summaries": {"multitalent_plain_unet": mt, "single": sg}, "convergence": conv,
+           "judged": True, "dataset_ids": ["A", "B", "C"],
+           "registry": SimpleNamespace(heads=[SimpleNamespace(id=h, lesion=False) for h in heads])}
+    out = {f["key"]: f for f in statistics._arch_findings(ctx, "plain_unet", list(heads))}
+    assert out["t1_average_plain_unet"]["verdict"] == reproduce.NOT_CONVERGED  # single_C has not converged
+    sub = out["t1_converged_plain_unet"]
+    assert "(A, B)" in sub["claim"] and sub["tests"]["heads"]["n"] == 3 and sub["tests"]["cases"]["n"] == 5
+    assert sub["tests"]["heads"]["mean_difference"] == pytest.approx(0.3) and sub["verdict"] == "holds"
+    # no subset verdict when MultiTalent has not converged, or when every single model has (the claim itself)
+    for change in ({"multitalent_plain_unet": {"converged": None}}, {"single_C": {"converged": True}}):
+        ctx["convergence"] = {**conv, **change}
+        assert "t1_converged_plain_unet" not in {f["key"] for f in statistics._arch_findings(ctx, "plain_unet",
+                                                                                              list(heads))}
+
+
 def t1_text(text: str) -> str:
     return _section(text, "## 1. MultiTalent")
 
