@@ -250,8 +250,11 @@ def _render_convergence(v: _View) -> None:
       f"belongs to gained less than {100 * CONVERGENCE_TOL:.0f} Dice point from the shorter run to the longer: "
       "then doubling the budget no longer pays, the shorter run has reached the plateau and the longer one lies on "
       "it. A run whose pairs all gained more has not converged; a run in no scored pair cannot be judged. "
-      "`reproduce.py --pairs` trains the pairs' runs (`half_<run>`, and `double_<run>` for MultiTalent; a run "
-      "of the table at half the budget, such as an ablation, stands in for a `half_` run).\n")
+      "`reproduce.py --pairs` trains the pairs' runs (`half_<run>`"
+      + (f", and `double_<run>` for {', '.join(v.sizes.double_runs)}" if v.sizes.double_runs else "")
+      + "; a run of the table at half the budget, such as an ablation, stands in for a `half_` run). Where the "
+      "verdict over all datasets is not measurable because a single-dataset model has not converged, the claim "
+      "is also judged on the datasets whose single model has (when MultiTalent has converged).\n")
     _pairs_table(w, ctx.get("pair_rows", []), conv)
     if ctx.get("pair_rows"):
         w(f"![held-out Dice against the budget]({v.budget_png.name})\n")
