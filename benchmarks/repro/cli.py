@@ -51,6 +51,7 @@ overrides. The sizes are the ``Sizes`` dataclasses of ``benchmarks/repro/sizes.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -223,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also the budget pairs that decide convergence: every judged run again at half its budget "
                         "(and Sizes.double_runs at twice it), each scored on its held-out fold's whole scans; at the "
                         "--full sizes a third more training, in the same invocation or a later one on the same --out")
+    p.add_argument("--double", action="append", default=[], metavar="RUN",
+                   help="with --pairs: also train the plain run RUN (multitalent_plain_unet, single_D001, "
+                        "pretrain_multitalent, ...) at twice its budget (double_RUN), to show that RUN has converged "
+                        "when its half-budget pair has not; repeatable; may be added to a finished --out")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
@@ -235,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         run_extension_only(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report,
                            command=command)
         return 0
-    run(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
+    sizes = SIZES[name]
+    if args.double:
+        if not args.pairs:
+            p.error("--double needs --pairs (a doubled run is one side of a budget pair)")
+        from multitalent.phantoms.collection import DATASETS
+
+        table = Reproduction(sizes, out)
+        table.dataset_ids = list(sizes.datasets or (d.id for d in DATASETS))
+        known = {n for n, j in table.training_jobs().items() if j["kind"] == "plain"}
+        unknown = [n for n in args.double if n not in known]
+        if unknown:
+            p.error(f"--double: no plain run named {', '.join(unknown)} at the {name} sizes "
+                    f"(there are: {', '.join(sorted(known))})")
+        sizes = dataclasses.replace(sizes, double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(args.double))))
+    run(sizes, out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
         extend=args.extend, pairs=args.pairs)
     return 0

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,9 +147,17 @@ class Reproduction:
             old = before.get("sizes", {}).get("ablations")
             if old is not None and now_cmp["sizes"].get("ablations", [])[:len(old)] == old:
                 now_cmp["sizes"]["ablations"] = old
+            # and so do budget doublings (``--double``, added or not named again): extra runs, nothing made before
+            if "double_runs" in before.get("sizes", {}):
+                now_cmp["sizes"]["double_runs"] = before["sizes"]["double_runs"]
         if before is not None and now_cmp != before:
             raise SystemExit(f"{self.out} holds runs made with other sizes or another seed ({path}); "
                              "choose a new --out (or delete that folder).")
+        if before is not None:  # the doublings of every invocation so far, in the order they were asked for
+            doubles = list(before["sizes"].get("double_runs", []))
+            now["sizes"]["double_runs"] = doubles + [n for n in now["sizes"]["double_runs"] if n not in doubles]
+            # a later invocation (a report only) keeps the doubled runs in its pairs without naming them again
+            self.sizes = replace(self.sizes, double_runs=tuple(now["sizes"]["double_runs"]))
         _write_json(path, now)
 
     # -- data

@@ -152,6 +152,33 @@ def test_an_output_folder_takes_added_ablations_but_not_other_sizes(reproduce, t
                                tmp_path).check_sizes()
 
 
+def test_an_output_folder_takes_added_doublings_and_keeps_them(reproduce, tmp_path):
+    import dataclasses
+
+    tiny = reproduce.TINY
+    reproduce.Reproduction(tiny, tmp_path).check_sizes()
+    more = dataclasses.replace(tiny, double_runs=("single_D005", *tiny.double_runs))
+    reproduce.Reproduction(more, tmp_path, pairs=True).check_sizes()  # nothing made before changes
+    later = reproduce.Reproduction(tiny, tmp_path, pairs=True)  # a later invocation that names no doubling
+    later.check_sizes()
+    later.dataset_ids = list(tiny.datasets)
+    assert later.sizes.double_runs == ("multitalent_plain_unet", "single_D005")
+    jobs = later.training_jobs()
+    assert jobs["double_single_D005"]["epochs"] == 2 * jobs["single_D005"]["epochs"]
+    assert ("single_D005", "double_single_D005") in later.pair_list()
+
+
+def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce, tmp_path, capsys):
+    from repro import cli
+
+    for argv, msg in ((["--tiny", "--out", str(tmp_path), "--double", "single_D005"], "needs --pairs"),
+                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "single_D999"], "no plain run")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()  # refused before anything was written
+
+
 def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(reproduce):
     heldout = {"a_half": {"h1": 0.50, "h2": 0.70}, "a": {"h1": 0.52, "h2": 0.69},  # +0.5 points: converged
                "b_half": {"h1": 0.40, "h2": 0.50}, "b": {"h1": 0.45, "h2": 0.55},  # +5 points
