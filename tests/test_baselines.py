@@ -36,14 +36,20 @@ def test_union_target_paints_nested_heads_last():
     assert y[0].tolist() == [0, 1, 2, 1] and y[1].tolist() == [4, 0, 0, 0]
 
 
-def test_softmax_as_heads_sums_member_probabilities():
-    reg = _registry()
-    logits = torch.log(torch.tensor([0.1, 0.5, 0.2, 0.1, 0.1]))[None, :, None]
-    heads = SoftmaxAsHeads(torch.nn.Identity(), reg)(logits)
-    p = torch.sigmoid(heads)[0, :, 0]
-    assert p[0].item() == pytest.approx(0.7, abs=1e-5)  # D001 liver = liver + tumour@D001
-    assert p[1].item() == pytest.approx(0.2, abs=1e-5)
-    assert p[2].item() == pytest.approx(0.5, abs=1e-5)
+def test_softmax_as_heads_marks_a_head_where_the_argmax_is_one_of_its_classes():
+    reg = _registry()  # classes: background, liver, tumor@D001, tumor@D002, spleen
+    probs = torch.tensor([[0.1, 0.5, 0.2, 0.1, 0.1],  # liver wins
+                          [0.3, 0.25, 0.05, 0.3, 0.1],  # a tie of background and tumor@D002 (1e-6 apart below)
+                          [0.3, 0.45, 0.05, 0.1, 0.1]])  # liver wins without reaching one half
+    probs[1, 3] += 1e-6
+    heads = SoftmaxAsHeads(torch.nn.Identity(), reg)(torch.log(probs).T[None])[0].T  # [voxel, head]
+    on = (heads > 0).tolist()
+    # heads: D001_liver (liver + tumour@D001), D001_tumor, D002_liver, D002_tumor, D002_spleen
+    assert on[0] == [True, False, True, False, False]
+    assert on[1] == [False, False, False, True, False]
+    assert on[2] == [True, False, True, False, False]  # the sum-above-one-half rule would mark nothing here
+    assert heads[0, 0].item() == pytest.approx(float(torch.log(torch.tensor(0.5 / 0.1))), abs=1e-5)
+    assert heads[0, 1].item() == pytest.approx(float(torch.log(torch.tensor(0.2 / 0.5))), abs=1e-5)
 
 
 @pytest.mark.slow  # trains and predicts

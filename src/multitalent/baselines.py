@@ -5,9 +5,9 @@ liver), except lesion classes, which stay per dataset (a liver tumour is not a k
 sample's target is the union label map built from its own dataset's annotation; every class its
 dataset does not annotate is background there, which is exactly the flaw MultiTalent avoids.
 
-For prediction the network is wrapped so that it returns one logit per *head* (the log-odds of the
-summed probabilities of the head's union classes); the sliding window, the export and the evaluation
-then treat it like any MultiTalent model.
+For prediction the network is wrapped so that it returns one logit per *head* (positive where the softmax's
+argmax is one of the head's union classes); the sliding window, the export and the evaluation then treat it
+like any MultiTalent model.
 """
 
 from __future__ import annotations
@@ -85,21 +85,24 @@ class MergedSoftmaxLoss(nn.Module):
 
 
 class SoftmaxAsHeads(nn.Module):
-    """Wraps a merged-softmax network so it returns one logit per head (for prediction)."""
+    """Wraps a merged-softmax network so it returns one logit per head (for prediction).
+
+    A softmax decides by its argmax (nnU-Net's rule), so a head's logit is the log-ratio of the probability of its
+    best union class to that of the best class outside it: positive exactly where the argmax is one of the head's
+    classes. (The summed probability of the head's classes above one half, the sigmoid heads' rule, would leave a
+    voxel unlabelled wherever no class reaches one half, which with many classes is most of an organ.)
+    """
 
     def __init__(self, net: nn.Module, registry: HeadRegistry):
         super().__init__()
         self.net = net
         _, members, _ = union_classes(registry)
         n_classes = max(max(m) for m in members) + 1
-        mat = torch.zeros(len(registry), n_classes)
-        for i, m in enumerate(members):
-            mat[i, m] = 1.0
-        self.register_buffer("membership", mat, persistent=False)
+        self.members = [list(m) for m in members]
+        self.others = [[c for c in range(n_classes) if c not in m] for m in members]
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.net(x)
         out = out[0] if isinstance(out, (list, tuple)) else out
-        p = torch.softmax(out.float(), 1)
-        ph = torch.einsum("hc,bc...->bh...", self.membership.to(p.dtype), p).clamp(1e-6, 1 - 1e-6)
-        return torch.log(ph) - torch.log1p(-ph)
+        logp = torch.log_softmax(out.float(), 1)
+        return torch.stack([logp[:, m].amax(1) - logp[:, o].amax(1) for m, o in zip(self.members, self.others)], 1)

@@ -157,15 +157,15 @@ def test_an_output_folder_takes_added_doublings_and_keeps_them(reproduce, tmp_pa
 
     tiny = reproduce.TINY
     reproduce.Reproduction(tiny, tmp_path).check_sizes()
-    more = dataclasses.replace(tiny, double_runs=("single_D005", *tiny.double_runs))
+    more = dataclasses.replace(tiny, double_runs=(*tiny.double_runs, "single_D006"))
     reproduce.Reproduction(more, tmp_path, pairs=True).check_sizes()  # nothing made before changes
     later = reproduce.Reproduction(tiny, tmp_path, pairs=True)  # a later invocation that names no doubling
     later.check_sizes()
     later.dataset_ids = list(tiny.datasets)
-    assert later.sizes.double_runs == ("multitalent_plain_unet", "single_D005")
+    assert later.sizes.double_runs == ("multitalent_plain_unet", "single_D005", "single_D006")
     jobs = later.training_jobs()
-    assert jobs["double_single_D005"]["epochs"] == 2 * jobs["single_D005"]["epochs"]
-    assert ("single_D005", "double_single_D005") in later.pair_list()
+    assert jobs["double_single_D006"]["epochs"] == 2 * jobs["single_D006"]["epochs"]
+    assert ("single_D006", "double_single_D006") in later.pair_list()
 
 
 def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce, tmp_path, capsys):
@@ -305,6 +305,7 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     # the budget pairs (--pairs): trained, scored on the held-out fold's whole scans, one table row each
     for shorter, longer in (("half_multitalent_plain_unet", "multitalent_plain_unet"),
                             ("multitalent_plain_unet", "double_multitalent_plain_unet"),
+                            ("single_D005", "double_single_D005"),
                             ("half_finetune_scratch_seed0", "finetune_scratch_seed0")):
         assert re.search(rf"\| {shorter} \| \d+ \| [\d.]+ \| {longer} \| \d+ \| [\d.]+ \| [-+][\d.]+ \|", conv), shorter
         assert (out / "runs" / longer / "validation" / "summary.json").is_file()
