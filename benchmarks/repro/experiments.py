@@ -509,7 +509,8 @@ class Reproduction:
     def budget_pairs(self) -> dict:
         """Every budget pair whose two runs are finished, with each run's whole-scan Dice on its held-out fold
         (``multitalent validate``: ``RUN/validation/summary.json``, made once): {"pairs": [(shorter, longer)],
-        "heldout": {run: {head: mean Dice over the held-out cases}}}. No test case is used."""
+        "heldout": {run: {head: mean Dice over the held-out cases}}, "heldout_cases": {run: {head: {case: Dice}}}}.
+        No test case is used."""
         from multitalent.training.validation import final_validation
 
         if self.pairs:  # the pair runs ``train_all`` has not trained (one run at a time when ``sizes.jobs`` is 1)
@@ -519,6 +520,7 @@ class Reproduction:
         done = [(a, b) for a, b in self.pair_list()
                 if all((self.runs / n / "checkpoint_final.pt").is_file() for n in (a, b))]
         heldout: dict[str, dict[str, float]] = {}
+        cases: dict[str, dict[str, dict[str, float]]] = {}  # run -> head -> held-out case -> Dice
         for name in dict.fromkeys(n for pair in done for n in pair):
             path = self.runs / name / "validation" / "summary.json"
             if not path.is_file():
@@ -529,7 +531,13 @@ class Reproduction:
             summary = _read_json(path, {}) or {}
             heldout[name] = {h: v["dice_mean"] for h, v in summary.get("heads", {}).items()
                              if v.get("dice_mean") is not None}
-        return {"pairs": done, "heldout": heldout}
+            cases[name] = {}
+            for per_case in summary.get("cases", {}).values():
+                for case, per_head in per_case.items():
+                    for h, v in per_head.items():
+                        if v.get("dice") is not None:
+                            cases[name].setdefault(h, {})[case] = v["dice"]
+        return {"pairs": done, "heldout": heldout, "heldout_cases": cases}
 
     def swin_probe(self) -> dict | None:
         s = self.sizes

@@ -81,9 +81,28 @@ def budget_pair_rows(pairs: dict, below: set[str]) -> list[dict]:
     for shorter, longer in pairs["pairs"]:
         a, b = mean(shorter), mean(longer)
         gain = None if a is None or b is None else b - a
+        se, n_cases = gain_standard_error(pairs.get("heldout_cases", {}), shorter, longer, below)
         rows.append({"shorter": shorter, "longer": longer, "dice": [a, b], "gain": gain,
-                     "within": None if gain is None else bool(gain < CONVERGENCE_TOL)})
+                     "within": None if gain is None else bool(gain < CONVERGENCE_TOL), "se": se, "n_cases": n_cases})
     return rows
+
+
+def gain_standard_error(cases: dict, shorter: str, longer: str, below: set[str]) -> tuple[float | None, int]:
+    """How much of a pair's gain the choice of held-out cases alone could make: the standard error of the gain (the
+    mean over heads of each head's mean paired difference over the cases both runs scored), sum_h var_h / n_h / H^2
+    under the square root, heads fixed, cases the sample; and the number of held-out cases. Reported beside the
+    criterion, never instead of it. (None, n) when a head has a single case."""
+    a, b = cases.get(shorter) or {}, cases.get(longer) or {}
+    heads = [h for h in a if h in b and h not in below]
+    terms, seen = [], set()
+    for h in heads:
+        common = sorted(set(a[h]) & set(b[h]))
+        seen |= set(common)
+        d = np.array([b[h][c] - a[h][c] for c in common], dtype=float)
+        terms.append(d.var(ddof=1) / len(d) if len(d) > 1 else np.nan)
+    if not terms or not np.all(np.isfinite(terms)):
+        return None, len(seen)
+    return float(np.sqrt(np.sum(terms)) / len(terms)), len(seen)
 
 
 def by_budget_pairs(conv: dict, rows: list[dict]) -> dict:

@@ -179,6 +179,25 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
     assert not (tmp_path / "results").exists()  # refused before anything was written
 
 
+def test_the_gain_of_a_budget_pair_comes_with_its_standard_error_over_the_held_out_cases(reproduce):
+    import numpy as np
+    from repro.statistics import budget_pair_rows, gain_standard_error
+
+    cases = {"a": {"h1": {"c1": 0.5, "c2": 0.6, "c3": 0.7}, "h2": {"c4": 0.2, "c5": 0.4}, "thin": {"c1": 0.0}},
+             "b": {"h1": {"c1": 0.6, "c2": 0.6, "c3": 0.9}, "h2": {"c4": 0.2, "c5": 0.6}, "thin": {"c1": 1.0}}}
+    d1, d2 = np.array([0.1, 0.0, 0.2]), np.array([0.0, 0.2])
+    expected = np.sqrt(d1.var(ddof=1) / 3 + d2.var(ddof=1) / 2) / 2
+    se, n = gain_standard_error(cases, "a", "b", {"thin"})  # the head below resolution is left out
+    assert n == 5 and se == pytest.approx(expected)
+    assert gain_standard_error(cases, "a", "b", set())[0] is None  # a head with one case: no estimate
+    heldout = {r: {h: float(np.mean(list(v.values()))) for h, v in hs.items()} for r, hs in cases.items()}
+    (row,) = budget_pair_rows({"pairs": [("a", "b")], "heldout": heldout, "heldout_cases": cases}, {"thin"})
+    assert row["se"] == pytest.approx(expected) and row["n_cases"] == 5
+    assert row["gain"] == pytest.approx((d1.mean() + d2.mean()) / 2)
+    (row,) = budget_pair_rows({"pairs": [("a", "b")], "heldout": heldout}, {"thin"})  # older folders: no cases
+    assert row["se"] is None and row["gain"] is not None
+
+
 def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(reproduce):
     heldout = {"a_half": {"h1": 0.50, "h2": 0.70}, "a": {"h1": 0.52, "h2": 0.69},  # +0.5 points: converged
                "b_half": {"h1": 0.40, "h2": 0.50}, "b": {"h1": 0.45, "h2": 0.55},  # +5 points
