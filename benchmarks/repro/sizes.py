@@ -119,7 +119,10 @@ class Sizes:
 # budget pair (``--pairs``) inside one invocation: the single-dataset models also at N/2, MultiTalent also at
 # the paper's 2N (the ablation mt_2n, its half-budget twin), the merged softmax and both pre-trainings at 2400
 # and 1200, the fine-tunings at 700 and 350 iterations. (``--extend``: the pre-training's 2400 iterations plus
-# 5600 of extension = the 8000 of MultiTalent from scratch, mt_2n.)
+# 5600 of extension = the 8000 of MultiTalent from scratch, mt_2n.) Measured (docs/benchmarks.md): `--full --pairs`
+# 155 min; then `--double multitalent_plain_unet --double single_D001 --double single_D003 --double single_D005` on the
+# same folder 111 min more: MultiTalent converged at 16,000 (-1.0 at 32,000), single D003 at 4000; D001 and D005 still
+# gained 5.9 / 4.6 at 8000, so a converged comparison over every dataset needs more than two such invocations here.
 FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
              archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
              lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,
