@@ -90,7 +90,7 @@ class SoftmaxAsHeads(nn.Module):
     A softmax decides by its argmax (nnU-Net's rule), so a head's logit is the log-ratio of the probability of its
     best union class to that of the best class outside it: positive exactly where the argmax is one of the head's
     classes. (The summed probability of the head's classes above one half, the sigmoid heads' rule, would leave a
-    voxel unlabelled wherever no class reaches one half, which with many classes is most of an organ.)
+    voxel unlabelled wherever no class reaches one half, which with many classes can be most of an organ.)
     """
 
     def __init__(self, net: nn.Module, registry: HeadRegistry):
