@@ -40,7 +40,7 @@ def test_softmax_as_heads_marks_a_head_where_the_argmax_is_one_of_its_classes():
     reg = _registry()  # classes: background, liver, tumor@D001, tumor@D002, spleen
     probs = torch.tensor([[0.1, 0.5, 0.2, 0.1, 0.1],  # liver wins
                           [0.3, 0.25, 0.05, 0.3, 0.1],  # a tie of background and tumor@D002 (1e-6 apart below)
-                          [0.3, 0.45, 0.05, 0.1, 0.1]])  # liver wins without reaching one half
+                          [0.35, 0.4, 0.05, 0.1, 0.1]])  # liver wins; no head's classes reach one half
     probs[1, 3] += 1e-6
     heads = SoftmaxAsHeads(torch.nn.Identity(), reg)(torch.log(probs).T[None])[0].T  # [voxel, head]
     on = (heads > 0).tolist()

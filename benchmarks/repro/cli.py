@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
         table = Reproduction(sizes, out)
         table.dataset_ids = list(sizes.datasets or (d.id for d in DATASETS))
-        known = {n for n, j in table.training_jobs().items() if j["kind"] == "plain"}
+        # the table's own plain runs: a budget pair's run (half_, double_) is not doubled by _pair_jobs
+        known = {n for n, j in table.training_jobs().items() if j["kind"] == "plain" and not j.get("pairs")}
         unknown = [n for n in args.double if n not in known]
         if unknown:
             p.error(f"--double: no plain run named {', '.join(unknown)} at the {name} sizes "

@@ -172,7 +172,8 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
     from repro import cli
 
     for argv, msg in ((["--tiny", "--out", str(tmp_path), "--double", "single_D005"], "needs --pairs"),
-                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "single_D999"], "no plain run")):
+                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "single_D999"], "no plain run"),
+                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "half_single_D005"], "no plain run")):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         assert exc.value.code == 2 and msg in capsys.readouterr().err
