@@ -8,9 +8,21 @@ renderer per section, the plots), ``cli`` (``run``, ``main``; the full descripti
 """
 
 from repro.cli import main, run, run_extension_only
+from repro.common import base_run
 from repro.experiments import Reproduction
 from repro.report import write_report
-from repro.sizes import FULL, GPU, QUICK, SIZES, TINY, Sizes, calibration_note, gpu_projection, projection
+from repro.sizes import (
+    FULL,
+    GPU,
+    QUICK,
+    SIZES,
+    TINY,
+    Sizes,
+    calibration_note,
+    gpu_projection,
+    pairs_iterations,
+    projection,
+)
 from repro.statistics import (
     ALPHA,
     NOT_CONVERGED,
@@ -29,6 +41,6 @@ from repro.statistics import (
 )
 
 __all__ = ["ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
-           "analysis", "budget_pair_rows", "by_budget_pairs", "calibration_note", "compare", "convergence",
+           "analysis", "base_run", "budget_pair_rows", "by_budget_pairs", "calibration_note", "compare", "convergence",
            "extension_findings", "findings", "gpu_projection", "judge", "last_quarter", "main", "paired",
-           "projection", "run", "run_extension_only", "within_noise", "write_report"]
+           "pairs_iterations", "projection", "run", "run_extension_only", "within_noise", "write_report"]

@@ -57,7 +57,17 @@ import sys
 import time
 from pathlib import Path
 
-from repro.common import REPO, TARGET, _date_utc, _read_json, _write_json, machine_description, run_stats
+from repro.common import (
+    REPO,
+    TARGET,
+    _date_utc,
+    _read_json,
+    _write_json,
+    base_run,
+    doublings,
+    machine_description,
+    run_stats,
+)
 from repro.experiments import Reproduction
 from repro.report import write_extension_report, write_report
 from repro.sizes import SIZES, Sizes, calibration_note
@@ -225,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(and Sizes.double_runs at twice it), each scored on its held-out fold's whole scans; at the "
                         "--full sizes a third more training, in the same invocation or a later one on the same --out")
     p.add_argument("--double", action="append", default=[], metavar="RUN",
-                   help="with --pairs: also train the plain run RUN (multitalent_plain_unet, single_D001, "
-                        "pretrain_multitalent, ...) at twice its budget (double_RUN), to show that RUN has converged "
-                        "when its half-budget pair has not; repeatable; may be added to a finished --out")
+                   help="with --pairs: also train the plain run or fine-tuning RUN (multitalent_plain_unet, "
+                        "single_D001, finetune_scratch_seed0, ...) at twice its budget (double_RUN; a fine-tuning "
+                        "with each phase doubled), to show that RUN has converged when its half-budget pair has "
+                        "not; RUN may be a doubled run (double_single_D001: 4x, and 2x with it); repeatable; may "
+                        "be added to a finished --out")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
@@ -248,13 +260,17 @@ def main(argv: list[str] | None = None) -> int:
 
         table = Reproduction(sizes, out)
         table.dataset_ids = list(sizes.datasets or (d.id for d in DATASETS))
-        # the table's own plain runs: a budget pair's run (half_, double_) is not doubled by _pair_jobs
-        known = {n for n, j in table.training_jobs().items() if j["kind"] == "plain" and not j.get("pairs")}
-        unknown = [n for n in args.double if n not in known]
+        # the table's own plain runs and fine-tunings, or their doubled runs (double_RUN: a chain N, 2N, 4N);
+        # not a half_ run, nor an extension
+        known = {n for n, j in table.training_jobs().items()
+                 if j["kind"] in ("plain", "finetune") and not j.get("pairs")}
+        unknown = [n for n in args.double if base_run(n) not in known or n.startswith("half_")]
         if unknown:
-            p.error(f"--double: no plain run named {', '.join(unknown)} at the {name} sizes "
-                    f"(there are: {', '.join(sorted(known))})")
-        sizes = dataclasses.replace(sizes, double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(args.double))))
+            p.error(f"--double: no plain run or fine-tuning named {', '.join(unknown)} at the {name} sizes "
+                    f"(there are: {', '.join(sorted(known))}, and double_RUN of each)")
+        # doubling double_RUN needs double_RUN itself: every shorter run of the chain is doubled too
+        chains = [("double_" * k) + base_run(n) for n in args.double for k in range(doublings(n) + 1)]
+        sizes = dataclasses.replace(sizes, double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(chains))))
     run(sizes, out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
         extend=args.extend, pairs=args.pairs)
     return 0

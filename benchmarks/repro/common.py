@@ -110,3 +110,17 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text
+
+
+def doublings(name: str) -> int:
+    """How many ``double_`` prefixes a budget pair's run name carries (``double_double_single_D001``: 2)."""
+    k = 0
+    while name.startswith("double_"):
+        name, k = name.removeprefix("double_"), k + 1
+    return k
+
+
+def base_run(name: str) -> str:
+    """The table's run that a budget pair's run repeats at another budget (``half_single_D001``,
+    ``double_double_single_D001``: ``single_D001``)."""
+    return name.removeprefix("half_").removeprefix("double_" * doublings(name.removeprefix("half_")))

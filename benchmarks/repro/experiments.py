@@ -26,6 +26,8 @@ from repro.common import (
     _read_json,
     _train_log,
     _write_json,
+    base_run,
+    doublings,
     run_stats,
     single_key,
 )
@@ -257,12 +259,13 @@ class Reproduction:
 
         return self.train_run(name, fn)
 
-    def train_finetune(self, name: str, pretrained: Path, seed: int, from_scratch: bool, half: bool = False) -> Path:
-        """A fine-tuning run (``half``: each of its three phases half as long, the budget pair's shorter run)."""
+    def train_finetune(self, name: str, pretrained: Path, seed: int, from_scratch: bool, scale: float = 1) -> Path:
+        """A fine-tuning run with each of its three phases ``scale`` times as long (a budget pair's run: 1/2 for
+        ``half_<run>``, 2, 4, ... for ``double_<run>``; at least one epoch each)."""
         from multitalent.finetune import FinetuneConfig, finetune
 
         s = self.sizes
-        head, full, rest = (max(1, e // 2) if half else e
+        head, full, rest = (max(1, int(e * scale))
                             for e in (s.ft_head_warmup_epochs, s.ft_full_warmup_epochs, s.ft_epochs))
 
         def fn(run: Path, resume: bool) -> None:
@@ -317,18 +320,26 @@ class Reproduction:
         """``jobs`` and, after them, the budget pairs' runs (``--pairs`` only, marked ``pairs``): every plain run
         but the ablations and every fine-tuning at half its budget (``half_<name>``) unless a run with the same
         settings at half the budget is already in the table, and the runs of ``sizes.double_runs`` at twice it
-        (``double_<name>``)."""
+        (``double_<name>``: a plain run, a fine-tuning with every phase doubled, or a ``double_`` run itself, so
+        that a chain N, 2N, 4N, ... goes on until a pair gains less than a point)."""
         extra: dict[str, dict] = {}
         for name, spec in jobs.items():
             if spec["kind"] == "finetune":
-                extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "half": True, "pairs": True}
+                extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "scale": 0.5, "pairs": True}
             elif spec["kind"] == "plain" and not name.startswith("ablation_") and spec["epochs"] >= 2:
                 if not _halves(jobs, spec):
                     extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "epochs": spec["epochs"] // 2,
                                              "pairs": True}
-            if name in self.sizes.double_runs and spec["kind"] == "plain":
-                extra[f"double_{name}"] = {**spec, "name": f"double_{name}", "epochs": 2 * spec["epochs"],
-                                           "pairs": True}
+        for name in sorted(self.sizes.double_runs, key=doublings):  # a chain's shorter runs first
+            spec = jobs.get(name) or extra.get(name)
+            if spec is None or spec.get("extension") or name.startswith("half_"):
+                continue  # refused by the command line; a folder's doubling of a run these sizes lack
+            longer = {**spec, "name": f"double_{name}", "pairs": True}
+            if spec["kind"] == "plain":
+                longer["epochs"] = 2 * spec["epochs"]
+            else:
+                longer["scale"] = 2 * spec.get("scale", 1)
+            extra[longer["name"]] = longer
         return {**jobs, **extra}
 
     def pair_list(self) -> list[tuple[str, str]]:
@@ -337,8 +348,10 @@ class Reproduction:
         jobs = self.training_jobs()
         out = []
         for name, spec in jobs.items():
-            if spec["kind"] == "finetune" and not spec.get("half"):
+            if spec["kind"] == "finetune" and spec.get("scale", 1) == 1:
                 out.append((f"half_{name}", name))
+            elif spec["kind"] == "finetune" and spec["scale"] > 1:  # double_<run>: <run> is its shorter run
+                out.append((name.removeprefix("double_"), name))
             elif spec["kind"] == "plain":
                 out += [(n, name) for n in _halves(jobs, spec)]
         return out
@@ -348,7 +361,7 @@ class Reproduction:
         spec = self.training_jobs()[name]
         if spec["kind"] == "finetune":
             return self.train_finetune(name, self.runs / spec["pretrained"], spec["seed"], spec["from_scratch"],
-                                       spec.get("half", False))
+                                       spec.get("scale", 1))
         if spec["kind"] == "extend":
             return self.train_extend(name, spec["original"])
         return self.train_plain(name, self.pre[spec["pre"]], spec["epochs"], **spec["kw"])
@@ -501,7 +514,8 @@ class Reproduction:
         scored on the test cases like an ablation."""
         for name in self.sizes.double_runs:
             key = f"double_{name}"
-            if name.startswith("single") or not (self.pairs or (self.runs / key / "checkpoint_final.pt").is_file()):
+            if not base_run(name).startswith(("multitalent_", "merged_softmax", "ablation_")) \
+                    or not (self.pairs or (self.runs / key / "checkpoint_final.pt").is_file()):
                 continue
             self.table1_runs[key] = run = self.train(key)
             summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)

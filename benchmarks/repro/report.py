@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from repro.common import DIFFICULT_THRESHOLD, FULLY_FOLDER, FULLY_LABELS, PAPER_FIG2, PAPER_TABLE2_UNET, TARGET
+from repro.common import (
+    DIFFICULT_THRESHOLD,
+    FULLY_FOLDER,
+    FULLY_LABELS,
+    PAPER_FIG2,
+    PAPER_TABLE2_UNET,
+    TARGET,
+    base_run,
+)
 from repro.statistics import (
     ALPHA,
     CONVERGENCE_TOL,
@@ -83,7 +91,7 @@ def plot_curves(ctx: dict, png: Path) -> None:
 
     groups: dict[str, list[str]] = {}
     for name in ctx["convergence"]:
-        base = name.removeprefix("half_").removeprefix("double_")  # a budget pair's runs beside their own kind
+        base = base_run(name)  # a budget pair's runs beside their own kind
         kind = ("single-dataset, " + ("U-Net" if base.removeprefix("single_") in ctx["dataset_ids"] else
                                       "SwinUNETR" if base.startswith("single_swin_unetr_") else
                                       base.split("_")[1] + " U-Net")) if base.startswith("single_") else \
@@ -149,7 +157,7 @@ def plot_budget(ctx: dict, png: Path) -> None:
     ax = fig.add_subplot(1, 1, 1)
     for chain in chains:
         its, dice, names = zip(*chain)
-        label = names[-1].removeprefix("double_").removeprefix("half_")
+        label = base_run(names[-1])
         ax.plot(its, np.asarray(dice) * 100, marker="o", lw=1, label=label)
     ax.set_xscale("log", base=2)
     _label_axes(ax, "budget pairs: the same run at twice the iterations", "training iterations (log2)",

@@ -207,11 +207,19 @@ def _amp_speedup(sizes: Sizes) -> float:
 
 def pairs_iterations(sizes: Sizes) -> int:
     """Training iterations that ``--pairs`` adds: the half runs (every plain run and fine-tuning; MultiTalent's
-    half only where no ablation at half its budget stands in for it) and the ``double_runs`` (MultiTalent's or a
-    single model's budget, twice)."""
+    half only where no ablation at half its budget stands in for it) and the ``double_runs`` (each twice its run's
+    budget; a chain's ``double_<run>`` twice that)."""
     ft_half = sum(max(1, e // 2) for e in (sizes.ft_head_warmup_epochs, sizes.ft_full_warmup_epochs,
                                               sizes.ft_epochs)) * sizes.ft_iterations_per_epoch
-    doubles = sum(2 * (sizes.n_single if name.startswith("single_") else sizes.n_multi) for name in sizes.double_runs)
+    ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
+    doubles = 0
+    for name in sizes.double_runs:  # double_<name>: twice <name>, which is 2^k times its table run's budget
+        k = 0
+        while name.startswith("double_"):
+            name, k = name.removeprefix("double_"), k + 1
+        its = sizes.n_single if name.startswith("single_") else ft_its if name.startswith("finetune_") \
+            else sizes.baseline_its if name.startswith(("pretrain_", "merged_softmax")) else sizes.n_multi
+        doubles += its * 2 ** (k + 1)
     half_epochs = sizes.multitalent_factor * sizes.single_epochs // 2
     mt_twin = any(dict(kw).get("epochs") == half_epochs and len(kw) == 1 for _, kw in sizes.ablations)
     mt_half = 0 if mt_twin else len(sizes.archs) * sizes.n_multi // 2

@@ -168,16 +168,59 @@ def test_an_output_folder_takes_added_doublings_and_keeps_them(reproduce, tmp_pa
     assert ("single_D006", "double_single_D006") in later.pair_list()
 
 
-def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce, tmp_path, capsys):
+def test_a_doubled_run_doubles_again_and_a_fine_tuning_doubles_every_phase(reproduce, tmp_path, monkeypatch):
+    import dataclasses
+
+    import multitalent.finetune
+
+    full = dataclasses.replace(reproduce.FULL, double_runs=("single_D001", "double_single_D001",
+                                                            "finetune_supervised_seed2"))
+    rep = reproduce.Reproduction(full, tmp_path)
+    rep.dataset_ids = ["D001", "D005"]
+    jobs = rep.training_jobs()
+    n = jobs["single_D001"]["epochs"]
+    assert jobs["double_single_D001"]["epochs"] == 2 * n and jobs["double_double_single_D001"]["epochs"] == 4 * n
+    assert jobs["double_double_single_D001"]["kw"] == jobs["single_D001"]["kw"]
+    assert "double_double_double_single_D001" not in jobs and "double_single_D005" not in jobs
+    pairs = rep.pair_list()
+    for pair in [("half_single_D001", "single_D001"), ("single_D001", "double_single_D001"),
+                 ("double_single_D001", "double_double_single_D001"),
+                 ("finetune_supervised_seed2", "double_finetune_supervised_seed2")]:
+        assert pair in pairs, pair
+    assert jobs["double_finetune_supervised_seed2"]["after"] == ["pretrain_supervised"]
+    configs = {}
+    monkeypatch.setattr(multitalent.finetune, "finetune", lambda pre, data, run, cfg: configs.setdefault(run.name, cfg))
+    monkeypatch.setattr(rep, "train_run", lambda name, fn: fn(tmp_path / name, False))
+    rep.train("double_finetune_supervised_seed2")
+    cfg = configs["double_finetune_supervised_seed2"]
+    assert (cfg.head_warmup_epochs, cfg.full_warmup_epochs, cfg.epochs, cfg.seed) == (4, 8, 44, 2)
+    assert reproduce.base_run("double_double_single_D001") == reproduce.base_run("half_single_D001") == "single_D001"
+    # --pairs adds the half runs and these doublings: 2N + 4N of the single model, twice a fine-tuning
+    no_doubles = reproduce.pairs_iterations(dataclasses.replace(full, double_runs=()))
+    ft = full.ft_total_epochs * full.ft_iterations_per_epoch
+    assert reproduce.pairs_iterations(full) - no_doubles == 2 * full.n_single + 4 * full.n_single + 2 * ft
+
+
+def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce, tmp_path, capsys, monkeypatch):
     from repro import cli
 
     for argv, msg in ((["--tiny", "--out", str(tmp_path), "--double", "single_D005"], "needs --pairs"),
                       (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "single_D999"], "no plain run"),
-                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "half_single_D005"], "no plain run")):
+                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "half_single_D005"], "no plain run"),
+                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "double_half_single_D005"],
+                       "no plain run"),
+                      (["--tiny", "--pairs", "--out", str(tmp_path), "--double", "extend_union"], "no plain run")):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         assert exc.value.code == 2 and msg in capsys.readouterr().err
     assert not (tmp_path / "results").exists()  # refused before anything was written
+    # doubling a doubled run doubles its chain's shorter runs too; a fine-tuning may be doubled
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda sizes, *a, **k: seen.setdefault("sizes", sizes))
+    assert cli.main(["--tiny", "--pairs", "--out", str(tmp_path), "--double", "double_single_D006",
+                     "--double", "finetune_scratch_seed0"]) == 0
+    assert seen["sizes"].double_runs == (*reproduce.TINY.double_runs, "single_D006", "double_single_D006",
+                                         "finetune_scratch_seed0")
 
 
 def test_the_gain_of_a_budget_pair_comes_with_its_standard_error_over_the_held_out_cases(reproduce):
