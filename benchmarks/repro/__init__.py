@@ -28,6 +28,7 @@ from repro.statistics import (
     NOT_CONVERGED,
     QUICK_VERDICT,
     analysis,
+    apply_stand_ins,
     budget_pair_rows,
     by_budget_pairs,
     compare,
@@ -40,7 +41,9 @@ from repro.statistics import (
     within_noise,
 )
 
-__all__ = ["ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
-           "analysis", "base_run", "budget_pair_rows", "by_budget_pairs", "calibration_note", "compare", "convergence",
-           "extension_findings", "findings", "gpu_projection", "judge", "last_quarter", "main", "paired",
-           "pairs_iterations", "projection", "run", "run_extension_only", "within_noise", "write_report"]
+__all__ = [
+    "ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
+    "analysis", "apply_stand_ins", "base_run", "budget_pair_rows", "by_budget_pairs", "calibration_note", "compare",
+    "convergence", "extension_findings", "findings", "gpu_projection", "judge", "last_quarter", "main", "paired",
+    "pairs_iterations", "projection", "run", "run_extension_only", "within_noise", "write_report",
+]

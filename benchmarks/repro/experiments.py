@@ -520,6 +520,31 @@ class Reproduction:
             self.table1_runs[key] = run = self.train(key)
             summaries[key] = self.predict_and_evaluate(key, run, self.registry, self.reference)
 
+    def chain_runs(self) -> dict[str, dict]:
+        """The longer runs of the single-dataset models' and the fine-tunings' budget chains (``double_<run>``,
+        ``double_double_<run>``, ... of ``sizes.double_runs``), each scored on the test cases of its table run (a
+        single-dataset model on its dataset's, a fine-tuning on the target's): {run: evaluation summary}. A run that
+        has converged only at a longer budget is compared through the first converged run of its chain
+        (``statistics.stand_ins``, chosen on the held-out folds, never on a test case). After ``budget_pairs``,
+        which trains the chains' runs."""
+        from multitalent.registry import HeadRegistry
+
+        out: dict[str, dict] = {}
+        for name in self.sizes.double_runs:
+            key, base = f"double_{name}", base_run(name)
+            ds = base.removeprefix("single_")
+            if not (self.runs / key / "checkpoint_final.pt").is_file():
+                continue
+            if base.startswith("finetune_"):
+                out[key] = self.finetune_summary(key, HeadRegistry.load(self.pre["target"] / "heads.json"))
+            elif ds in self.dataset_ids:
+                pred = self.preds / key
+                if any(not (pred / c / "case.json").is_file() for c in self.test_cases[ds]):
+                    self.say(f"predicting {key} on its {len(self.test_cases[ds])} test cases")
+                    self.predict(self.runs / key, self.dataset_dirs[ds] / "imagesTs", pred)
+                out[key] = self.evaluate(pred, [ds], self.registry, key, None)
+        return out
+
     def budget_pairs(self) -> dict:
         """Every budget pair whose two runs are finished, with each run's whole-scan Dice on its held-out fold
         (``multitalent validate``: ``RUN/validation/summary.json``, made once): {"pairs": [(shorter, longer)],

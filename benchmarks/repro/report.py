@@ -30,6 +30,7 @@ from repro.statistics import (
     dataset_average,
     judge,
     mean_summary,
+    with_stand_ins,
     within_noise,
 )
 from repro.text import CONDITIONS, _num, _p, _pct, _points, _title, _verdict
@@ -267,6 +268,14 @@ def _render_convergence(v: _View) -> None:
     if ctx.get("pair_rows"):
         w(f"![held-out Dice against the budget]({v.budget_png.name})\n")
         w(f"*`{v.budget_png.name}`: held-out whole-scan Dice of each chain of budget pairs against its iterations.*\n")
+    stand = ctx.get("stand_ins") or {}
+    if stand:
+        w("**Stand-ins: a model compared at the budget where it converged.** The paper's rule trains each "
+          "single-dataset model long enough to converge; a table run that has not converged at its budget but whose "
+          "chain of doublings has is compared through the first converged run of that chain, scored on the same "
+          "test cases (chosen by the held-out folds above, never by a test case): "
+          + "; ".join(f"{n} by {longer} ({_its(conv, longer)} iterations)" for n, longer in stand.items())
+          + ". Every comparison and verdict below uses them; the cost section keeps the table's budgets.\n")
     w("**The earlier criterion** (stated before the previous runs, reported beside the first, never instead of "
       "it): the run's mean patch pseudo-Dice on the held-out fold after every epoch (`log.jsonl`) gained less than "
       f"{100 * CONVERGENCE_TOL:.0f} Dice point over the last quarter of training (the curve's mean over the last "
@@ -302,6 +311,19 @@ def _render_convergence(v: _View) -> None:
 
 
 _STATES = {True: "yes", False: "**no**", None: "cannot be judged"}
+
+
+def _its(conv: dict, name: str) -> int | str:
+    return (conv.get(name, {}).get("iterations") or ["?"])[-1]
+
+
+def _stand_in_note(ctx: dict, prefix: str) -> str:
+    """A sentence naming the runs of ``prefix`` that are compared through a stand-in (section 0), or ""."""
+    stand = {n: m for n, m in (ctx.get("stand_ins") or {}).items() if n.startswith(prefix)}
+    if not stand:
+        return ""
+    return (" Compared at the budget where they converged (stand-ins, section 0): "
+            + ", ".join(f"{n} by {m} ({_its(ctx['convergence'], m)} iterations)" for n, m in stand.items()) + ".")
 
 
 def _pairs_table(w: Callable[[str], None], rows: list[dict], conv: dict) -> None:
@@ -360,7 +382,8 @@ def _render_table1(v: _View) -> None:
     w("\nA softmax over merged classes is discussed but not measured in the paper (Sect. 2).\n")
     w("**Here:** Dice (%) per head, mean over the head's dataset's test cases (a case where truth and prediction "
       "are both empty counts as 100, `docs/evaluation.md`). *lesion*: tumour head; *difficult*: single-dataset "
-      f"(U-Net) Dice below {DIFFICULT_THRESHOLD:.0f} %; *thickness*: see section 0.\n")
+      f"(U-Net) Dice below {DIFFICULT_THRESHOLD:.0f} %; *thickness*: see section 0."
+      + _stand_in_note(ctx, "single_") + "\n")
     w("| head | lesion | difficult | thickness (mm) | " + " | ".join(_title(m) for m in methods) + " |")
     w("|---|---|---|---:|" + "---:|" * len(methods))
     for h in heads:
@@ -460,7 +483,7 @@ def _render_transfer(v: _View) -> None:
       "structures annotated (painted from the phantom ground truth: the TotalSegmentator-like baseline), "
       f"{v.sizes.baseline_its} iterations. Fine-tuning: `multitalent.finetune` (new heads, the backbone "
       "copied, three phases).\n")
-    w("Dice (%) on the target's test cases, mean over its heads:\n")
+    w("Dice (%) on the target's test cases, mean over its heads." + _stand_in_note(ctx, "finetune_") + "\n")
     conds = list(CONDITIONS)
     w("| seed | " + " | ".join(CONDITIONS[c] for c in conds) + " |")
     w("|---|" + "---:|" * len(conds))
@@ -702,7 +725,8 @@ def write_extension_report(path: Path, ctx: dict) -> str:
 
 def _ablations_text(ctx: dict, w: Callable[[str], None]) -> None:
     """The ablation runs beside MultiTalent and the single-dataset models, with paired tests."""
-    sizes, summaries, conv = ctx["sizes"], ctx["summaries"], ctx["convergence"]
+    sizes, summaries = ctx["sizes"], ctx["summaries"]
+    conv = with_stand_ins(ctx["convergence"], ctx.get("stand_ins") or {})  # the models compared (section 0)
     if not sizes.ablations:
         w("No ablation is part of these sizes.\n")
         return
@@ -718,7 +742,10 @@ def _ablations_text(ctx: dict, w: Callable[[str], None]) -> None:
       "cases) | p vs MultiTalent (heads / cases) | vs single-dataset models |")
     w("|---|---|---|---:|---:|---:|---|---|---|")
     singles = [f"single_{ds}" for ds in ctx["dataset_ids"]]
-    for key, what in [("single", "one model per dataset, N iterations"), (main, "as in the paper")] + [
+    longer = [n for n in singles if n in (ctx.get("stand_ins") or {})]
+    single_what = "one model per dataset, N iterations" + (
+        f" ({', '.join(longer)} at the budget where it converged, section 0)" if longer else "")
+    for key, what in [("single", single_what), (main, "as in the paper")] + [
             (f"ablation_{n}", ABLATION_TEXT.get(n, ", ".join(f"{k} = {v}" for k, v in kw)))
             for n, kw in sizes.ablations] + [
             (f"double_{n}", "twice the budget (the budget pair's longer run)") for n in sizes.double_runs]:

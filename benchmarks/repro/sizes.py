@@ -139,7 +139,7 @@ TINY = Sizes(name="tiny", datasets=("D005", "D006", "D007"), max_train=2, max_te
              single_epochs=1, val_iterations=1, ft_iterations_per_epoch=1, ft_head_warmup_epochs=1,
              ft_full_warmup_epochs=2, ft_epochs=1, ft_seeds=1, timing_scans=1, eval_workers=1,
              preprocess_workers=1, jobs=2, ablations=(("width16", (("base_features", 8),)),),
-             double_runs=("multitalent_plain_unet", "single_D005"))
+             double_runs=("multitalent_plain_unet", "single_D005", "finetune_scratch_seed0"))
 # GPU: one NVIDIA H200 with 16 CPU cores, at most 10 minutes of wall time (``--gpu --device cuda``; the
 # script for a lent machine is benchmarks/device/reproduce_gpu.sh). The preset grid (4 mm, patch 32x64x64:
 # SwinUNETR needs every axis divisible by 32), networks twice as wide as FULL's, all three backbones, six

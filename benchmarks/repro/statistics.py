@@ -4,6 +4,7 @@ findings (every paper claim with what was measured and its verdict)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,80 @@ def by_budget_pairs(conv: dict, rows: list[dict]) -> dict:
         states = [r["within"] for r in rows if name in (r["shorter"], r["longer"]) and r["within"] is not None]
         state = True if any(states) else False if states else None
         out[name] = {**c, "converged": state, "converged_last_quarter": c.get("converged")}
+    return out
+
+
+def stand_ins(conv: dict, names: list[str]) -> dict[str, str]:
+    """For each of the table's runs ``names`` that has not converged by budget doubling, the first run of its chain
+    (``double_<run>``, ``double_double_<run>``, ...) that has: the same model trained long enough, which stands in
+    for it in every comparison (the paper's rule: N large enough to converge). Decided on the held-out folds, never
+    on a test case."""
+    out = {}
+    for name in names:
+        if conv.get(name, {}).get("converged") is True:
+            continue
+        longer = f"double_{name}"
+        while longer in conv:
+            if conv[longer].get("converged") is True:
+                out[name] = longer
+                break
+            longer = f"double_{longer}"
+    return out
+
+
+def with_stand_ins(conv: dict, stand: dict[str, str]) -> dict:
+    """``conv`` with each table run's state replaced by its stand-in's (``stand_ins``), under any reading."""
+    return {**conv, **{name: {**conv[longer], "stand_in": longer} for name, longer in stand.items() if longer in conv}}
+
+
+def merge_datasets(base: dict, parts: dict[str, dict]) -> dict:
+    """The evaluation summary ``base`` (one model per dataset, ``multitalent evaluate``) with the heads, cases and
+    dataset of each ``parts[ds]`` (another model of dataset ds, scored on the same test cases) in place of its own;
+    the averages recomputed."""
+    out = copy.deepcopy(base)
+    for ds, part in parts.items():
+        out["heads"].update({h: v for h, v in part["heads"].items() if v["dataset"] == ds})
+        out["cases"][ds] = part["cases"][ds]
+        out["datasets"][ds] = part["datasets"][ds]
+    means = [v["dice_mean"] for v in out["datasets"].values() if v.get("dice_mean") is not None]
+    out["dataset_average"]["dice_mean"] = float(np.mean(means)) if means else None
+    for group in out.get("groups", {}).values():
+        for key, field in (("dice_mean", "dice_mean"), ("hd95_mean", "hd95_mean")):
+            vals = [out["heads"][h].get(field) for h in group.get("heads", []) if h in out["heads"]]
+            vals = [v for v in vals if v is not None]
+            if key in group:
+                group[key] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def apply_stand_ins(ctx: dict) -> dict:
+    """The comparisons' models: each single-dataset model (main backbone) and fine-tuning that has converged only at
+    a longer budget is replaced by its stand-in (``stand_ins``) in ``summaries["single"]`` and in the transfer's
+    per-seed scores; the table's own models stay in ``summaries_table_budget`` / ``transfer_table_budget``.
+    Returns the keys to add to the report context (``stand_ins`` among them)."""
+    conv, chains = ctx["convergence"], ctx.get("chains") or {}
+    singles = [f"single_{ds}" for ds in ctx["dataset_ids"]]
+    tr = ctx.get("transfer") or {"per_seed": {}}
+    fts = [f"finetune_{c}_seed{s}" for c, seeds in tr["per_seed"].items() for s in seeds]
+    stand = {n: longer for n, longer in stand_ins(conv, singles + fts).items() if longer in chains}
+    out: dict = {"stand_ins": stand}
+    parts = {n.removeprefix("single_"): chains[longer] for n, longer in stand.items() if n in singles}
+    if parts and "single" in ctx["summaries"]:
+        out["summaries_table_budget"] = {"single": ctx["summaries"]["single"]}
+        out["summaries"] = {**ctx["summaries"], "single": merge_datasets(ctx["summaries"]["single"], parts)}
+    ft = {n: longer for n, longer in stand.items() if n in fts}
+    if ft:
+        per_seed = copy.deepcopy(tr["per_seed"])
+        for c, seeds in per_seed.items():
+            for seed in seeds:
+                longer = ft.get(f"finetune_{c}_seed{seed}")
+                if longer:
+                    sm = chains[longer]
+                    target = next(iter(sm["datasets"]))
+                    seeds[seed] = {"dataset_dice": sm["datasets"][target]["dice_mean"],
+                                   "heads": {h: v["dice_mean"] for h, v in sm["heads"].items()}}
+        out["transfer_table_budget"] = tr
+        out["transfer"] = {**tr, "per_seed": per_seed}
     return out
 
 
@@ -497,7 +572,9 @@ def _tests_less(t: dict) -> str:
 
 
 def findings(ctx: dict) -> list[dict]:
-    """Every paper claim with what was measured here and its verdict (``judge``)."""
+    """Every paper claim with what was measured here and its verdict (``judge``); a run with a stand-in
+    (``apply_stand_ins``) is judged by its stand-in's convergence."""
+    ctx = {**ctx, "convergence": with_stand_ins(ctx["convergence"], ctx.get("stand_ins") or {})}
     heads = [h for h in ctx["summaries"]["single"]["heads"] if h in ctx["resolved"]]
     out = []
     for arch in ctx["sizes"].archs:

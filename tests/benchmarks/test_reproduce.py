@@ -162,7 +162,7 @@ def test_an_output_folder_takes_added_doublings_and_keeps_them(reproduce, tmp_pa
     later = reproduce.Reproduction(tiny, tmp_path, pairs=True)  # a later invocation that names no doubling
     later.check_sizes()
     later.dataset_ids = list(tiny.datasets)
-    assert later.sizes.double_runs == ("multitalent_plain_unet", "single_D005", "single_D006")
+    assert later.sizes.double_runs == (*tiny.double_runs, "single_D006")
     jobs = later.training_jobs()
     assert jobs["double_single_D006"]["epochs"] == 2 * jobs["single_D006"]["epochs"]
     assert ("single_D006", "double_single_D006") in later.pair_list()
@@ -218,9 +218,9 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
     seen = {}
     monkeypatch.setattr(cli, "run", lambda sizes, *a, **k: seen.setdefault("sizes", sizes))
     assert cli.main(["--tiny", "--pairs", "--out", str(tmp_path), "--double", "double_single_D006",
-                     "--double", "finetune_scratch_seed0"]) == 0
+                     "--double", "finetune_multitalent_seed0"]) == 0
     assert seen["sizes"].double_runs == (*reproduce.TINY.double_runs, "single_D006", "double_single_D006",
-                                         "finetune_scratch_seed0")
+                                         "finetune_multitalent_seed0")
 
 
 def test_the_gain_of_a_budget_pair_comes_with_its_standard_error_over_the_held_out_cases(reproduce):
@@ -240,6 +240,51 @@ def test_the_gain_of_a_budget_pair_comes_with_its_standard_error_over_the_held_o
     assert row["gain"] == pytest.approx((d1.mean() + d2.mean()) / 2)
     (row,) = budget_pair_rows({"pairs": [("a", "b")], "heldout": heldout}, {"thin"})  # older folders: no cases
     assert row["se"] is None and row["gain"] is not None
+
+
+def test_a_model_converged_only_at_a_longer_budget_stands_in_for_its_table_run(reproduce):
+    from repro.statistics import apply_stand_ins, stand_ins, with_stand_ins
+
+    def summary(dice: dict[str, dict[str, float]]) -> dict:  # {dataset: {case: Dice of its one head}}
+        heads = {f"{ds}_h": {"dataset": ds, "lesion": False, "difficult": False,
+                             "dice_mean": sum(v.values()) / len(v)} for ds, v in dice.items()}
+        return {"heads": heads, "cases": {ds: {c: {f"{ds}_h": {"dice": d}} for c, d in v.items()}
+                                          for ds, v in dice.items()},
+                "datasets": {ds: {"dice_mean": heads[f"{ds}_h"]["dice_mean"]} for ds in dice},
+                "dataset_average": {"dice_mean": None}, "groups": {"all": {"heads": list(heads), "dice_mean": None}}}
+
+    # single_A converged at N; single_B only at 4N (N -> 2N +5, 2N -> 4N +0.5 points); single_C never
+    conv = {"single_A": {"converged": True}, "single_B": {"converged": False},
+            "double_single_B": {"converged": True, "converged_within_noise": True},
+            "double_double_single_B": {"converged": True}, "single_C": {"converged": False},
+            "double_single_C": {"converged": False}, "finetune_scratch_seed0": {"converged": False},
+            "double_finetune_scratch_seed0": {"converged": True}}
+    names = ["single_A", "single_B", "single_C", "finetune_scratch_seed0"]
+    assert stand_ins(conv, names) == {"single_B": "double_single_B",
+                                      "finetune_scratch_seed0": "double_finetune_scratch_seed0"}
+    view = with_stand_ins(conv, stand_ins(conv, names))
+    assert view["single_B"]["converged"] and view["single_B"]["stand_in"] == "double_single_B"
+    assert view["single_C"]["converged"] is False and not conv["single_B"]["converged"]  # the table stays as is
+    table = summary({"A": {"a1": 0.8, "a2": 0.6}, "B": {"b1": 0.2, "b2": 0.4}, "C": {"c1": 0.5}})
+    chains = {"double_single_B": summary({"B": {"b1": 0.6, "b2": 0.8}}),
+              "double_finetune_scratch_seed0": {"datasets": {"D005": {"dice_mean": 0.9}},
+                                                "heads": {"D005_x": {"dice_mean": 0.9}}}}
+    transfer = {"per_seed": {"scratch": {0: {"dataset_dice": 0.3, "heads": {"D005_x": 0.3}}},
+                             "multitalent": {0: {"dataset_dice": 0.5, "heads": {"D005_x": 0.5}}}}, "heads": ["D005_x"]}
+    ctx = {"convergence": conv, "chains": chains, "dataset_ids": ["A", "B", "C"], "summaries": {"single": table},
+           "transfer": transfer}
+    out = apply_stand_ins(ctx)
+    single = out["summaries"]["single"]
+    assert single["heads"]["B_h"]["dice_mean"] == pytest.approx(0.7)
+    assert single["cases"]["B"]["b1"]["B_h"]["dice"] == 0.6
+    assert single["heads"]["A_h"] == table["heads"]["A_h"] and out["summaries_table_budget"]["single"] is table
+    assert single["dataset_average"]["dice_mean"] == pytest.approx((0.7 + 0.7 + 0.5) / 3)
+    assert single["groups"]["all"]["dice_mean"] == pytest.approx((0.7 + 0.7 + 0.5) / 3)
+    assert out["transfer"]["per_seed"]["scratch"][0] == {"dataset_dice": 0.9, "heads": {"D005_x": 0.9}}
+    assert out["transfer"]["per_seed"]["multitalent"] == transfer["per_seed"]["multitalent"]
+    assert transfer["per_seed"]["scratch"][0]["dataset_dice"] == 0.3  # the table's scores are kept apart
+    # a stand-in without test scores (not predicted) replaces nothing
+    assert apply_stand_ins({**ctx, "chains": {}}) == {"stand_ins": {}}
 
 
 def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(reproduce):
@@ -412,6 +457,27 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     cost = _section(text, "## 4. Cost")
     assert "training time" in cost and "inference on" in cost
     assert ctx["cost"]["ratio"] > 0 and ctx["inference"]["ratio"] > 0
+
+    # the chains' longer runs are scored on their table run's test cases; a run that converged only at a longer
+    # budget is compared through it (forced here: the test sizes' states are whatever 2-iteration runs give)
+    assert set(ctx["chains"]) == {"double_single_D005", "double_finetune_scratch_seed0"}
+    assert set(ctx["chains"]["double_single_D005"]["datasets"]) == {"D005"}
+    conv = {**ctx["convergence"], "single_D005": {**ctx["convergence"]["single_D005"], "converged": False},
+            "double_single_D005": {**ctx["convergence"]["double_single_D005"], "converged": True},
+            "finetune_scratch_seed0": {**ctx["convergence"]["finetune_scratch_seed0"], "converged": False},
+            "double_finetune_scratch_seed0": {**ctx["convergence"]["double_finetune_scratch_seed0"],
+                                              "converged": True}}
+    forced = {**ctx, "convergence": conv, "stand_ins": {}}
+    forced.update(reproduce.apply_stand_ins(forced))
+    assert forced["stand_ins"] == {"single_D005": "double_single_D005",
+                                   "finetune_scratch_seed0": "double_finetune_scratch_seed0"}
+    forced["findings"] = reproduce.findings(forced)
+    text2 = reproduce.write_report(tmp_path / "forced" / "results.md", forced)
+    assert "**Stand-ins" in _section(text2, "## 0. Convergence")
+    assert "single_D005 by double_single_D005" in _section(text2, "## 1. MultiTalent")
+    assert "finetune_scratch_seed0 by double_finetune_scratch_seed0" in _section(text2, "## 3. Transfer")
+    assert forced["summaries"]["single"]["heads"]["D005_spleen"] == \
+        ctx["chains"]["double_single_D005"]["heads"]["D005_spleen"]
 
     # resumable: a second invocation finds every run, prediction, evaluation and timing done
     lines_before = (out / "reproduce.log").read_text().count("\n")
