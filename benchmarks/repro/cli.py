@@ -79,6 +79,7 @@ from repro.statistics import (
     extension_findings,
     findings,
     last_quarter,
+    samples_per_dataset,
     within_noise,
 )
 
@@ -148,7 +149,8 @@ def _context(rep: Reproduction, stages: dict, command: str, wall_s: float) -> di
         "calibration_note": calibration_note(sizes),
     }
     ctx.update(analysis(rep, runs, pre_all, sizes, pre_all.plans.spacing, stages["pairs"]))
-    ctx.update(apply_stand_ins(ctx))  # a model converged only at a longer budget is compared through that run
+    # a model converged only at a longer budget is compared through that run
+    ctx.update(apply_stand_ins(ctx, lambda run: samples_per_dataset(rep.runs / run, pre_all.cases)))
     ctx["findings"] = findings(ctx)
     # the same claims judged by the earlier criterion, the gain over the last quarter of the patch pseudo-Dice
     # curve, and by its noise-aware reading (secondary; see section 0)

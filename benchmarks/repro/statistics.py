@@ -5,6 +5,7 @@ findings (every paper claim with what was measured and its verdict)."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,11 @@ def merge_datasets(base: dict, parts: dict[str, dict]) -> dict:
     return out
 
 
-def apply_stand_ins(ctx: dict) -> dict:
+def apply_stand_ins(ctx: dict, samples_of: Callable[[str], dict[str, float]] | None = None) -> dict:
     """The comparisons' models: each single-dataset model (main backbone) and fine-tuning that has converged only at
     a longer budget is replaced by its stand-in (``stand_ins``) in ``summaries["single"]`` and in the transfer's
-    per-seed scores; the table's own models stay in ``summaries_table_budget`` / ``transfer_table_budget``.
+    per-seed scores; the table's own models stay in ``summaries_table_budget`` / ``transfer_table_budget``; with
+    ``samples_of`` (run -> samples drawn per dataset) the samples table gains the compared single-dataset models.
     Returns the keys to add to the report context (``stand_ins`` among them)."""
     conv, chains = ctx["convergence"], ctx.get("chains") or {}
     singles = [f"single_{ds}" for ds in ctx["dataset_ids"]]
@@ -178,6 +180,9 @@ def apply_stand_ins(ctx: dict) -> dict:
     if parts and "single" in ctx["summaries"]:
         out["summaries_table_budget"] = {"single": ctx["summaries"]["single"]}
         out["summaries"] = {**ctx["summaries"], "single": merge_datasets(ctx["summaries"]["single"], parts)}
+        if samples_of is not None:  # a stand-in drew 2x, 4x, ... its table run's samples
+            out["samples"] = {**ctx.get("samples", {}), "its single-dataset model, as compared": {
+                ds: samples_of(stand.get(f"single_{ds}", f"single_{ds}")).get(ds, 0.0) for ds in ctx["dataset_ids"]}}
     ft = {n: longer for n, longer in stand.items() if n in fts}
     if ft:
         per_seed = copy.deepcopy(tr["per_seed"])

@@ -283,6 +283,11 @@ def test_a_model_converged_only_at_a_longer_budget_stands_in_for_its_table_run(r
     assert out["transfer"]["per_seed"]["scratch"][0] == {"dataset_dice": 0.9, "heads": {"D005_x": 0.9}}
     assert out["transfer"]["per_seed"]["multitalent"] == transfer["per_seed"]["multitalent"]
     assert transfer["per_seed"]["scratch"][0]["dataset_dice"] == 0.3  # the table's scores are kept apart
+    # the samples table gains the compared single-dataset models (a stand-in drew twice its table run's)
+    samples = apply_stand_ins({**ctx, "samples": {"its single-dataset model": {}}},
+                              lambda run: {run.rsplit("_", 1)[1]: 200.0 if run.startswith("double_") else 100.0})
+    assert samples["samples"]["its single-dataset model, as compared"] == {"A": 100.0, "B": 200.0, "C": 100.0}
+    assert "its single-dataset model" in samples["samples"]
     # a stand-in without test scores (not predicted) replaces nothing
     assert apply_stand_ins({**ctx, "chains": {}}) == {"stand_ins": {}}
 
