@@ -53,10 +53,12 @@ overrides. The sizes are the ``Sizes`` dataclasses of ``benchmarks/repro/sizes.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from repro.common import (
@@ -166,6 +168,32 @@ def run(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with _only_invocation(out):
+        return _run(sizes, out, seed, device, quiet, report, command, extend, pairs, t_start)
+
+
+@contextlib.contextmanager
+def _only_invocation(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``out`` for one invocation: a second one on the same folder (which would train the same
+    unfinished run twice, both writing its log and checkpoints) stops at once with exit code 2. The lock is the
+    operating system's (``fcntl``), so it goes with the process that held it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / ".reproduce.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"error: {out}: another reproduce.py invocation is running on this folder ({out / '.reproduce.lock'} "
+              "is held); wait for it to finish or choose another --out", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: Path | None, command: str | None,
+         extend: bool, pairs: bool, t_start: float) -> dict:
     rep = Reproduction(sizes, out, seed, device, quiet, extend=extend, pairs=pairs)
     rep.check_sizes()
     command = command or (f"python benchmarks/reproduce.py --{sizes.name} --out {out} --seed {seed}"
@@ -187,12 +215,19 @@ def run_extension_only(sizes: Sizes, out: Path, seed: int = 0, device: str = "cp
                        report: Path | None = None, command: str | None = None) -> dict:
     """Only the extension experiment and the runs it reads (base, run from scratch, fine-tunings); writes
     ``OUT/results_extension.md`` (and ``report``); returns the report context."""
-    from multitalent.preprocessing.pipeline import Preprocessed
-    from multitalent.registry import HeadRegistry
 
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with _only_invocation(out):
+        return _run_extension_only(sizes, out, seed, device, quiet, report, command, t_start)
+
+
+def _run_extension_only(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: Path | None,
+                        command: str | None, t_start: float) -> dict:
+    from multitalent.preprocessing.pipeline import Preprocessed
+    from multitalent.registry import HeadRegistry
+
     rep = Reproduction(sizes, out, seed, device, quiet, extend=True)
     rep.check_sizes()
     command = command or f"python benchmarks/reproduce.py --{sizes.name} --extend-only --out {out} --seed {seed}"

@@ -490,12 +490,10 @@ def _render_transfer(v: _View) -> None:
     seeds = sorted(tr["per_seed"]["multitalent"], key=int)
     for sd in seeds:
         w(f"| {sd} | " + " | ".join(_pct(tr["per_seed"][c][sd]["dataset_dice"]) for c in conds) + " |")
-    cells = []
-    for c in conds:
-        v = np.array([tr["per_seed"][c][sd]["dataset_dice"] for sd in seeds], dtype=float) * 100
-        cells.append(f"{v.mean():.1f} ± {_num(float(v.std(ddof=1)) if len(v) > 1 else None, '.1f')}")
-    w("| mean ± sd | " + " | ".join(cells) + " |")
+    w("| mean ± sd | " + " | ".join(_mean_sd([tr["per_seed"][c][sd]["dataset_dice"] for sd in seeds])
+                                   for c in conds) + " |")
     w("")
+    _longer_finetunes(ctx, w, conds, seeds)
     w("One-sided paired t-tests with a = MultiTalent pre-training; paired over seeds (each seed's mean over "
       "heads) and over heads (each head's mean over seeds):\n")
     w("| comparison | paired over | n | mean difference (points) | p (a > b) |")
@@ -519,6 +517,38 @@ def _render_transfer(v: _View) -> None:
     claim_line("transfer_supervised")
     w("")
 
+
+
+def _longer_finetunes(ctx: dict, w: Callable[[str], None], conds: list[str], seeds: list) -> None:
+    """The fine-tunings' budget chains (``--double finetune_...``) on the same test cases: one row per budget at
+    which every seed of every condition was trained (mean ± sd over seeds), beside the table's budget."""
+    chains, conv = ctx.get("chains") or {}, ctx["convergence"]
+    rows, k = [], 1
+    while True:
+        names = {c: [f"{'double_' * k}finetune_{c}_seed{sd}" for sd in seeds] for c in conds}
+        if not all(n in chains for ns in names.values() for n in ns):
+            break
+        cells = [_mean_sd([chains[n]["datasets"][TARGET]["dice_mean"] for n in names[c]]) for c in conds]
+        rows.append(f"| {2 ** k}x ({_its(conv, names[conds[0]][0])} iterations) | " + " | ".join(cells) + " |")
+        k += 1
+    if not rows:
+        return
+    table = ctx.get("transfer_table_budget", ctx["transfer"])["per_seed"]  # the table's own runs
+    w("The same fine-tunings at longer budgets (the budget chains of section 0: every phase doubled; the same "
+      "seeds and test cases), mean ± sd over seeds:\n")
+    w("| budget | " + " | ".join(CONDITIONS[c] for c in conds) + " |")
+    w("|---|" + "---:|" * len(conds))
+    w(f"| 1x ({_its(conv, f'finetune_{conds[0]}_seed{seeds[0]}')} iterations) | "
+      + " | ".join(_mean_sd([table[c][sd]["dataset_dice"] for sd in seeds]) for c in conds) + " |")
+    for row in rows:
+        w(row)
+    w("")
+
+
+def _mean_sd(values: list[float]) -> str:
+    """'mean ± sd' of Dice fractions, in %."""
+    v = np.array(values, dtype=float) * 100
+    return f"{v.mean():.1f} ± {_num(float(v.std(ddof=1)) if len(v) > 1 else None, '.1f')}"
 
 
 def _render_cost(v: _View) -> None:

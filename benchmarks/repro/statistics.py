@@ -401,13 +401,33 @@ def _converged_subset_findings(ctx: dict, arch: str, heads: list[str]) -> list[d
     hs = [h for h in heads if sg["heads"][h]["dataset"] in kept]
     t = compare(mt, sg, hs)
     title = _title(mt_key)
-    return [_finding(
-        f"t1_converged_{arch}",
-        f"{title} beats the single-dataset models of its architecture, on the datasets whose single model has "
-        f"converged ({', '.join(kept)})", "Fig. 2 (all datasets)",
+    where = f"on the datasets whose single model has converged ({', '.join(kept)})"
+    out = [_finding(
+        f"t1_converged_{arch}", f"{title} beats the single-dataset models of its architecture, {where}",
+        "Fig. 2 (all datasets)",
         f"{len(kept)} of {len(single)} datasets, {len(hs)} heads: over datasets {_pct(dataset_average(mt, hs))} vs "
         f"{_pct(dataset_average(sg, hs))}, over heads {_pct(_mean_dice(mt, hs))} vs {_pct(_mean_dice(sg, hs))}; "
         f"{_tests_text(t)}", judge([t["heads"], t["cases"]], True, judged) if hs else "no such heads", t)]
+    # the same rule for the lesion and difficult heads of those datasets (the paper's largest gains)
+    lesion_ids = {h.id for h in ctx["registry"].heads if h.lesion}
+    d_all = _diff(_mean_dice(mt, hs), _mean_dice(sg, hs))
+    for group, sub in (("lesions", [h for h in hs if h in lesion_ids]),
+                       ("difficult", [h for h in hs if sg["heads"][h]["difficult"]])):
+        if not sub:
+            continue
+        tg = compare(mt, sg, sub)
+        d = _diff(_mean_dice(mt, sub), _mean_dice(sg, sub))
+        verdict = judge([tg["heads"], tg["cases"]], True, judged)
+        if verdict == "holds" and (d is None or d_all is None or d <= d_all):
+            verdict = "holds, but the gain is not larger than on all heads"
+        label = "lesion heads" if group == "lesions" else \
+            f"difficult heads (single-dataset Dice < {DIFFICULT_THRESHOLD:.0f} %)"
+        out.append(_finding(
+            f"t1_converged_{group}_{arch}", f"{title}: the gain is largest on {label}, {where}",
+            f"Fig. 2 ({group})",
+            f"{len(sub)} heads: {_pct(_mean_dice(mt, sub))} vs {_pct(_mean_dice(sg, sub))} ({_points(d)}; all "
+            f"{len(hs)} heads of those datasets {_points(d_all)}); {_tests_text(tg)}", verdict, tg))
+    return out
 
 
 def _merged_findings(ctx: dict, heads: list[str]) -> list[dict]:

@@ -223,6 +223,23 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
                                          "finetune_multitalent_seed0")
 
 
+def test_a_second_invocation_on_the_same_folder_stops_at_once(reproduce, tmp_path, capsys):
+    from filelock import FileLock
+    from repro import cli
+
+    held = FileLock(str(tmp_path / ".reproduce.lock"))  # another invocation running on this folder
+    held.acquire()
+    try:
+        for mode in ("--pairs", "--extend-only"):
+            argv = ["--tiny", mode, "--out", str(tmp_path)]
+            with pytest.raises(SystemExit) as exc:
+                cli.main(argv)
+            assert exc.value.code == 2 and "another reproduce.py invocation is running" in capsys.readouterr().err
+    finally:
+        held.release()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()  # nothing started
+
+
 def test_the_gain_of_a_budget_pair_comes_with_its_standard_error_over_the_held_out_cases(reproduce):
     import numpy as np
     from repro.statistics import budget_pair_rows, gain_standard_error
@@ -372,12 +389,20 @@ def test_the_claim_is_also_judged_on_the_datasets_whose_single_model_converged(r
             "single_B": {"converged": True}, "single_C": {"converged": False}}
     ctx = {"sizes": reproduce.FULL, "summaries": {"multitalent_plain_unet": mt, "single": sg}, "convergence": conv,
            "judged": True, "dataset_ids": ["A", "B", "C"],
-           "registry": SimpleNamespace(heads=[SimpleNamespace(id=h, lesion=False) for h in heads])}
+           "registry": SimpleNamespace(heads=[SimpleNamespace(id=h, lesion=h in ("A_y", "B_x", "C_x"))
+                                              for h in heads])}
     out = {f["key"]: f for f in statistics._arch_findings(ctx, "plain_unet", list(heads))}
     assert out["t1_average_plain_unet"]["verdict"] == reproduce.NOT_CONVERGED  # single_C has not converged
+    assert out["t1_lesions_plain_unet"]["verdict"] == reproduce.NOT_CONVERGED
     sub = out["t1_converged_plain_unet"]
     assert "(A, B)" in sub["claim"] and sub["tests"]["heads"]["n"] == 3 and sub["tests"]["cases"]["n"] == 5
     assert sub["tests"]["heads"]["mean_difference"] == pytest.approx(0.3) and sub["verdict"] == "holds"
+    # the lesion heads of those datasets (C_x is left out) by the same rule: significant, but no larger gain
+    # than on all their heads (every difference is 0.3 points here)
+    les = out["t1_converged_lesions_plain_unet"]
+    assert les["tests"]["heads"]["n"] == 2 and les["tests"]["cases"]["n"] == 5
+    assert les["verdict"] == "holds, but the gain is not larger than on all heads"
+    assert "t1_converged_difficult_plain_unet" not in out  # no difficult head in A or B
     # no subset verdict when MultiTalent has not converged, or when every single model has (the claim itself)
     for change in ({"multitalent_plain_unet": {"converged": None}}, {"single_C": {"converged": True}}):
         ctx["convergence"] = {**conv, **change}
