@@ -387,7 +387,8 @@ class Reproduction:
 
     def train_all(self, only: list[str] | None = None) -> None:
         """Every unfinished training run (``only``: just these), ``sizes.jobs`` at a time in worker processes (each
-        with ``cpu_count // jobs`` torch threads), a fine-tuning only after its pre-training. Nothing to do when
+        with ``cpu_count // jobs`` torch threads; fewer runs to train than ``jobs``: the cores shared among them), a
+        fine-tuning only after its pre-training. Nothing to do when
         ``sizes.jobs`` is 1: the stages then train one run after the other."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -402,7 +403,8 @@ class Reproduction:
         todo = [n for n in jobs if n not in done]
         if not todo:
             return
-        threads = max(1, (os.cpu_count() or s.jobs) // s.jobs)
+        # the cores shared by the runs that can run at once (one run left: it gets them all)
+        threads = max(1, (os.cpu_count() or s.jobs) // min(s.jobs, len(todo)))
         self.say(f"training {len(todo)} runs, {s.jobs} at a time ({threads} torch thread(s) each)")
         running: dict = {}
         here = str(Path(__file__).resolve().parents[1])  # benchmarks/, the folder that holds ``repro``

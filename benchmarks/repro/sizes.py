@@ -60,7 +60,7 @@ class Sizes:
     timing_scans: int = 3
     eval_workers: int = 2
     preprocess_workers: int = 2
-    # training runs at once, each a process with ``cpu_count // jobs`` torch threads: on 2 cores two
+    # training runs at once, each a process with ``cpu_count // jobs`` torch threads (a lone run: all): on 2 cores two
     # 1-thread runs gave 1.36x the iterations per second of one 2-thread run (0.27 s/it each vs 0.185 s/it)
     jobs: int = 1
     # ablations of MultiTalent (main backbone, 2N iterations): (name, ((TrainConfig field, value), ...))
