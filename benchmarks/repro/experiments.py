@@ -388,8 +388,8 @@ class Reproduction:
     def train_all(self, only: list[str] | None = None) -> None:
         """Every unfinished training run (``only``: just these), ``sizes.jobs`` at a time in worker processes (each
         with ``cpu_count // jobs`` torch threads; fewer runs to train than ``jobs``: the cores shared among them), a
-        fine-tuning only after its pre-training. Nothing to do when
-        ``sizes.jobs`` is 1: the stages then train one run after the other."""
+        fine-tuning only after its pre-training. Nothing to do when ``sizes.jobs`` is 1: the stages then train one
+        run after the other."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, wait
 
