@@ -309,6 +309,26 @@ def test_a_model_converged_only_at_a_longer_budget_stands_in_for_its_table_run(r
     assert apply_stand_ins({**ctx, "chains": {}}) == {"stand_ins": {}}
 
 
+def test_the_transfer_section_shows_the_fine_tunings_at_each_budget_of_their_chains(reproduce):
+    from repro import report
+
+    conds, seeds = ["scratch", "multitalent", "supervised"], [0, 1]
+    per_seed = {c: {sd: {"dataset_dice": 0.1 * (i + 1)} for sd in seeds} for i, c in enumerate(conds)}
+    chains = {f"double_finetune_{c}_seed{sd}": {"datasets": {"D005": {"dice_mean": 0.5 + 0.1 * sd}}}
+              for c in conds for sd in seeds}
+    conv = {"finetune_scratch_seed0": {"iterations": [700]}, "double_finetune_scratch_seed0": {"iterations": [1400]}}
+    lines: list[str] = []
+    ctx = {"chains": chains, "convergence": conv, "transfer": {"per_seed": per_seed}}
+    report._longer_finetunes(ctx, lines.append, conds, seeds)
+    assert "| 1x (700 iterations) | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 |" in lines
+    assert "| 2x (1400 iterations) | 55.0 ± 7.1 | 55.0 ± 7.1 | 55.0 ± 7.1 |" in lines
+    assert not any(line.startswith("| 4x") for line in lines)  # no 4x run of every seed
+    del chains["double_finetune_supervised_seed1"]  # a budget not trained for every seed is no row
+    lines.clear()
+    report._longer_finetunes(ctx, lines.append, conds, seeds)
+    assert lines == []
+
+
 def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(reproduce):
     heldout = {"a_half": {"h1": 0.50, "h2": 0.70}, "a": {"h1": 0.52, "h2": 0.69},  # +0.5 points: converged
                "b_half": {"h1": 0.40, "h2": 0.50}, "b": {"h1": 0.45, "h2": 0.55},  # +5 points
