@@ -532,13 +532,14 @@ class Reproduction:
         from multitalent.registry import HeadRegistry
 
         out: dict[str, dict] = {}
+        target = HeadRegistry.load(self.pre["target"] / "heads.json")
         for name in self.sizes.double_runs:
             key, base = f"double_{name}", base_run(name)
             ds = base.removeprefix("single_")
             if not (self.runs / key / "checkpoint_final.pt").is_file():
                 continue
             if base.startswith("finetune_"):
-                out[key] = self.finetune_summary(key, HeadRegistry.load(self.pre["target"] / "heads.json"))
+                out[key] = self.finetune_summary(key, target)
             elif ds in self.dataset_ids:
                 pred = self.preds / key
                 if any(not (pred / c / "case.json").is_file() for c in self.test_cases[ds]):

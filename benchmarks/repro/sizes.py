@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repro.common import base_run, doublings
+
 
 @dataclass(frozen=True)
 class Sizes:
@@ -217,12 +219,10 @@ def pairs_iterations(sizes: Sizes) -> int:
     ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
     doubles = 0
     for name in sizes.double_runs:  # double_<name>: twice <name>, which is 2^k times its table run's budget
-        k = 0
-        while name.startswith("double_"):
-            name, k = name.removeprefix("double_"), k + 1
-        its = sizes.n_single if name.startswith("single_") else ft_its if name.startswith("finetune_") \
-            else sizes.baseline_its if name.startswith(("pretrain_", "merged_softmax")) else sizes.n_multi
-        doubles += its * 2 ** (k + 1)
+        base = base_run(name)
+        its = sizes.n_single if base.startswith("single_") else ft_its if base.startswith("finetune_") \
+            else sizes.baseline_its if base.startswith(("pretrain_", "merged_softmax")) else sizes.n_multi
+        doubles += its * 2 ** (doublings(name) + 1)
     half_epochs = sizes.multitalent_factor * sizes.single_epochs // 2
     mt_twin = any(dict(kw).get("epochs") == half_epochs and len(kw) == 1 for _, kw in sizes.ablations)
     mt_half = 0 if mt_twin else len(sizes.archs) * sizes.n_multi // 2

@@ -14,6 +14,7 @@ from repro.common import (
     DIFFICULT_THRESHOLD,
     PAPER_FIG2,
     PAPER_TABLE2_UNET,
+    TARGET,
     _read_json,
     _train_log,
     _write_json,
@@ -156,11 +157,11 @@ def merge_datasets(base: dict, parts: dict[str, dict]) -> dict:
     means = [v["dice_mean"] for v in out["datasets"].values() if v.get("dice_mean") is not None]
     out["dataset_average"]["dice_mean"] = float(np.mean(means)) if means else None
     for group in out.get("groups", {}).values():
-        for key, field in (("dice_mean", "dice_mean"), ("hd95_mean", "hd95_mean")):
+        for field in ("dice_mean", "hd95_mean"):
             vals = [out["heads"][h].get(field) for h in group.get("heads", []) if h in out["heads"]]
             vals = [v for v in vals if v is not None]
-            if key in group:
-                group[key] = float(np.mean(vals)) if vals else None
+            if field in group:
+                group[field] = float(np.mean(vals)) if vals else None
     return out
 
 
@@ -191,8 +192,7 @@ def apply_stand_ins(ctx: dict, samples_of: Callable[[str], dict[str, float]] | N
                 longer = ft.get(f"finetune_{c}_seed{seed}")
                 if longer:
                     sm = chains[longer]
-                    target = next(iter(sm["datasets"]))
-                    seeds[seed] = {"dataset_dice": sm["datasets"][target]["dice_mean"],
+                    seeds[seed] = {"dataset_dice": sm["datasets"][TARGET]["dice_mean"],
                                    "heads": {h: v["dice_mean"] for h, v in sm["heads"].items()}}
         out["transfer_table_budget"] = tr
         out["transfer"] = {**tr, "per_seed": per_seed}
