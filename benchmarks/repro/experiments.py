@@ -400,7 +400,9 @@ class Reproduction:
                 if (self.extend or not j.get("extension")) and (self.pairs or not j.get("pairs"))
                 and (only is None or n in only)}
         done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
-        todo = [n for n in jobs if n not in done]
+        # the longest remaining training first (a resumed run counts what is left of it), so that the parallel
+        # runs finish together: the table's order puts a chain's doubled runs after every other run
+        todo = sorted((n for n in jobs if n not in done), key=lambda n: -self.iterations_left(jobs[n]))
         if not todo:
             return
         # the cores shared by the runs that can run at once (one run left: it gets them all)
@@ -427,6 +429,28 @@ class Reproduction:
                     n = running.pop(f)
                     f.result()  # a failed run stops the reproduction with its error
                     done.add(n)
+
+    def iterations_left(self, spec: dict) -> int:
+        """Training iterations that the run of ``spec`` (a ``training_jobs`` entry) still has to do: its budget
+        less the iterations in its ``log.jsonl`` (a run begun by an earlier invocation resumes from there)."""
+        s = self.sizes
+        if spec["kind"] == "plain":
+            total = spec["epochs"] * s.iterations_per_epoch
+        elif spec["kind"] == "finetune":
+            scale = spec.get("scale", 1)
+            total = sum(max(1, int(e * scale)) for e in (s.ft_head_warmup_epochs, s.ft_full_warmup_epochs,
+                                                           s.ft_epochs)) * s.ft_iterations_per_epoch
+        else:  # the extension: its three phases at the plain runs' iterations per epoch
+            total = (s.ext_head_warmup_epochs + s.ext_full_warmup_epochs + s.ext_epochs) * s.iterations_per_epoch
+        done = 0
+        log = self.runs / spec["name"] / "log.jsonl"
+        if log.is_file():
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+            try:
+                done = int(json.loads(lines[-1]).get("iteration", 0)) if lines else 0
+            except (json.JSONDecodeError, TypeError, ValueError):
+                done = 0  # a line cut by a kill: the run's length decides
+        return max(0, total - done)
 
     # -- prediction and evaluation
     def predict(self, run: Path, images: Path, out: Path, save_heads: bool = False) -> float:

@@ -201,6 +201,54 @@ def test_a_doubled_run_doubles_again_and_a_fine_tuning_doubles_every_phase(repro
     assert reproduce.pairs_iterations(full) - no_doubles == 2 * full.n_single + 4 * full.n_single + 2 * ft
 
 
+def test_the_longest_remaining_training_starts_first(reproduce, tmp_path, monkeypatch):
+    import dataclasses
+
+    full = dataclasses.replace(reproduce.FULL, double_runs=("single_D005", "double_single_D005",
+                                                            "finetune_supervised_seed0"))
+    rep = reproduce.Reproduction(full, tmp_path, pairs=True)
+    rep.dataset_ids = ["D005"]
+    jobs = rep.training_jobs()
+    n = full.single_epochs * full.iterations_per_epoch
+    assert rep.iterations_left(jobs["double_double_single_D005"]) == 4 * n
+    ft = jobs["double_finetune_supervised_seed0"]
+    assert rep.iterations_left(ft) == 2 * full.ft_total_epochs * full.ft_iterations_per_epoch
+    # a run begun by an earlier invocation counts what is left of it (a line cut by a kill: its whole length)
+    log = tmp_path / "runs" / "double_double_single_D005" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps({"epoch": 1, "iteration": 3 * n}) + "\n")
+    assert rep.iterations_left(jobs["double_double_single_D005"]) == n
+    log.write_text(json.dumps({"epoch": 1, "iteration": 3 * n}) + "\n" + '{"epoch": 2, "itera')
+    assert rep.iterations_left(jobs["double_double_single_D005"]) == 4 * n
+    # train_all submits the longest remaining run first, although the table lists the chains' runs last
+    log.write_text(json.dumps({"epoch": 1, "iteration": 7 * n // 2}) + "\n")
+    started = []
+
+    class Pool:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, fn, *args):
+            import concurrent.futures
+
+            started.append(args[-1])
+            f = concurrent.futures.Future()
+            f.set_result(args[-1])
+            return f
+
+    experiments = sys.modules[type(rep).__module__]
+    monkeypatch.setattr(experiments, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(rep, "invocations", lambda: [])
+    rep.train_all(only=["double_double_single_D005", "double_single_D005", "single_D005"])
+    assert started == ["double_single_D005", "single_D005", "double_double_single_D005"]
+
+
 def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce, tmp_path, capsys, monkeypatch):
     from repro import cli
 
