@@ -288,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                         "with each phase doubled), to show that RUN has converged when its half-budget pair has "
                         "not; RUN may be a doubled run (double_single_D001: 4x, and 2x with it); repeatable; may "
                         "be added to a finished --out")
+    p.add_argument("--finetune-from", action="append", default=[], metavar="RUN",
+                   help="with --pairs: the MultiTalent or supervised fine-tunings (Table 2) start from RUN, a longer "
+                        "run of that pre-training's budget chain (double_pretrain_multitalent, "
+                        "double_double_pretrain_supervised, ...; trained first if needed) instead of the table's own "
+                        "pre-training, which has not converged; they are runs of their own "
+                        "(finetune_multitalent_x2_seed0, ...), from scratch is unchanged; remembered by --out")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
@@ -301,12 +307,25 @@ def main(argv: list[str] | None = None) -> int:
                            command=command)
         return 0
     sizes = SIZES[name]
+    if args.finetune_from:
+        if not args.pairs:
+            p.error("--finetune-from needs --pairs (its RUN is a run of a pre-training's budget chain)")
+        wrong = [r for r in args.finetune_from
+                 if base_run(r) not in ("pretrain_multitalent", "pretrain_supervised") or r.startswith("half_")]
+        if wrong:
+            p.error(f"--finetune-from: {', '.join(wrong)} is not a run of a pre-training's budget chain "
+                    "(pretrain_multitalent, double_pretrain_multitalent, ...; pretrain_supervised, ...)")
+        # its chain is trained with it: RUN is doubled up to its budget like --double's
+        chains = [("double_" * k) + base_run(r) for r in args.finetune_from for k in range(doublings(r))]
+        sizes = dataclasses.replace(sizes, ft_from=tuple(args.finetune_from),
+                                    double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(chains))))
     if args.double:
         if not args.pairs:
             p.error("--double needs --pairs (a doubled run is one side of a budget pair)")
         from multitalent.phantoms.collection import DATASETS
 
         table = Reproduction(sizes, out)
+        table.sizes = table.remembered()  # and the fine-tunings from the starts an earlier invocation named
         table.dataset_ids = list(sizes.datasets or (d.id for d in DATASETS))
         # the table's own plain runs and fine-tunings, or their doubled runs (double_RUN: a chain N, 2N, 4N);
         # not a half_ run, nor an extension

@@ -37,6 +37,21 @@ PAPER_TABLE2_UNET = {  # U-Net, 5-fold CV Dice: scratch, supervised (p), MultiTa
 }
 
 
+# the pre-training each fine-tuning condition starts from by default; from scratch takes only the architecture of
+# the MultiTalent pre-training, so its runs do not depend on that pre-training's budget
+FT_PRETRAINING = {"scratch": "pretrain_multitalent", "multitalent": "pretrain_multitalent",
+                  "supervised": "pretrain_supervised"}
+
+
+def finetune_run(cond: str, seed: int, start: str | None = None) -> str:
+    """The fine-tuning run of condition ``cond`` (scratch, multitalent, supervised) and ``seed`` that starts from
+    the pre-training run ``start`` (None or the table's own: ``finetune_multitalent_seed0``; a longer run of its
+    budget chain, 2^k times its budget: ``finetune_multitalent_x4_seed0`` from ``double_double_pretrain_multitalent``).
+    From scratch never depends on the start."""
+    k = doublings(start) if start and cond != "scratch" else 0
+    return f"finetune_{cond}{f'_x{2 ** k}' if k else ''}_seed{seed}"
+
+
 def single_key(arch: str, main_arch: str) -> str:
     """Name of the single-dataset models of ``arch``: ``single`` for the main architecture."""
     return "single" if arch == main_arch else f"single_{arch}"

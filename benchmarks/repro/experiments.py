@@ -19,6 +19,7 @@ import numpy as np
 
 from repro.common import (
     DIFFICULT_THRESHOLD,
+    FT_PRETRAINING,
     FULLY_FOLDER,
     TARGET,
     _date_utc,
@@ -28,6 +29,7 @@ from repro.common import (
     _write_json,
     base_run,
     doublings,
+    finetune_run,
     run_stats,
     single_key,
 )
@@ -53,10 +55,12 @@ CONFLICT_CHECKS = {
 }
 
 
-# fine-tuning conditions: (the run whose checkpoint is the start, from scratch?)
-FT_CONDITIONS = {"scratch": ("pretrain_multitalent", True), "multitalent": ("pretrain_multitalent", False),
-                 "supervised": ("pretrain_supervised", False)}
+# fine-tuning conditions: from scratch? (each starts from ``Reproduction.ft_start``)
+FT_CONDITIONS = {"scratch": True, "multitalent": False, "supervised": False}
 
+
+# fields of Sizes that an invocation adds to its folder's (``Reproduction.remembered``) instead of changing it
+REMEMBERED = ("double_runs", "ft_from")
 
 # the extension experiment: the run extended, and each extension run with whether it keeps the original data
 EXT_BASE = "pretrain_multitalent"
@@ -149,18 +153,28 @@ class Reproduction:
             old = before.get("sizes", {}).get("ablations")
             if old is not None and now_cmp["sizes"].get("ablations", [])[:len(old)] == old:
                 now_cmp["sizes"]["ablations"] = old
-            # and so do budget doublings (``--double``, added or not named again): extra runs, nothing made before
-            if "double_runs" in before.get("sizes", {}):
-                now_cmp["sizes"]["double_runs"] = before["sizes"]["double_runs"]
+            # and so do budget doublings (``--double``, added or not named again) and the fine-tunings' starts
+            # (``--finetune-from``): extra runs, nothing made before
+            for field in REMEMBERED:
+                if field in before.get("sizes", {}):
+                    now_cmp["sizes"][field] = before["sizes"][field]
         if before is not None and now_cmp != before:
             raise SystemExit(f"{self.out} holds runs made with other sizes or another seed ({path}); "
                              "choose a new --out (or delete that folder).")
-        if before is not None:  # the doublings of every invocation so far, in the order they were asked for
-            doubles = list(before["sizes"].get("double_runs", []))
-            now["sizes"]["double_runs"] = doubles + [n for n in now["sizes"]["double_runs"] if n not in doubles]
-            # a later invocation (a report only) keeps the doubled runs in its pairs without naming them again
-            self.sizes = replace(self.sizes, double_runs=tuple(now["sizes"]["double_runs"]))
+        # a later invocation (a report only) keeps the doubled runs and the starts without naming them again
+        self.sizes = self.remembered()
+        now["sizes"].update({field: list(getattr(self.sizes, field)) for field in REMEMBERED})
         _write_json(path, now)
+
+    def remembered(self) -> Sizes:
+        """``sizes`` with what earlier invocations on this folder asked for added (``results/sizes.json``): the
+        doublings of every invocation so far, in the order they were asked for, and the fine-tunings' starts (one
+        named now replaces an earlier one of the same pre-training)."""
+        before = (_read_json(self.results / "sizes.json") or {}).get("sizes", {})
+        doubles = list(before.get("double_runs", []))
+        doubles += [n for n in self.sizes.double_runs if n not in doubles]
+        starts = [r for r in before.get("ft_from", []) if base_run(r) not in map(base_run, self.sizes.ft_from)]
+        return replace(self.sizes, double_runs=tuple(doubles), ft_from=tuple(starts + list(self.sizes.ft_from)))
 
     # -- data
     def prepare_data(self) -> None:
@@ -306,8 +320,8 @@ class Reproduction:
                 plain(f"{single_key(arch, main)}_{ds}", "all", s.single_epochs, datasets=[ds], arch=arch)
         # from scratch needs a checkpoint only for the architecture; its weights are not used
         for k in range(s.ft_seeds):
-            for cond, (pretrained, scratch) in FT_CONDITIONS.items():
-                name = f"finetune_{cond}_seed{self.seed + k}"
+            for cond, scratch in FT_CONDITIONS.items():
+                name, pretrained = self.ft_run(cond, self.seed + k), self.ft_start(cond)
                 jobs[name] = {"name": name, "kind": "finetune", "pretrained": pretrained, "seed": self.seed + k,
                               "from_scratch": scratch, "after": [pretrained]}
         # adding the target to the MultiTalent pre-training (``--extend`` only)
@@ -315,6 +329,18 @@ class Reproduction:
             jobs[name] = {"name": name, "kind": "extend", "original": original, "after": [EXT_BASE],
                           "extension": True}
         return self._pair_jobs(jobs)
+
+    def ft_start(self, cond: str) -> str:
+        """The pre-training run the fine-tunings of ``cond`` start from: the table's own, or the longer run of its
+        budget chain that ``sizes.ft_from`` names (the last one named; never for from scratch, which takes only the
+        architecture)."""
+        default = FT_PRETRAINING[cond]
+        chosen = [r for r in self.sizes.ft_from if base_run(r) == default and not r.startswith("half_")]
+        return chosen[-1] if chosen and cond != "scratch" else default
+
+    def ft_run(self, cond: str, seed: int) -> str:
+        """The table's fine-tuning run of ``cond`` and ``seed`` (named after its start's budget)."""
+        return finetune_run(cond, seed, self.ft_start(cond))
 
     def _pair_jobs(self, jobs: dict[str, dict]) -> dict[str, dict]:
         """``jobs`` and, after them, the budget pairs' runs (``--pairs`` only, marked ``pairs``): every plain run
@@ -396,9 +422,16 @@ class Reproduction:
         s = self.sizes
         if s.jobs <= 1:
             return
-        jobs = {n: j for n, j in self.training_jobs().items()
+        table = self.training_jobs()
+        jobs = {n: j for n, j in table.items()
                 if (self.extend or not j.get("extension")) and (self.pairs or not j.get("pairs"))
                 and (only is None or n in only)}
+        wanted = list(jobs)
+        while wanted:  # and the runs they start from (a fine-tuning from a budget chain's pre-training)
+            for a in table[wanted.pop()]["after"]:
+                if a not in jobs:
+                    jobs[a] = table[a]
+                    wanted.append(a)
         done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
         # the longest remaining training first (a resumed run counts what is left of it), so that the parallel
         # runs finish together: the table's order puts a chain's doubled runs after every other run
@@ -636,20 +669,25 @@ class Reproduction:
         return result
 
     def transfer(self) -> dict:
+        """The fine-tunings to the target (each condition from ``ft_start``, ``ft_seeds`` seeds), scored on its test
+        cases: {"per_seed": {cond: {seed: scores}}, "heads", "runs": {cond: {seed: run}}, "starts": {cond: run}}."""
         from multitalent.registry import HeadRegistry
 
         s = self.sizes
-        self.train("pretrain_multitalent")
-        self.train("pretrain_supervised")
+        starts = {c: self.ft_start(c) for c in FT_CONDITIONS}
+        for start in dict.fromkeys(starts.values()):
+            self.train(start)
         registry = HeadRegistry.load(self.pre["target"] / "heads.json")
         per_seed: dict[str, dict[int, dict]] = {c: {} for c in FT_CONDITIONS}
+        runs: dict[str, dict[int, str]] = {c: {} for c in FT_CONDITIONS}
         for k in range(s.ft_seeds):
             seed = self.seed + k
             for cond in FT_CONDITIONS:
-                summary = self.finetune_summary(f"finetune_{cond}_seed{seed}", registry)
+                runs[cond][seed] = self.ft_run(cond, seed)
+                summary = self.finetune_summary(runs[cond][seed], registry)
                 per_seed[cond][seed] = {"dataset_dice": summary["datasets"][TARGET]["dice_mean"],
                                         "heads": {h: v["dice_mean"] for h, v in summary["heads"].items()}}
-        return {"per_seed": per_seed, "heads": registry.ids}
+        return {"per_seed": per_seed, "heads": registry.ids, "runs": runs, "starts": starts}
 
     def ext_scratch(self) -> str:
         """The run from scratch on all datasets that the extensions are compared with."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from repro.common import (
     DIFFICULT_THRESHOLD,
+    FT_PRETRAINING,
     FULLY_FOLDER,
     FULLY_LABELS,
     PAPER_FIG2,
@@ -30,6 +31,7 @@ from repro.statistics import (
     dataset_average,
     judge,
     mean_summary,
+    transfer_runs,
     with_stand_ins,
     within_noise,
 )
@@ -467,6 +469,9 @@ def _render_transfer(v: _View) -> None:
     """## 3: fine-tuning on the left-out target (Table 2)."""
     ctx, w, claim_line, found, k = v.ctx, v.w, v.claim_line, v.found, v.k
     tr = ctx["transfer"]
+    starts = tr.get("starts") or FT_PRETRAINING
+    its = {c: _its(ctx["convergence"], starts[c]) if starts[c] != FT_PRETRAINING[c] else v.sizes.baseline_its
+           for c in ("multitalent", "supervised")}
     w("## 3. Transfer to a left-out target (paper: Table 2)\n")
     w("**Paper** (5-fold CV Dice, U-Net; one-sided paired t-test p against from scratch):\n")
     w("| target | from scratch | supervised (TotalSegmentator) | p | MultiTalent | p |")
@@ -477,12 +482,12 @@ def _render_transfer(v: _View) -> None:
     w(f"**Here:** target {TARGET} AbdomenMultiOrgan ({ctx['n_target_train']} training and "
       f"{ctx['n_target_test']} test cases, {len(tr['heads'])} heads), the smallest dataset, like BTCV; it is "
       "left out of both pre-trainings and preprocessed as its own collection (its own CT statistics, the same "
-      f"spacing and patch). MultiTalent pre-training: the other {k - 1} datasets, {v.sizes.baseline_its} "
-      "iterations. Supervised "
+      f"spacing and patch). MultiTalent pre-training: the other {k - 1} datasets, {its['multitalent']} "
+      f"iterations (`{starts['multitalent']}`). Supervised "
       f"pre-training: `{FULLY_FOLDER}`, the same {ctx['n_fully']} training cases with all {len(FULLY_LABELS)} "
       "structures annotated (painted from the phantom ground truth: the TotalSegmentator-like baseline), "
-      f"{v.sizes.baseline_its} iterations. Fine-tuning: `multitalent.finetune` (new heads, the backbone "
-      "copied, three phases).\n")
+      f"{its['supervised']} iterations (`{starts['supervised']}`). Fine-tuning: `multitalent.finetune` (new "
+      "heads, the backbone copied, three phases)" + _starts_note(starts) + ".\n")
     w("Dice (%) on the target's test cases, mean over its heads." + _stand_in_note(ctx, "finetune_") + "\n")
     conds = list(CONDITIONS)
     w("| seed | " + " | ".join(CONDITIONS[c] for c in conds) + " |")
@@ -523,9 +528,10 @@ def _longer_finetunes(ctx: dict, w: Callable[[str], None], conds: list[str], see
     """The fine-tunings' budget chains (``--double finetune_...``) on the same test cases: one row per budget at
     which every seed of every condition was trained (mean ± sd over seeds), beside the table's budget."""
     chains, conv = ctx.get("chains") or {}, ctx["convergence"]
+    runs = transfer_runs(ctx["transfer"])
     rows, k = [], 1
     while True:
-        names = {c: [f"{'double_' * k}finetune_{c}_seed{sd}" for sd in seeds] for c in conds}
+        names = {c: [f"{'double_' * k}{runs[c][sd]}" for sd in seeds] for c in conds}
         if not all(n in chains for ns in names.values() for n in ns):
             break
         cells = [_mean_sd([chains[n]["datasets"][TARGET]["dice_mean"] for n in names[c]]) for c in conds]
@@ -538,11 +544,21 @@ def _longer_finetunes(ctx: dict, w: Callable[[str], None], conds: list[str], see
       "seeds and test cases), mean ± sd over seeds:\n")
     w("| budget | " + " | ".join(CONDITIONS[c] for c in conds) + " |")
     w("|---|" + "---:|" * len(conds))
-    w(f"| 1x ({_its(conv, f'finetune_{conds[0]}_seed{seeds[0]}')} iterations) | "
+    w(f"| 1x ({_its(conv, runs[conds[0]][seeds[0]])} iterations) | "
       + " | ".join(_mean_sd([table[c][sd]["dataset_dice"] for sd in seeds]) for c in conds) + " |")
     for row in rows:
         w(row)
     w("")
+
+
+def _starts_note(starts: dict[str, str]) -> str:
+    """Where a condition's fine-tunings start from a longer run of its pre-training's budget chain, a clause that says
+    so (the table's pre-training had not converged); "" otherwise."""
+    longer = [f"{CONDITIONS[c]} from `{r}`" for c, r in starts.items() if c != "scratch" and r != FT_PRETRAINING[c]]
+    if not longer:
+        return ""
+    return ("; " + ", ".join(longer) + " (a longer run of the pre-training's budget chain, section 0: the table's "
+            "pre-training had not converged), from scratch as before (it takes no pre-trained weights)")
 
 
 def _mean_sd(values: list[float]) -> str:

@@ -80,6 +80,10 @@ class Sizes:
     # (``half_<run>``; a run of the table with the same settings at half the budget, such as an ablation, stands in
     # for it), and the runs named here also at twice theirs (``double_<run>``); see ``Reproduction.budget_pairs``
     double_runs: tuple[str, ...] = ()
+    # the pre-training runs the fine-tunings start from where the table's own has not converged (``--finetune-from``):
+    # a longer run of a pre-training's budget chain (``double_pretrain_multitalent``, ...); its fine-tunings are runs
+    # of their own, named after its budget (``finetune_multitalent_x2_seed0``: from twice the table's pre-training)
+    ft_from: tuple[str, ...] = ()
 
     @property
     def n_single(self) -> int:

@@ -12,12 +12,14 @@ import numpy as np
 
 from repro.common import (
     DIFFICULT_THRESHOLD,
+    FT_PRETRAINING,
     PAPER_FIG2,
     PAPER_TABLE2_UNET,
     TARGET,
     _read_json,
     _train_log,
     _write_json,
+    finetune_run,
     single_key,
 )
 from repro.text import CONDITIONS, _p, _pct, _points, _tests_text, _title
@@ -174,7 +176,8 @@ def apply_stand_ins(ctx: dict, samples_of: Callable[[str], dict[str, float]] | N
     conv, chains = ctx["convergence"], ctx.get("chains") or {}
     singles = [f"single_{ds}" for ds in ctx["dataset_ids"]]
     tr = ctx.get("transfer") or {"per_seed": {}}
-    fts = [f"finetune_{c}_seed{s}" for c, seeds in tr["per_seed"].items() for s in seeds]
+    runs = transfer_runs(tr)
+    fts = [runs[c][s] for c, seeds in tr["per_seed"].items() for s in seeds]
     stand = {n: longer for n, longer in stand_ins(conv, singles + fts).items() if longer in chains}
     out: dict = {"stand_ins": stand}
     parts = {n.removeprefix("single_"): chains[longer] for n, longer in stand.items() if n in singles}
@@ -189,7 +192,7 @@ def apply_stand_ins(ctx: dict, samples_of: Callable[[str], dict[str, float]] | N
         per_seed = copy.deepcopy(tr["per_seed"])
         for c, seeds in per_seed.items():
             for seed in seeds:
-                longer = ft.get(f"finetune_{c}_seed{seed}")
+                longer = ft.get(runs[c][seed])
                 if longer:
                     sm = chains[longer]
                     seeds[seed] = {"dataset_dice": sm["datasets"][TARGET]["dice_mean"],
@@ -197,6 +200,18 @@ def apply_stand_ins(ctx: dict, samples_of: Callable[[str], dict[str, float]] | N
         out["transfer_table_budget"] = tr
         out["transfer"] = {**tr, "per_seed": per_seed}
     return out
+
+
+def transfer_runs(tr: dict) -> dict[str, dict]:
+    """The fine-tuning run of each condition and seed of the transfer ``tr`` ({cond: {seed: run}}; a context from
+    before the fine-tunings could start from a longer pre-training names none: the table's own names)."""
+    return tr.get("runs") or {c: {s: finetune_run(c, s) for s in seeds} for c, seeds in tr["per_seed"].items()}
+
+
+def transfer_starts(tr: dict) -> list[str]:
+    """The pre-trainings whose fine-tunings the transfer compares (from scratch takes none of their weights)."""
+    starts = tr.get("starts") or FT_PRETRAINING
+    return list(dict.fromkeys(starts[c] for c in tr["per_seed"] if c != "scratch"))
 
 
 def samples_per_dataset(run: Path, pre_cases: list[dict]) -> dict[str, float]:
@@ -483,8 +498,8 @@ def _transfer_findings(ctx: dict) -> list[dict]:
     """MultiTalent pre-training against from scratch and against supervised pre-training (Table 2)."""
     tr, conv = ctx["transfer"], ctx["convergence"]
     seeds = sorted(tr["per_seed"]["multitalent"], key=int)
-    ft_runs = [f"finetune_{c}_seed{s}" for c in CONDITIONS for s in seeds] + \
-        ["pretrain_multitalent", "pretrain_supervised"]
+    runs = transfer_runs(tr)
+    ft_runs = [runs[c][s] for c in CONDITIONS for s in seeds] + transfer_starts(tr)
 
     def mean(c: str) -> float:
         return float(np.mean([tr["per_seed"][c][s]["dataset_dice"] for s in seeds]))

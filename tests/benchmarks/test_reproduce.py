@@ -201,6 +201,33 @@ def test_a_doubled_run_doubles_again_and_a_fine_tuning_doubles_every_phase(repro
     assert reproduce.pairs_iterations(full) - no_doubles == 2 * full.n_single + 4 * full.n_single + 2 * ft
 
 
+def _runs_started(rep, monkeypatch) -> list[str]:
+    """The runs ``rep.train_all`` submits, in order, each finished at once (a pool that runs nothing)."""
+    import concurrent.futures
+
+    started: list[str] = []
+
+    class Pool:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, fn, *args):
+            started.append(args[-1])
+            f = concurrent.futures.Future()
+            f.set_result(args[-1])
+            return f
+
+    monkeypatch.setattr(sys.modules[type(rep).__module__], "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(rep, "invocations", lambda: [])
+    return started
+
+
 def test_the_longest_remaining_training_starts_first(reproduce, tmp_path, monkeypatch):
     import dataclasses
 
@@ -222,29 +249,7 @@ def test_the_longest_remaining_training_starts_first(reproduce, tmp_path, monkey
     assert rep.iterations_left(jobs["double_double_single_D005"]) == 4 * n
     # train_all submits the longest remaining run first, although the table lists the chains' runs last
     log.write_text(json.dumps({"epoch": 1, "iteration": 7 * n // 2}) + "\n")
-    started = []
-
-    class Pool:
-        def __init__(self, *a, **k):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def submit(self, fn, *args):
-            import concurrent.futures
-
-            started.append(args[-1])
-            f = concurrent.futures.Future()
-            f.set_result(args[-1])
-            return f
-
-    experiments = sys.modules[type(rep).__module__]
-    monkeypatch.setattr(experiments, "ProcessPoolExecutor", Pool)
-    monkeypatch.setattr(rep, "invocations", lambda: [])
+    started = _runs_started(rep, monkeypatch)
     rep.train_all(only=["double_double_single_D005", "double_single_D005", "single_D005"])
     assert started == ["double_single_D005", "single_D005", "double_double_single_D005"]
 
@@ -269,6 +274,101 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
                      "--double", "finetune_multitalent_seed0"]) == 0
     assert seen["sizes"].double_runs == (*reproduce.TINY.double_runs, "single_D006", "double_single_D006",
                                          "finetune_multitalent_seed0")
+
+
+def test_fine_tunings_may_start_from_a_longer_run_of_a_pre_trainings_chain(reproduce, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from repro import cli
+
+    # the command line: needs --pairs and a run of a pre-training's chain; adds the chain up to that run
+    for argv, msg in ((["--finetune-from", "double_pretrain_multitalent"], "needs --pairs"),
+                      (["--pairs", "--finetune-from", "double_single_D005"], "not a run of a pre-training"),
+                      (["--pairs", "--finetune-from", "half_pretrain_supervised"], "not a run of a pre-training")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--tiny", "--out", str(tmp_path), *argv])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda sizes, *a, **k: seen.setdefault("sizes", sizes))
+    assert cli.main(["--tiny", "--pairs", "--out", str(tmp_path), "--finetune-from",
+                     "double_double_pretrain_multitalent", "--double", "finetune_multitalent_x4_seed0"]) == 0
+    sizes = seen["sizes"]
+    assert sizes.ft_from == ("double_double_pretrain_multitalent",)
+    assert {"pretrain_multitalent", "double_pretrain_multitalent", "finetune_multitalent_x4_seed0"} \
+        <= set(sizes.double_runs)
+    # the table: the MultiTalent fine-tunings start from 4x the pre-training, under names of their own
+    rep = reproduce.Reproduction(sizes, tmp_path, pairs=True)
+    rep.dataset_ids = list(sizes.datasets)
+    jobs = rep.training_jobs()
+    ft = jobs["finetune_multitalent_x4_seed0"]
+    assert ft["pretrained"] == "double_double_pretrain_multitalent" and ft["after"] == [ft["pretrained"]]
+    assert jobs["double_double_pretrain_multitalent"]["epochs"] == 4 * jobs["pretrain_multitalent"]["epochs"]
+    assert "finetune_multitalent_seed0" not in jobs  # the table's fine-tunings from the unconverged pre-training
+    assert jobs["finetune_scratch_seed0"]["pretrained"] == "pretrain_multitalent"  # its weights are not used
+    assert jobs["finetune_supervised_seed0"]["pretrained"] == "pretrain_supervised"
+    assert ("half_finetune_multitalent_x4_seed0", "finetune_multitalent_x4_seed0") in rep.pair_list()
+    assert ("finetune_multitalent_x4_seed0", "double_finetune_multitalent_x4_seed0") in rep.pair_list()
+    # the folder remembers the start: a later invocation that names none keeps it, one that names another replaces
+    rep.check_sizes()
+    later = reproduce.Reproduction(reproduce.TINY, tmp_path)
+    later.check_sizes()
+    assert later.sizes.ft_from == ("double_double_pretrain_multitalent",)
+    assert later.ft_run("multitalent", 0) == "finetune_multitalent_x4_seed0"
+    other = reproduce.Reproduction(dataclasses.replace(reproduce.TINY, ft_from=("pretrain_multitalent",
+                                                                                "double_pretrain_supervised")),
+                                   tmp_path)
+    other.check_sizes()
+    assert other.ft_run("multitalent", 1) == "finetune_multitalent_seed1"
+    assert other.ft_run("supervised", 1) == "finetune_supervised_x2_seed1"
+    assert other.ft_run("scratch", 1) == "finetune_scratch_seed1"
+    # a training of the fine-tunings alone trains their start first (a run of the chain, --pairs or not)
+    started = _runs_started(rep, monkeypatch)
+    rep.pairs = False
+    rep.sizes = dataclasses.replace(rep.sizes, jobs=2)
+    rep.train_all(only=["finetune_multitalent_x4_seed0"])
+    assert started == ["double_double_pretrain_multitalent", "finetune_multitalent_x4_seed0"]
+
+
+def test_the_transfer_verdict_needs_the_start_its_fine_tunings_came_from_converged(reproduce):
+    from repro.statistics import _transfer_findings, apply_stand_ins
+
+    seeds = [0, 1, 2]
+    runs = {"scratch": {s: f"finetune_scratch_seed{s}" for s in seeds},
+            "multitalent": {s: f"finetune_multitalent_x4_seed{s}" for s in seeds},
+            "supervised": {s: f"finetune_supervised_seed{s}" for s in seeds}}
+    starts = {"scratch": "pretrain_multitalent", "multitalent": "double_double_pretrain_multitalent",
+              "supervised": "pretrain_supervised"}
+    gain = {"scratch": 0.0, "multitalent": 0.2, "supervised": 0.1}
+    per_seed = {c: {s: {"dataset_dice": 0.5 + gain[c] + 0.01 * s, "heads": {"D005_a": 0.5 + gain[c] + 0.01 * s,
+                                                                             "D005_b": 0.4 + gain[c] - 0.01 * s}}
+                    for s in seeds} for c in runs}
+    transfer = {"per_seed": per_seed, "heads": ["D005_a", "D005_b"], "runs": runs, "starts": starts}
+    conv = {n: {"converged": True} for rs in runs.values() for n in rs.values()}
+    conv.update({"pretrain_multitalent": {"converged": False}, "pretrain_supervised": {"converged": True},
+                 "double_double_pretrain_multitalent": {"converged": True}})
+    found = {f["key"]: f for f in _transfer_findings({"transfer": transfer, "convergence": conv, "judged": True})}
+    assert found["transfer_scratch"]["verdict"] == "holds"  # the table's own pre-training is not what they came from
+    conv["double_double_pretrain_multitalent"] = {"converged": False}
+    found = {f["key"]: f for f in _transfer_findings({"transfer": transfer, "convergence": conv, "judged": True})}
+    assert found["transfer_scratch"]["verdict"] != "holds"
+    assert "double_double_pretrain_multitalent" in found["transfer_scratch"]["measured"]
+    # a fine-tuning's stand-in is found under its own name
+    conv["double_double_pretrain_multitalent"] = {"converged": True}
+    conv["finetune_multitalent_x4_seed1"] = {"converged": False}
+    conv["double_finetune_multitalent_x4_seed1"] = {"converged": True}
+    chains = {"double_finetune_multitalent_x4_seed1": {"datasets": {"D005": {"dice_mean": 0.95}},
+                                                       "heads": {"D005_a": {"dice_mean": 0.9},
+                                                                 "D005_b": {"dice_mean": 1.0}}}}
+    out = apply_stand_ins({"convergence": conv, "chains": chains, "dataset_ids": [], "summaries": {},
+                           "transfer": transfer})
+    assert out["stand_ins"] == {"finetune_multitalent_x4_seed1": "double_finetune_multitalent_x4_seed1"}
+    assert out["transfer"]["per_seed"]["multitalent"][1]["dataset_dice"] == 0.95
+    # the report says where the fine-tunings started
+    from repro import report
+
+    assert "MultiTalent pre-training from `double_double_pretrain_multitalent`" in report._starts_note(starts)
+    assert report._starts_note({"scratch": "pretrain_multitalent", "multitalent": "pretrain_multitalent",
+                                "supervised": "pretrain_supervised"}) == ""
 
 
 def test_a_second_invocation_on_the_same_folder_stops_at_once(reproduce, tmp_path, capsys):
