@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         # the table's own plain runs and fine-tunings, or their doubled runs (double_RUN: a chain N, 2N, 4N);
         # not a half_ run, nor an extension
         known = {n for n, j in table.training_jobs().items()
-                 if j["kind"] in ("plain", "finetune") and not j.get("pairs")}
+                 if j["kind"] in ("plain", "finetune") and not j.get("pairs") and not j.get("extension")}
         unknown = [n for n in args.double if base_run(n) not in known or n.startswith("half_")]
         if unknown:
             p.error(f"--double: no plain run or fine-tuning named {', '.join(unknown)} at the {name} sizes "

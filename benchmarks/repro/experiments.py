@@ -324,10 +324,15 @@ class Reproduction:
                 name, pretrained = self.ft_run(cond, self.seed + k), self.ft_start(cond)
                 jobs[name] = {"name": name, "kind": "finetune", "pretrained": pretrained, "seed": self.seed + k,
                               "from_scratch": scratch, "after": [pretrained]}
-        # adding the target to the MultiTalent pre-training (``--extend`` only)
+        # adding the target to the MultiTalent pre-training (``--extend`` only), compared with the fine-tunings of
+        # that pre-training (the table's own, unless the table's start from a longer run: then extension runs too)
         for name, original in EXT_RUNS.items():
             jobs[name] = {"name": name, "kind": "extend", "original": original, "after": [EXT_BASE],
                           "extension": True}
+        for k in range(s.ft_seeds):
+            name = finetune_run("multitalent", self.seed + k)
+            jobs.setdefault(name, {"name": name, "kind": "finetune", "pretrained": EXT_BASE, "seed": self.seed + k,
+                                   "from_scratch": False, "after": [EXT_BASE], "extension": True})
         return self._pair_jobs(jobs)
 
     def ft_start(self, cond: str) -> str:
@@ -350,6 +355,8 @@ class Reproduction:
         that a chain N, 2N, 4N, ... goes on until a pair gains less than a point)."""
         extra: dict[str, dict] = {}
         for name, spec in jobs.items():
+            if spec.get("extension"):
+                continue  # not judged: no budget pair
             if spec["kind"] == "finetune":
                 extra[f"half_{name}"] = {**spec, "name": f"half_{name}", "scale": 0.5, "pairs": True}
             elif spec["kind"] == "plain" and not name.startswith("ablation_") and spec["epochs"] >= 2:
@@ -697,7 +704,7 @@ class Reproduction:
         """The training runs the extension experiment reads: its base, both extensions, the run from scratch and
         the fine-tunings of the base to the target."""
         return [EXT_BASE, *EXT_RUNS, self.ext_scratch(),
-                *(f"finetune_multitalent_seed{self.seed + k}" for k in range(self.sizes.ft_seeds))]
+                *(finetune_run("multitalent", self.seed + k) for k in range(self.sizes.ft_seeds))]
 
     def extension(self) -> dict | None:
         """The extension experiment (``--extend``): the base model, both extensions, the model from scratch on all

@@ -303,7 +303,9 @@ def test_fine_tunings_may_start_from_a_longer_run_of_a_pre_trainings_chain(repro
     ft = jobs["finetune_multitalent_x4_seed0"]
     assert ft["pretrained"] == "double_double_pretrain_multitalent" and ft["after"] == [ft["pretrained"]]
     assert jobs["double_double_pretrain_multitalent"]["epochs"] == 4 * jobs["pretrain_multitalent"]["epochs"]
-    assert "finetune_multitalent_seed0" not in jobs  # the table's fine-tunings from the unconverged pre-training
+    # the table's fine-tunings from the unconverged pre-training: only the extension experiment's (--extend), unpaired
+    assert jobs["finetune_multitalent_seed0"]["extension"] and "half_finetune_multitalent_seed0" not in jobs
+    assert set(rep.extension_jobs()) <= set(jobs)
     assert jobs["finetune_scratch_seed0"]["pretrained"] == "pretrain_multitalent"  # its weights are not used
     assert jobs["finetune_supervised_seed0"]["pretrained"] == "pretrain_supervised"
     assert ("half_finetune_multitalent_x4_seed0", "finetune_multitalent_x4_seed0") in rep.pair_list()
