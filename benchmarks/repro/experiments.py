@@ -173,7 +173,8 @@ class Reproduction:
         before = (_read_json(self.results / "sizes.json") or {}).get("sizes", {})
         doubles = list(before.get("double_runs", []))
         doubles += [n for n in self.sizes.double_runs if n not in doubles]
-        starts = [r for r in before.get("ft_from", []) if base_run(r) not in map(base_run, self.sizes.ft_from)]
+        named = {base_run(r) for r in self.sizes.ft_from}
+        starts = [r for r in before.get("ft_from", []) if base_run(r) not in named]
         return replace(self.sizes, double_runs=tuple(doubles), ft_from=tuple(starts + list(self.sizes.ft_from)))
 
     # -- data

@@ -133,7 +133,7 @@ class Sizes:
 # converged at 8000 (-3.8 at 16,000), D005 not at 16,000 (+1.9 on its one held-out case); the fine-tunings gained
 # 10-35 points from 700 to 1400 iterations. A fourth (118 min): D005 converged at 16,000 (-0.5 at 32,000), so every
 # single-dataset model is compared converged; the supervised pre-training converged at 4800, MultiTalent's
-# pre-training not at 9600 (+2.2), and the fine-tunings start from converged pre-trainings with --finetune-from.
+# pre-training not at 9600 (+2.2); --finetune-from starts the fine-tunings from a converged run of such a chain.
 FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
              archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
              lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,
