@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="toy sizes: checks the machinery (minutes)")
-    mode.add_argument("--full", action="store_true", help="the sizes for <= 150 min on 2 idle CPU cores")
+    mode.add_argument("--full", action="store_true",
+                      help="the sizes meant for ~150 min on 2 idle CPU cores (one --pairs invocation took 155 min; "
+                           "the longer budgets that show convergence take more invocations: docs/benchmarks.md)")
     mode.add_argument("--gpu", action="store_true",
                       help="the sizes for <= 10 min on one H200 with 16 CPU cores (use with --device cuda)")
     mode.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the reduced form the tests run
