@@ -62,15 +62,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from repro.common import (
+    FT_PRETRAINING,
     REPO,
     TARGET,
     _date_utc,
     _read_json,
     _write_json,
     base_run,
-    doublings,
     machine_description,
     run_stats,
+    shorter_runs,
 )
 from repro.experiments import Reproduction
 from repro.report import write_extension_report, write_report
@@ -313,12 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.pairs:
             p.error("--finetune-from needs --pairs (its RUN is a run of a pre-training's budget chain)")
         wrong = [r for r in args.finetune_from
-                 if base_run(r) not in ("pretrain_multitalent", "pretrain_supervised") or r.startswith("half_")]
+                 if base_run(r) not in FT_PRETRAINING.values() or r.startswith("half_")]
         if wrong:
             p.error(f"--finetune-from: {', '.join(wrong)} is not a run of a pre-training's budget chain "
                     "(pretrain_multitalent, double_pretrain_multitalent, ...; pretrain_supervised, ...)")
         # its chain is trained with it: RUN is doubled up to its budget like --double's
-        chains = [("double_" * k) + base_run(r) for r in args.finetune_from for k in range(doublings(r))]
+        chains = [n for r in args.finetune_from for n in shorter_runs(r)]
         sizes = dataclasses.replace(sizes, ft_from=tuple(args.finetune_from),
                                     double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(chains))))
     if args.double:
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--double: no plain run or fine-tuning named {', '.join(unknown)} at the {name} sizes "
                     f"(there are: {', '.join(sorted(known))}, and double_RUN of each)")
         # doubling double_RUN needs double_RUN itself: every shorter run of the chain is doubled too
-        chains = [("double_" * k) + base_run(n) for n in args.double for k in range(doublings(n) + 1)]
+        chains = [n for r in args.double for n in shorter_runs(f"double_{r}")]
         sizes = dataclasses.replace(sizes, double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(chains))))
     run(sizes, out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
         extend=args.extend, pairs=args.pairs)

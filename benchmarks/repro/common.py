@@ -135,6 +135,12 @@ def doublings(name: str) -> int:
     return k
 
 
+def shorter_runs(name: str) -> list[str]:
+    """The runs of a budget chain below ``name`` (``double_double_single_D001``: ``single_D001``,
+    ``double_single_D001``): each is doubled to make the next, so training ``name`` needs them all doubled."""
+    return [("double_" * k) + base_run(name) for k in range(doublings(name))]
+
+
 def base_run(name: str) -> str:
     """The table's run that a budget pair's run repeats at another budget (``half_single_D001``,
     ``double_double_single_D001``: ``single_D001``)."""

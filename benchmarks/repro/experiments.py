@@ -280,8 +280,7 @@ class Reproduction:
         from multitalent.finetune import FinetuneConfig, finetune
 
         s = self.sizes
-        head, full, rest = (max(1, int(e * scale))
-                            for e in (s.ft_head_warmup_epochs, s.ft_full_warmup_epochs, s.ft_epochs))
+        head, full, rest = s.ft_phase_epochs(scale)
 
         def fn(run: Path, resume: bool) -> None:
             # from scratch: one poly phase as long as the three phases (finetune_phases)
@@ -478,11 +477,9 @@ class Reproduction:
         if spec["kind"] == "plain":
             total = spec["epochs"] * s.iterations_per_epoch
         elif spec["kind"] == "finetune":
-            scale = spec.get("scale", 1)
-            total = sum(max(1, int(e * scale)) for e in (s.ft_head_warmup_epochs, s.ft_full_warmup_epochs,
-                                                           s.ft_epochs)) * s.ft_iterations_per_epoch
-        else:  # the extension: its three phases at the plain runs' iterations per epoch
-            total = (s.ext_head_warmup_epochs + s.ext_full_warmup_epochs + s.ext_epochs) * s.iterations_per_epoch
+            total = sum(s.ft_phase_epochs(spec.get("scale", 1))) * s.ft_iterations_per_epoch
+        else:  # the extension
+            total = s.ext_its
         done = 0
         log = self.runs / spec["name"] / "log.jsonl"
         if log.is_file():

@@ -102,6 +102,12 @@ class Sizes:
     def ft_total_epochs(self) -> int:
         return self.ft_head_warmup_epochs + self.ft_full_warmup_epochs + self.ft_epochs
 
+    def ft_phase_epochs(self, scale: float = 1) -> tuple[int, int, int]:
+        """Epochs of a fine-tuning's three phases (head warm-up, whole-network warm-up, the rest), each ``scale``
+        times as long (a budget pair's run), at least one epoch each."""
+        return tuple(max(1, int(e * scale)) for e in (self.ft_head_warmup_epochs, self.ft_full_warmup_epochs,
+                                                      self.ft_epochs))
+
     @property
     def ext_total_epochs(self) -> int:
         return self.ext_head_warmup_epochs + self.ext_full_warmup_epochs + self.ext_epochs
