@@ -590,15 +590,18 @@ class Reproduction:
         single-dataset model on its dataset's, a fine-tuning on the target's): {run: evaluation summary}. A run that
         has converged only at a longer budget is compared through the first converged run of its chain
         (``statistics.stand_ins``, chosen on the held-out folds, never on a test case). After ``budget_pairs``,
-        which trains the chains' runs."""
+        which trains the chains' runs. The chains of fine-tunings from a start the table no longer takes (an earlier
+        start, before ``--finetune-from`` named a longer one) stay on disk but are not scored."""
         from multitalent.registry import HeadRegistry
 
         out: dict[str, dict] = {}
         target = HeadRegistry.load(self.pre["target"] / "heads.json")
+        jobs = self.training_jobs()
         for name in self.sizes.double_runs:
             key, base = f"double_{name}", base_run(name)
             ds = base.removeprefix("single_")
-            if not (self.runs / key / "checkpoint_final.pt").is_file():
+            # not a job: the chain of fine-tunings from a start the table no longer takes (--finetune-from)
+            if key not in jobs or not (self.runs / key / "checkpoint_final.pt").is_file():
                 continue
             if base.startswith("finetune_"):
                 out[key] = self.finetune_summary(key, target)

@@ -459,6 +459,26 @@ def test_a_model_converged_only_at_a_longer_budget_stands_in_for_its_table_run(r
     assert apply_stand_ins({**ctx, "chains": {}}) == {"stand_ins": {}}
 
 
+def test_the_chains_of_fine_tunings_from_an_earlier_start_are_not_scored(reproduce, tmp_path, monkeypatch):
+    import dataclasses
+
+    from multitalent.registry import HeadRegistry
+
+    # the folder's fine-tunings were doubled from the table's start, then --finetune-from named a longer one
+    sizes = dataclasses.replace(reproduce.TINY, ft_from=("double_pretrain_supervised",),
+                                double_runs=("pretrain_supervised", "finetune_supervised_seed0",
+                                             "finetune_supervised_x2_seed0"))
+    rep = reproduce.Reproduction(sizes, tmp_path, pairs=True)
+    rep.dataset_ids, rep.pre = list(sizes.datasets), {"target": tmp_path}
+    for run in ("double_finetune_supervised_seed0", "double_finetune_supervised_x2_seed0"):
+        (rep.runs / run).mkdir(parents=True)
+        (rep.runs / run / "checkpoint_final.pt").touch()
+    assert "double_finetune_supervised_seed0" not in rep.training_jobs()
+    monkeypatch.setattr(HeadRegistry, "load", staticmethod(lambda path: None))
+    monkeypatch.setattr(rep, "finetune_summary", lambda name, registry: {"run": name})
+    assert rep.chain_runs() == {"double_finetune_supervised_x2_seed0": {"run": "double_finetune_supervised_x2_seed0"}}
+
+
 def test_the_transfer_section_shows_the_fine_tunings_at_each_budget_of_their_chains(reproduce):
     from repro import report
 
