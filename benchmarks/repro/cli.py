@@ -37,7 +37,7 @@ Everything is resumable: a training run is skipped when its ``checkpoint_final.p
 evaluation is skipped when its ``summary.json`` exists; timings are cached under ``OUT/results/``.
 
     python benchmarks/reproduce.py --quick         # checks the machinery, < 10 min on 2 CPU cores
-    python benchmarks/reproduce.py --full --pairs  # about 2 h on 2 idle CPU cores; docs/results.md
+    python benchmarks/reproduce.py --full --pairs  # 155 min once on 2 idle CPU cores; docs/results.md
     python benchmarks/reproduce.py --full --extend # and the extension experiment (section 5)
     python benchmarks/reproduce.py --full --extend-only  # that experiment alone: docs/results_extension.md
     python benchmarks/reproduce.py --full          # without the budget pairs: no run can be shown converged

@@ -526,16 +526,19 @@ def _render_transfer(v: _View) -> None:
 
 def _longer_finetunes(ctx: dict, w: Callable[[str], None], conds: list[str], seeds: list) -> None:
     """The fine-tunings' budget chains (``--double finetune_...``) on the same test cases: one row per budget at
-    which every seed of every condition was trained (mean ± sd over seeds), beside the table's budget."""
+    which every seed of a condition was trained (mean ± sd over seeds; "—" for a condition not trained at that
+    budget for every seed), beside the table's budget."""
     chains, conv = ctx.get("chains") or {}, ctx["convergence"]
     runs = transfer_runs(ctx["transfer"])
     rows, k = [], 1
     while True:
         names = {c: [f"{'double_' * k}{runs[c][sd]}" for sd in seeds] for c in conds}
-        if not all(n in chains for ns in names.values() for n in ns):
+        done = [c for c in conds if all(n in chains for n in names[c])]
+        if not done:
             break
-        cells = [_mean_sd([chains[n]["datasets"][TARGET]["dice_mean"] for n in names[c]]) for c in conds]
-        rows.append(f"| {2 ** k}x ({_its(conv, names[conds[0]][0])} iterations) | " + " | ".join(cells) + " |")
+        cells = [_mean_sd([chains[n]["datasets"][TARGET]["dice_mean"] for n in names[c]]) if c in done else "—"
+                 for c in conds]
+        rows.append(f"| {2 ** k}x ({_its(conv, names[done[0]][0])} iterations) | " + " | ".join(cells) + " |")
         k += 1
     if not rows:
         return

@@ -493,7 +493,17 @@ def test_the_transfer_section_shows_the_fine_tunings_at_each_budget_of_their_cha
     assert "| 1x (700 iterations) | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 |" in lines
     assert "| 2x (1400 iterations) | 55.0 ± 7.1 | 55.0 ± 7.1 | 55.0 ± 7.1 |" in lines
     assert not any(line.startswith("| 4x") for line in lines)  # no 4x run of every seed
-    del chains["double_finetune_supervised_seed1"]  # a budget not trained for every seed is no row
+    # a condition not trained at a budget for every seed has no cell there; a budget no condition has, no row
+    del chains["double_finetune_supervised_seed1"]
+    chains.update({f"double_double_finetune_scratch_seed{sd}": {"datasets": {"D005": {"dice_mean": 0.9}}}
+                   for sd in seeds})
+    conv["double_double_finetune_scratch_seed0"] = {"iterations": [2800]}
+    lines.clear()
+    report._longer_finetunes(ctx, lines.append, conds, seeds)
+    assert "| 2x (1400 iterations) | 55.0 ± 7.1 | 55.0 ± 7.1 | — |" in lines
+    assert "| 4x (2800 iterations) | 90.0 ± 0.0 | — | — |" in lines
+    assert not any(line.startswith("| 8x") for line in lines)
+    chains.clear()
     lines.clear()
     report._longer_finetunes(ctx, lines.append, conds, seeds)
     assert lines == []
