@@ -138,8 +138,10 @@ class Sizes:
 # A third (`--double double_single_D001 --double double_single_D005` and the nine fine-tunings, 86 min): D001
 # converged at 8000 (-3.8 at 16,000), D005 not at 16,000 (+1.9 on its one held-out case); the fine-tunings gained
 # 10-35 points from 700 to 1400 iterations. A fourth (118 min): D005 converged at 16,000 (-0.5 at 32,000), so every
-# single-dataset model is compared converged; the supervised pre-training converged at 4800, MultiTalent's
-# pre-training not at 9600 (+2.2); --finetune-from starts the fine-tunings from a converged run of such a chain.
+# single-dataset model is compared converged; the supervised pre-training converged at 4800 (MultiTalent's not yet
+# at 9600: +2.2); --finetune-from starts the fine-tunings from a converged run of such a chain. A fifth and sixth
+# (116 + 83 min): MultiTalent's pre-training converged at 9600 (-0.9 at 19,200), every fine-tuning from scratch
+# at 2800-5600; the fine-tunings from the two pre-trainings not yet at 2800.
 FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
              archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
              lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,
@@ -226,8 +228,7 @@ def pairs_iterations(sizes: Sizes) -> int:
     """Training iterations that ``--pairs`` adds: the half runs (every plain run and fine-tuning; MultiTalent's
     half only where no ablation at half its budget stands in for it) and the ``double_runs`` (each twice its run's
     budget; a chain's ``double_<run>`` twice that)."""
-    ft_half = sum(max(1, e // 2) for e in (sizes.ft_head_warmup_epochs, sizes.ft_full_warmup_epochs,
-                                              sizes.ft_epochs)) * sizes.ft_iterations_per_epoch
+    ft_half = sum(sizes.ft_phase_epochs(0.5)) * sizes.ft_iterations_per_epoch
     ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
     doubles = 0
     for name in sizes.double_runs:  # double_<name>: twice <name>, which is 2^k times its table run's budget
