@@ -4,9 +4,16 @@ foreground oversampling, worker counts and the shared-memory warning."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from multitalent.data import loader as loader_mod
@@ -110,3 +117,87 @@ def test_shared_memory_warning(pre, tmp_path, monkeypatch, caplog):
         loop.train(pre.root, tmp_path / "run", small_cfg(epochs=1, iterations_per_epoch=1, num_workers=1,
                                                           batch_size=2))
     assert any("bus error" in r.getMessage() for r in caplog.records)
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from torch.utils.data import Dataset
+from multitalent.data.loader import make_loader
+
+class Slow(Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        if i > 0:
+            time.sleep(120)  # busy on a batch: PyTorch's watchdog only looks between batches
+        return os.getpid()
+
+batches = iter(make_loader(Slow(), 0, 10, 1, prefetch=1))
+print(next(batches), flush=True)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_a_loader_worker_dies_with_its_training_process(tmp_path):
+    """A training process killed outright (out-of-memory killer) takes its loader workers with it at once,
+    even a worker in the middle of a batch; an orphan would hold shared memory and the job's output pipes
+    (torchrun's caller waited on them for minutes)."""
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    worker = None
+    try:
+        worker = int(proc.stdout.readline())
+        assert worker != proc.pid and _alive(worker)
+        time.sleep(0.5)  # the worker is now sleeping inside batch 1
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker), "the loader worker outlived its training process"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _fork_and_die_with(parent: int) -> int:
+    """The wait status of a child that calls ``_die_with_parent(parent)`` and then exits 0."""
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            loader_mod._die_with_parent(parent)
+        except BaseException:  # noqa: BLE001 - never return into pytest in the child
+            code = 3
+        os._exit(code)
+    return os.waitpid(child, 0)[1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_a_worker_whose_parent_is_gone_before_it_starts_ends_itself():
+    """The training process died between forking the worker and the worker's start-up: the worker ends at
+    once. A worker whose parent is another live process (a forkserver) is left alone."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    status = _fork_and_die_with(gone.pid)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        status = _fork_and_die_with(live.pid)
+    finally:
+        live.kill()
+        live.wait()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -384,3 +384,41 @@ def test_a_rank_killed_by_the_kernel_is_named_by_the_survivor(pre, tmp_path, wor
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end after rank 1 was killed"
     assert load_checkpoint(run / "checkpoint_latest.pt").iteration >= 2
     assert not (run / "checkpoint_final.pt").exists()
+
+
+_SIGTERM_AFTER_CLEANUP = """
+import os, signal, socket, subprocess, sys
+import torch.distributed as dist
+from multitalent.training import distributed as d
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+info = d.DistInfo(0, 2, 0)
+d._watch_peers(info)
+gone = subprocess.Popen(["true"])
+gone.wait()
+d._state["peers"][1] = d._Peer(1, d._here(), gone.pid, None)  # rank 1: killed, already reaped by torchrun
+try:
+    try:
+        raise RuntimeError("Connection closed by peer")  # what gloo raises in rank 0's collective
+    finally:
+        d.cleanup(info)
+except d.RankFailure as e:
+    os.kill(os.getpid(), signal.SIGTERM)  # torchrun's SIGTERM for the dead rank arrives only now
+    print("multitalent: error:", e, flush=True)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_torchruns_sigterm_after_cleanup_does_not_swallow_the_message():
+    """A rank that saw its peer die in a collective reports it from ``cleanup``; torchrun's SIGTERM (sent
+    when it notices the dead rank, a moment later) may arrive after cleanup stopped watching the peers. It
+    must not end the process with SIGTERM's default before the message is printed (seen in CI: rank 0 ended
+    by signal 15, no message)."""
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_AFTER_CLEANUP], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.startswith("multitalent: error: training process rank 1 (pid "), proc.stdout

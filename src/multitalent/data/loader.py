@@ -15,9 +15,13 @@ datasets, not with all heads, and the loader ships one label map per sample rath
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import random
 import shutil
+import signal
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -186,8 +190,47 @@ class PatchBatches(Dataset):
                 "cases": [s[2] for s in samples], "datasets": [s[3] for s in samples], "iteration": iteration}
 
 
-def _worker_init(_: int) -> None:
+#: prctl(2) option: the signal a process receives when its parent dies
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this loader worker as soon as the training process ``parent`` that started it dies.
+
+    A training process killed outright (the kernel's out-of-memory killer, a SIGKILL from a scheduler) cannot
+    stop its workers, and torchrun signals only the ranks still alive. Left alone, an orphaned worker keeps
+    the job's shared memory and its output pipes until PyTorch's watchdog notices (only between batches, so
+    a worker busy on a batch, or blocked flushing its queue to a reader that is gone, can outlive the job).
+    Linux only, and only for a worker forked by the training process itself (not one started by a
+    forkserver); elsewhere PyTorch's watchdog is all there is."""
+    if not sys.platform.startswith("linux"):
+        return
+    if os.getppid() != parent:
+        if not _running(parent):  # it died while this worker was starting: nobody will read a batch
+            os.kill(os.getpid(), signal.SIGKILL)
+        return  # started by a forkserver: its parent is not the training process
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died between the check above and the request
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, dead but not yet reaped, is not)."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read of a /proc file
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def _worker_init(_: int, parent: int | None = None) -> None:
     torch.set_num_threads(1)
+    if parent is not None:
+        _die_with_parent(parent)
 
 
 def _identity(batch: dict) -> dict:
@@ -252,7 +295,8 @@ def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, 
     """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"worker_init_fn": _worker_init, "prefetch_factor": prefetch, "persistent_workers": False}
+        init = functools.partial(_worker_init, parent=os.getpid())  # ends with this process (_die_with_parent)
+        kwargs = {"worker_init_fn": init, "prefetch_factor": prefetch, "persistent_workers": False}
     return DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=_identity, **kwargs)
 

@@ -181,7 +181,7 @@ def cleanup(info: DistInfo) -> None:
             error = e
     failure = explain_failure(error, info)
     _mark_ended(info.rank)
-    _unwatch()
+    _unwatch(reporting=failure is not None)
     dist.destroy_process_group()
     if failure is not None:
         raise failure from error
@@ -340,13 +340,14 @@ def _on_sigterm(signum: int, frame: object) -> None:
     """torchrun ends the surviving ranks with SIGTERM when one died: name the dead one instead of dying
     silently. Any other SIGTERM (the job was stopped) keeps its default effect."""
     info: DistInfo | None = _state["info"]
-    if os.getpid() != _state["owner"] or info is None:  # a forked loader worker
+    mine = os.getpid() == _state["owner"]
+    if mine and _state["reported"] is not None:  # already stopping with a RankFailure: let it finish (torchrun
+        return  # waits 30 s); also after cleanup, which may run before torchrun's SIGTERM arrives
+    if not mine or info is None:  # a forked loader worker
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
     _mark_ended(info.rank)
-    if _state["reported"] is not None:  # already stopping with a RankFailure: let it finish (torchrun waits 30 s)
-        return
     dead = failed_ranks()
     if dead:
         _state["reported"] = failure = RankFailure(failure_message(dead, info.rank))
@@ -371,11 +372,19 @@ def _watch_peers(info: DistInfo) -> None:
     _state.update(info=info, peers=list(peers), owner=os.getpid(), reported=None)
     atexit.register(_at_exit)
     if threading.current_thread() is threading.main_thread():
-        _state["sigterm"] = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        if _state["sigterm"] is None:  # else still the one before a reported failure's quiet handler
+            _state["sigterm"] = previous
 
 
-def _unwatch() -> None:
+def _unwatch(reporting: bool = False) -> None:
+    """Stop watching the peers. ``reporting``: a :class:`RankFailure` is on its way to the user; torchrun's
+    SIGTERM, which follows a dead rank within moments, must not end this process before it is printed, so
+    the handler stays and ignores it (torchrun still sends SIGKILL after 30 s)."""
+    atexit.unregister(_at_exit)
+    if reporting:
+        _state.update(info=None, peers=[])
+        return
     if _state["sigterm"] is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _state["sigterm"])
-    atexit.unregister(_at_exit)
     _state.update(info=None, peers=[], owner=None, sigterm=None)
