@@ -211,7 +211,9 @@ def _die_with_parent(parent: int) -> None:
         return  # started by a forkserver: its parent is not the training process
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        zero = ctypes.c_ulong(0)  # prctl is variadic: every argument as the unsigned long the kernel reads
+        if libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL), zero, zero, zero) != 0:
+            return
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # it died between the check above and the request
