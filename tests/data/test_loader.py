@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from multitalent.data.loader import (
 )
 from multitalent.data.targets import batch_to_device
 from multitalent.preprocessing.pipeline import Preprocessed, run_preprocessing
+from multitalent.procfs import running
 from multitalent.training import loop
 from tests.helpers import small_cfg, write_dataset
 
@@ -139,15 +139,6 @@ time.sleep(300)
 """
 
 
-def _alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for a reaper)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
 def test_a_loader_worker_dies_with_its_training_process(tmp_path):
     """A training process killed outright (out-of-memory killer) takes its loader workers with it at once,
@@ -158,18 +149,18 @@ def test_a_loader_worker_dies_with_its_training_process(tmp_path):
     worker = None
     try:
         worker = int(proc.stdout.readline())
-        assert worker != proc.pid and _alive(worker)
+        assert worker != proc.pid and running(worker)
         time.sleep(0.5)  # the worker is now sleeping inside batch 1
         proc.kill()
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while _alive(worker) and time.monotonic() < deadline:
+        while running(worker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(worker), "the loader worker outlived its training process"
+        assert not running(worker), "the loader worker outlived its training process"
     finally:
         if proc.poll() is None:
             proc.kill()
-        if worker is not None and _alive(worker):
+        if worker is not None and running(worker):
             os.kill(worker, signal.SIGKILL)
 
 

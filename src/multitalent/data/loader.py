@@ -33,6 +33,7 @@ from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import label_dtype
 from multitalent.preprocessing.normalization import AIR_HU, normalize, normalized_air
 from multitalent.preprocessing.pipeline import Preprocessed
+from multitalent.procfs import running
 from multitalent.registry import HeadRegistry
 
 STREAM_TRAIN = 0
@@ -206,7 +207,7 @@ def _die_with_parent(parent: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     if os.getppid() != parent:
-        if not _running(parent):  # it died while this worker was starting: nobody will read a batch
+        if not running(parent):  # it died while this worker was starting: nobody will read a batch
             os.kill(os.getpid(), signal.SIGKILL)
         return  # started by a forkserver: its parent is not the training process
     try:
@@ -218,15 +219,6 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # it died between the check above and the request
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` is running (a zombie, dead but not yet reaped, is not)."""
-    try:
-        stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one read of a /proc file
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def _worker_init(_: int, parent: int | None = None) -> None:

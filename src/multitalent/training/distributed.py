@@ -20,12 +20,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from multitalent.errors import TrainingError, UserInputError
+from multitalent.procfs import stat_fields
 
 #: environment variable that overrides the collective timeout (seconds)
 TIMEOUT_ENV = "MULTITALENT_DIST_TIMEOUT"
@@ -227,23 +227,14 @@ def _here() -> str:
     return f"{socket.gethostname()}/{ns}"
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields 3... of ``/proc/PID/stat`` (state first), or None when there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
 def _start_time(pid: int) -> str | None:
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return fields[19] if fields and len(fields) > 19 else None
 
 
 def _gone(peer: _Peer) -> tuple[bool, int | None]:
     """(whether the peer's process has ended, the signal that ended it where the kernel still tells)."""
-    fields = _stat(peer.pid)
+    fields = stat_fields(peer.pid)
     if fields is None or (peer.start is not None and len(fields) > 19 and fields[19] != peer.start):
         return True, None  # reaped by torchrun already (or the pid was reused)
     if fields[0] in ("Z", "X"):  # a zombie: its wait status (field 52, Linux >= 3.5) is still there
