@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The reproduction at the GPU sizes (benchmarks/repro/sizes.py: GPU; <= 10 min projected on one H200 with 16
-# CPU cores), prepared as one command for a session that is lent a GPU machine.
+# The reproduction at the GPU sizes (benchmarks/repro/sizes.py: GPU; ~7 min projected on one H200 with 16 CPU
+# cores from the speeds of its first, cut-off run: docs/benchmarks.md), prepared as one command for a session
+# that is lent a GPU machine.
 # First, here: bash benchmarks/device/fetch_wheels.sh   (SimpleITK, batchgeneratorsv2, dnn-architectures, MONAI)
 # Then, through the device tool: run(command="bash benchmarks/device/reproduce_gpu.sh", carry=[".whl"], timeout_s=600)
 # The output folder stays on the machine ($WORK, default /tmp/reproduce_gpu: checkpoints and predictions are far
 # more than the 8 files that come back from $OUT); to $OUT go: results_gpu.md (the report, written to
 # docs/results_gpu.md there), results_gpu_boxplot.png, results_gpu_curves.png, log.txt (everything printed),
 # gpu.txt (the card), findings.json and logs.tar.gz (every run's log.jsonl and config.json, results/*.json).
-# Copy results_gpu*.{md,png} into docs/ here to keep them. The run is resumable: if it is cut off and the
-# machine is still warm, the same command continues where it stopped.
+# Copy results_gpu*.{md,png} into docs/ here to keep them. The run is resumable, but the machine is given back
+# 30 s after a call: only the same command issued at once continues where a cut-off run stopped; a later call
+# gets a fresh machine and starts again (log.txt and logs.tar.gz still come back from a cut-off run).
 set -uo pipefail
 out=${OUT:-/tmp/reproduce_gpu_out}
 work=${WORK:-/tmp/reproduce_gpu}

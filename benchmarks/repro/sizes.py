@@ -166,8 +166,9 @@ TINY = Sizes(name="tiny", datasets=("D005", "D006", "D007"), max_train=2, max_te
 # training runs at a time sharing the GPU (16 // 6 = 2 torch threads and one loader worker each). The whole
 # phantom collection at its own lesion sizes (at 4 mm the lesions, 12-30 mm across, are resolved).
 # N = 10 x 16 = 160, 2N = 320: far below FULL's budget, so most runs will not meet the convergence criterion;
-# the 10 minutes decide. The projection is ``gpu_projection`` below: about 8.5 min (5 of them training),
-# which leaves benchmarks/device/reproduce_gpu.sh its installation and copies inside the 10 min of one call.
+# the 10 minutes decide. The projection is ``gpu_projection`` below: about 7 min (3.4 of them training; the
+# first run on an H200 measured its speeds), which leaves benchmarks/device/reproduce_gpu.sh its installation
+# and copies inside the 10 min of one call.
 GPU = Sizes(name="gpu", spacing=(4.0, 4.0, 4.0), patch_size=(32, 64, 64), base_features=16,
             archs=("plain_unet", "resenc_unet", "swin_unetr"), swin_feature_size=24, iterations_per_epoch=16,
             single_epochs=10, num_workers=1, fold="0", val_iterations=4, ft_iterations_per_epoch=10,
@@ -276,20 +277,20 @@ def calibration_note(sizes: Sizes) -> str:
     )
 
 
-# GPU projection. No GPU was available while these sizes were chosen, so these are assumptions, not
-# measurements: the only H200 figures (docs/benchmarks.md) are for the paper's config (96x192x192, batch 4:
-# 0.21 s per bf16 step of the plain U-Net, tensors already on the GPU). A 32x64x64 batch of 2 is ~27x fewer
-# voxels per sample, so a step is bound by kernel launches and Python (assumed ~0.05 s) and by building the
-# batch on the CPU (one loader worker, ~0.05-0.1 s for 2 small patches); six processes time-share the GPU.
-# Assumed per run: s per iteration below, 1 s per epoch end (validation batches, checkpoint, progress plot),
-# 10 s per run start (model, loader worker, unpacking, final checkpoint; CUDA starts once per pool worker);
-# training packs perfectly into ``jobs`` slots except for the critical path (pre-training, then fine-tuning);
-# 3.5 min for everything else (phantoms, 4 preprocessings with 8 workers, ~200 predicted cases with head masks,
-# 14 evaluations with 8 workers, the report), most of it serial. The width32 ablation is counted at the plain
-# U-Net's speed (a launch-bound step costs about the same at twice the width).
-GPU_ASSUMED_S_PER_IT = {"plain_unet": 0.12, "resenc_unet": 0.15, "swin_unetr": 0.20}
+# GPU projection, from the first --gpu run on an H200 (2026-12-04, benchmarks/device/reproduce_gpu.sh; cut off by
+# its 540 s timeout after 33 of the 37 training runs: docs/benchmarks.md). Measured there, six runs sharing the
+# GPU (median over each run's epochs after the first): 0.03 s per iteration of the plain U-Net (the width32
+# ablation too), 0.08 of the residual U-Net and of SwinUNETR; ~11 s per run beyond its epochs (start, CUDA and
+# cuDNN warm-up in the first epoch, final checkpoint); 0.7 min for the phantoms and the 4 preprocessings. An
+# epoch's end took 5.5 s, 5.3 s of it PyTorch waiting for the validation loader's worker to exit, a loader
+# that was started and shut down at every epoch; the loop now keeps one for the whole run (training/loop.py),
+# and the 1 s per epoch end below (validation batches, checkpoint, progress plot) is the remainder, assumed
+# until a GPU run confirms it. The 3.5 min for everything but training (~200 predicted cases with head masks,
+# 14 evaluations with 8 workers, the report, mostly serial; data 0.7 of it) is assumed too: the run did not get
+# that far. Training packs into ``jobs`` slots except for the critical path (pre-training, then fine-tuning).
+GPU_ASSUMED_S_PER_IT = {"plain_unet": 0.03, "resenc_unet": 0.08, "swin_unetr": 0.08}
 GPU_ASSUMED_S_PER_EPOCH = 1.0
-GPU_ASSUMED_S_PER_RUN = 10.0
+GPU_ASSUMED_S_PER_RUN = 11.0
 GPU_ASSUMED_FIXED_MIN = 3.5
 GPU_WALL_LIMIT_MIN = 10.0
 
@@ -316,16 +317,18 @@ def gpu_projection(sizes: Sizes, k: int = 7) -> dict:
 
 
 def gpu_note(sizes: Sizes) -> str:
-    """The report's calibration paragraph for the GPU sizes: the projection and that it was not measured."""
+    """The report's calibration paragraph for the GPU sizes: the projection, and which of its figures were
+    measured on a GPU and which are assumed."""
     p = gpu_projection(sizes)
     total = " + ".join(f"{n} {a}" for a, n in p["iterations"].items())
     speeds = ", ".join(f"{a} {s:.2f} s" for a, s in GPU_ASSUMED_S_PER_IT.items())
     return (
-        "Projection (the GPU sizes were chosen without a GPU: assumed, not measured, speeds per iteration of "
-        f"one of {sizes.jobs} runs sharing the GPU: {speeds}; {GPU_ASSUMED_S_PER_EPOCH:g} s per epoch end, "
-        f"{GPU_ASSUMED_S_PER_RUN:g} s per run start, ~{GPU_ASSUMED_FIXED_MIN:g} min for data, prediction and "
-        f"evaluation): {total} iterations, {p['epochs']} epoch ends and {p['runs']} runs, ~{p['train_min']:.1f} "
-        f"min of training and ~{p['total_min']:.1f} min in all, for a limit of {GPU_WALL_LIMIT_MIN:.0f} min. "
+        "Projection from the speeds of the first, cut-off --gpu run on an H200 (per iteration of one of "
+        f"{sizes.jobs} runs sharing it: {speeds}; {GPU_ASSUMED_S_PER_RUN:g} s per run start), with "
+        f"{GPU_ASSUMED_S_PER_EPOCH:g} s per epoch end and ~{GPU_ASSUMED_FIXED_MIN:g} min for data, prediction and "
+        f"evaluation assumed (benchmarks/repro/sizes.py): {total} iterations, {p['epochs']} epoch ends and "
+        f"{p['runs']} runs, ~{p['train_min']:.1f} min of training and ~{p['total_min']:.1f} min in all, for a "
+        f"limit of {GPU_WALL_LIMIT_MIN:.0f} min. "
         "The s/it column above gives the speeds this run measured."
     )
 

@@ -66,7 +66,7 @@ def test_gpu_sizes_train_every_backbone_within_the_projected_ten_minutes(reprodu
     assert configs["single_swin_unetr_D005"].datasets == ["D005"]
     assert configs["multitalent_resenc_unet"].model_kwargs()["base_features"] == gpu.base_features
     assert swin.device == "cuda" and swin.num_workers == gpu.num_workers and swin.amp == gpu.amp == "auto"
-    assert "GPU" in reproduce.calibration_note(gpu) and "not measured" in reproduce.calibration_note(gpu)
+    assert "H200" in reproduce.calibration_note(gpu) and "assumed" in reproduce.calibration_note(gpu)
 
 
 def _section(text: str, title: str) -> str:

@@ -285,12 +285,15 @@ def shared_memory_warning(num_workers: int, batch_bytes: int, prefetch: int = PR
 
 
 def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False,
-                prefetch: int = PREFETCH) -> DataLoader:
-    """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes."""
+                prefetch: int = PREFETCH, persistent: bool = False) -> DataLoader:
+    """Iterate batches ``start..stop-1`` in order, built by ``num_workers`` background processes.
+
+    ``persistent``: the workers outlive a pass and serve every later one (the validation batches, read once per
+    epoch): started once instead of at every pass, and shut down only with the loader."""
     kwargs = {}
     if num_workers > 0:
         init = functools.partial(_worker_init, parent=os.getpid())  # ends with this process (_die_with_parent)
-        kwargs = {"worker_init_fn": init, "prefetch_factor": prefetch, "persistent_workers": False}
+        kwargs = {"worker_init_fn": init, "prefetch_factor": prefetch, "persistent_workers": persistent}
     return DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=_identity, **kwargs)
 

@@ -193,12 +193,18 @@ def _epochs(spec: RunSpec, step: TrainStep, train_data: PatchBatches, val_data: 
     # one loader for the whole run: its workers keep building the next epoch's batches while the epoch's
     # validation runs, instead of starting again (and the first batch's wait) at every epoch
     batches = iter(make_loader(train_data, start, spec.total_iterations, workers, pin_memory=pin))
+    # and one for the validation batches, its workers kept between epochs (nnU-Net's half as many): with a
+    # loader started and shut down at every epoch, PyTorch waited 5.3 s per epoch on an H200 for its worker
+    # to exit (its 5 s join timeout, then SIGTERM: the worker did not end in time; on the CPU too), ten times
+    # the epoch's 16 training iterations at the reproduction's GPU sizes (docs/benchmarks.md)
+    val_loader = make_loader(val_data, 0, cfg.val_iterations, max(1, workers // 2) if workers else 0,
+                             pin_memory=pin, persistent=True)
     for epoch in range(start // cfg.iterations_per_epoch, spec.epochs):
         ep_start = time.perf_counter()
         losses, wait, it = _train_epoch(spec, step, batches, epoch, it, quiet)
         train_time = time.perf_counter() - ep_start
-        val = validate(step.net, make_loader(val_data, 0, cfg.val_iterations, workers, pin_memory=pin),
-                       step.objective, spec.registry, device, step.amp, dinfo) if cfg.val_iterations > 0 else {}
+        val = validate(step.net, val_loader, step.objective, spec.registry, device, step.amp, dinfo) \
+            if cfg.val_iterations > 0 else {}
         mean_loss = reduce_detached(torch.tensor([float(np.mean(losses)) if losses else float("nan")],
                                                  device=device), dinfo)
         record = {"epoch": epoch, "iteration": it, "train_loss": float(mean_loss[0]) / dinfo.world_size,
@@ -217,7 +223,7 @@ def _epochs(spec: RunSpec, step: TrainStep, train_data: PatchBatches, val_data: 
             ckpt.save(spec.latest, it, epoch + 1, also=spec.best if better else None)
             if not quiet:
                 tqdm.write(_epoch_line(record, spec.epochs))
-    del batches  # ends the loader's workers
+    del batches, val_loader  # ends the loaders' workers
     return it
 
 
