@@ -2,7 +2,7 @@
 # The reproduction at the GPU sizes (benchmarks/repro/sizes.py: GPU; ~7 min projected on one H200 with 16 CPU
 # cores from the speeds of its first, cut-off run: docs/benchmarks.md), prepared as one command for a session
 # that is lent a GPU machine.
-# First, here: bash benchmarks/device/fetch_wheels.sh   (SimpleITK, batchgeneratorsv2, dnn-architectures, MONAI)
+# First, here: bash benchmarks/device/fetch_wheels.sh   (SimpleITK, batchgeneratorsv2, dnn-architectures, cc3d, MONAI)
 # Then, through the device tool: run(command="bash benchmarks/device/reproduce_gpu.sh", carry=[".whl"], timeout_s=600)
 # The output folder stays on the machine ($WORK, default /tmp/reproduce_gpu: checkpoints and predictions are far
 # more than the 8 files that come back from $OUT); to $OUT go: results_gpu.md (the report, written to
