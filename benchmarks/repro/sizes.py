@@ -143,6 +143,8 @@ class Sizes:
 # (116 + 83 min): MultiTalent's pre-training converged at 9600 (-0.9 at 19,200), every fine-tuning from scratch
 # at 2800-5600; the fine-tunings from the two pre-trainings not yet at 2800. A seventh (87 min): two of three from
 # the supervised pre-training converged (1400, 2800), none from MultiTalent's at 5600 (+4.8 to +5.7 at 5600).
+# An eighth (57 + 106 min, resumed): one of three from MultiTalent converged at 5600 (-0.5 at 11,200), the other
+# two and supervised seed 2 not at 11,200 (+5.3, +2.0, +2.4); the merged softmax 10.1 -> 22.4 from 4800 to 9600.
 FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
              archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
              lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,
