@@ -280,7 +280,7 @@ def calibration_note(sizes: Sizes) -> str:
 
 
 # GPU projection, from the first --gpu run on an H200 (2026-12-04, benchmarks/device/reproduce_gpu.sh; cut off by
-# its 540 s timeout after 33 of the 37 training runs: docs/benchmarks.md). Measured there, six runs sharing the
+# its 540 s timeout after 29 of the 37 training runs: docs/benchmarks.md). Measured there, six runs sharing the
 # GPU (median over each run's epochs after the first): 0.03 s per iteration of the plain U-Net (the width32
 # ablation too), 0.08 of the residual U-Net and of SwinUNETR; ~11 s per run beyond its epochs (start, CUDA and
 # cuDNN warm-up in the first epoch, final checkpoint); 0.7 min for the phantoms and the 4 preprocessings. An
