@@ -3,8 +3,9 @@ them), the training loop's functions timed in each and the first run under cProf
 
     python benchmarks/epoch_end_profile.py --raw /tmp/raw --pre /tmp/pre --device cuda --jobs 6 --epochs 6 --workers 1
 
-Makes the phantom collection and preprocesses it at the reproduction's GPU grid (4 mm, patch 32x64x64) when
-``--pre`` holds no preprocessed folder yet. Prints, per run, the seconds spent in each timed function and each
+Trains at the reproduction's GPU sizes (``repro.sizes.GPU``: grid, patch, width, iterations per epoch, validation
+batches); makes the phantom collection and preprocesses it on that grid when ``--pre`` holds no preprocessed
+folder yet. Prints, per run, the seconds spent in each timed function and each
 epoch's ``epoch_time_s`` / ``train_time_s``, then the first run's profile (sorted by cumulative time). On an
 H200 this found the 5.3 s per epoch that PyTorch waited for a per-epoch validation loader's worker to exit
 (docs/benchmarks.md).
@@ -22,6 +23,8 @@ import os
 import pstats
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+from repro.sizes import GPU
 
 TIMED = ("validate", "plot_progress", "append_log", "read_log", "_train_epoch")
 
@@ -51,8 +54,9 @@ def one(i: int, args: argparse.Namespace) -> dict:
     for name in TIMED:
         timed(loop, name)
     timed(loop._Checkpointer, "save")
-    cfg = TrainConfig(epochs=args.epochs, iterations_per_epoch=16, val_iterations=4, base_features=16,
-                      num_workers=args.workers, device=args.device, final_validation=False, quiet=True, seed=i)
+    cfg = TrainConfig(epochs=args.epochs, iterations_per_epoch=GPU.iterations_per_epoch,
+                      val_iterations=GPU.val_iterations, base_features=GPU.base_features, num_workers=args.workers,
+                      device=args.device, final_validation=False, quiet=True, seed=i)
     out = os.path.join(args.runs, f"run{i}")
     prof = cProfile.Profile() if i == 0 else None
     t = time.perf_counter()
@@ -91,7 +95,8 @@ def main() -> None:
             generate_collection(args.raw, seed=0, scale="small", progress=False)
         print("phantoms", round(time.perf_counter() - t0, 1), flush=True)
         run_preprocessing(os.path.join(args.raw, "collection.json"), args.pre, preset="small",
-                          spacing=(4.0, 4.0, 4.0), patch_size=(32, 64, 64), workers=8, progress=False)
+                          spacing=GPU.spacing, patch_size=GPU.patch_size, workers=GPU.preprocess_workers,
+                          progress=False)
         print("preprocessed", round(time.perf_counter() - t0, 1), flush=True)
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
         results = list(pool.map(functools.partial(one, args=args), range(args.jobs)))

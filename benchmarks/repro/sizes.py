@@ -290,9 +290,9 @@ def calibration_note(sizes: Sizes) -> str:
 # until a GPU run confirms it. The 3.5 min for everything but training (~200 predicted cases with head masks,
 # 14 evaluations with 8 workers, the report, mostly serial; data 0.7 of it) is assumed too: the run did not get
 # that far. Training packs into ``jobs`` slots except for the critical path (pre-training, then fine-tuning).
-GPU_ASSUMED_S_PER_IT = {"plain_unet": 0.03, "resenc_unet": 0.08, "swin_unetr": 0.08}
+GPU_S_PER_IT = {"plain_unet": 0.03, "resenc_unet": 0.08, "swin_unetr": 0.08}
 GPU_ASSUMED_S_PER_EPOCH = 1.0
-GPU_ASSUMED_S_PER_RUN = 11.0
+GPU_S_PER_RUN = 11.0
 GPU_ASSUMED_FIXED_MIN = 3.5
 GPU_WALL_LIMIT_MIN = 10.0
 
@@ -300,7 +300,7 @@ GPU_WALL_LIMIT_MIN = 10.0
 def gpu_projection(sizes: Sizes, k: int = 7) -> dict:
     """Projected wall time of ``sizes`` on one GPU at the assumed speeds above, ``sizes.jobs`` runs at a time
     (``k`` datasets): iterations per architecture, epoch ends, runs, job-seconds and minutes."""
-    main, speed = sizes.archs[0], GPU_ASSUMED_S_PER_IT
+    main, speed = sizes.archs[0], GPU_S_PER_IT
     ft_its = sizes.ft_total_epochs * sizes.ft_iterations_per_epoch
     multi = len(sizes.archs) + 3 + len(sizes.ablations)  # MultiTalent per arch, merged, 2 pre-trainings, ablations
     its = {main: k * sizes.n_single + (4 + len(sizes.ablations)) * sizes.n_multi + 3 * sizes.ft_seeds * ft_its}
@@ -310,8 +310,8 @@ def gpu_projection(sizes: Sizes, k: int = 7) -> dict:
               + 3 * sizes.ft_seeds * sizes.ft_total_epochs)
     runs = k * len(sizes.archs) + multi + 3 * sizes.ft_seeds
     job_s = (sum(speed.get(a, 0.3) * n for a, n in its.items()) + GPU_ASSUMED_S_PER_EPOCH * epochs
-             + GPU_ASSUMED_S_PER_RUN * runs)
-    critical_s = (speed.get(main, 0.3) * (sizes.n_multi + ft_its) + GPU_ASSUMED_S_PER_RUN * 2
+             + GPU_S_PER_RUN * runs)
+    critical_s = (speed.get(main, 0.3) * (sizes.n_multi + ft_its) + GPU_S_PER_RUN * 2
                   + GPU_ASSUMED_S_PER_EPOCH * (sizes.multitalent_factor * sizes.single_epochs + sizes.ft_total_epochs))
     train_min = max(job_s / max(sizes.jobs, 1), critical_s) / 60
     return {"iterations": its, "epochs": epochs, "runs": runs, "job_s": job_s, "train_min": train_min,
@@ -323,10 +323,10 @@ def gpu_note(sizes: Sizes) -> str:
     measured on a GPU and which are assumed."""
     p = gpu_projection(sizes)
     total = " + ".join(f"{n} {a}" for a, n in p["iterations"].items())
-    speeds = ", ".join(f"{a} {s:.2f} s" for a, s in GPU_ASSUMED_S_PER_IT.items())
+    speeds = ", ".join(f"{a} {s:.2f} s" for a, s in GPU_S_PER_IT.items())
     return (
         "Projection from the speeds of the first, cut-off --gpu run on an H200 (per iteration of one of "
-        f"{sizes.jobs} runs sharing it: {speeds}; {GPU_ASSUMED_S_PER_RUN:g} s per run start), with "
+        f"{sizes.jobs} runs sharing it: {speeds}; {GPU_S_PER_RUN:g} s per run start), with "
         f"{GPU_ASSUMED_S_PER_EPOCH:g} s per epoch end and ~{GPU_ASSUMED_FIXED_MIN:g} min for data, prediction and "
         f"evaluation assumed (benchmarks/repro/sizes.py): {total} iterations, {p['epochs']} epoch ends and "
         f"{p['runs']} runs, ~{p['train_min']:.1f} min of training and ~{p['total_min']:.1f} min in all, for a "
