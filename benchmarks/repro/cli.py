@@ -163,14 +163,16 @@ def _context(rep: Reproduction, stages: dict, command: str, wall_s: float) -> di
 
 
 def run(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
-        report: Path | None = None, command: str | None = None, extend: bool = False, pairs: bool = False) -> dict:
+        report: Path | None = None, command: str | None = None, extend: bool = False, pairs: bool = False,
+        jobs: int | None = None, withdrawn: tuple[str, ...] = ()) -> dict:
     """Run (or resume) every experiment in ``out`` (with ``extend`` also the extension experiment, with ``pairs``
-    the budget pairs' runs) and write the report; returns the report context."""
+    the budget pairs' runs; ``jobs`` training runs at once instead of ``sizes.jobs``; ``withdrawn``: doublings an
+    earlier invocation asked for that are no longer wanted) and write the report; returns the report context."""
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):
-        return _run(sizes, out, seed, device, quiet, report, command, extend, pairs, t_start)
+        return _run(sizes, out, seed, device, quiet, report, command, extend, pairs, t_start, jobs, withdrawn)
 
 
 @contextlib.contextmanager
@@ -194,8 +196,8 @@ def _only_invocation(out: Path) -> Iterator[None]:
 
 
 def _run(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: Path | None, command: str | None,
-         extend: bool, pairs: bool, t_start: float) -> dict:
-    rep = Reproduction(sizes, out, seed, device, quiet, extend=extend, pairs=pairs)
+         extend: bool, pairs: bool, t_start: float, jobs: int | None = None, withdrawn: tuple[str, ...] = ()) -> dict:
+    rep = Reproduction(sizes, out, seed, device, quiet, extend=extend, pairs=pairs, jobs=jobs, withdrawn=withdrawn)
     rep.check_sizes()
     command = command or (f"python benchmarks/reproduce.py --{sizes.name} --out {out} --seed {seed}"
                           + (" --extend" if extend else "") + (" --pairs" if pairs else ""))
@@ -213,7 +215,7 @@ def _run(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: P
 
 
 def run_extension_only(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
-                       report: Path | None = None, command: str | None = None) -> dict:
+                       report: Path | None = None, command: str | None = None, jobs: int | None = None) -> dict:
     """Only the extension experiment and the runs it reads (base, run from scratch, fine-tunings); writes
     ``OUT/results_extension.md`` (and ``report``); returns the report context."""
 
@@ -221,15 +223,15 @@ def run_extension_only(sizes: Sizes, out: Path, seed: int = 0, device: str = "cp
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):
-        return _run_extension_only(sizes, out, seed, device, quiet, report, command, t_start)
+        return _run_extension_only(sizes, out, seed, device, quiet, report, command, t_start, jobs)
 
 
 def _run_extension_only(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: Path | None,
-                        command: str | None, t_start: float) -> dict:
+                        command: str | None, t_start: float, jobs: int | None = None) -> dict:
     from multitalent.preprocessing.pipeline import Preprocessed
     from multitalent.registry import HeadRegistry
 
-    rep = Reproduction(sizes, out, seed, device, quiet, extend=True)
+    rep = Reproduction(sizes, out, seed, device, quiet, extend=True, jobs=jobs)
     rep.check_sizes()
     command = command or f"python benchmarks/reproduce.py --{sizes.name} --extend-only --out {out} --seed {seed}"
     rep.start_invocation(command)
@@ -297,8 +299,18 @@ def main(argv: list[str] | None = None) -> int:
                         "double_double_pretrain_supervised, ...; trained first if needed) instead of the table's own "
                         "pre-training, which has not converged; they are runs of their own "
                         "(finetune_multitalent_x2_seed0, ...), from scratch is unchanged; remembered by --out")
+    p.add_argument("--no-double", action="append", default=[], metavar="RUN",
+                   help="forget the --double RUN an earlier invocation on --out asked for: double_RUN is no longer "
+                        "trained or reported (its folder is kept, so --double RUN later resumes it); refused for a "
+                        "run that a longer doubling or a --finetune-from start still needs; repeatable")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="training runs at once, each a process with cpu_count // N torch threads (default: the "
+                        "sizes' own, 2 for --quick and --full, 6 for --gpu); changes how the runs share the machine, "
+                        "not the runs, so a resumed --out takes any N")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        p.error(f"--jobs: {args.jobs} is not a number of runs (1 or more)")
     name = "full" if args.full else "quick" if args.quick else "gpu" if args.gpu else "tiny"
     out = args.out or REPO / "work_dirs" / f"reproduce_{name}"
     report = args.report or DEFAULT_REPORTS.get(name)
@@ -307,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.extend_only:
         report = args.report or EXTENSION_REPORTS.get(name)
         run_extension_only(SIZES[name], out, args.seed, args.device, quiet=not args.verbose, report=report,
-                           command=command)
+                           command=command, jobs=args.jobs)
         return 0
     sizes = SIZES[name]
     if args.finetune_from:
@@ -341,6 +353,22 @@ def main(argv: list[str] | None = None) -> int:
         # doubling double_RUN needs double_RUN itself: every shorter run of the chain is doubled too
         chains = [n for r in args.double for n in shorter_runs(f"double_{r}")]
         sizes = dataclasses.replace(sizes, double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(chains))))
+    if args.no_double:
+        table = Reproduction(sizes, out)
+        asked = table.remembered().double_runs
+        kept = [n for n in asked if n not in args.no_double]
+        unknown = [n for n in args.no_double if n not in asked]
+        if unknown:
+            p.error(f"--no-double: {', '.join(unknown)} was not asked for with --double on {out} "
+                    f"(asked for: {', '.join(asked) or 'nothing'})")
+        if args.double and set(args.double) & set(args.no_double):
+            p.error("--no-double: a run named by --double too")
+        # a longer doubling of a kept run, or a kept fine-tuning start, trains from the run to forget
+        needs = {n: k for k in kept for n in shorter_runs(f"double_{k}")[:-1]}
+        needs |= {n: f"--finetune-from {r}" for r in table.remembered().ft_from for n in shorter_runs(r)}
+        needed = [f"{n} (needed by {needs[n]})" for n in args.no_double if n in needs]
+        if needed:
+            p.error(f"--no-double: {', '.join(needed)}")
     run(sizes, out, args.seed, args.device, quiet=not args.verbose, report=report, command=command,
-        extend=args.extend, pairs=args.pairs)
+        extend=args.extend, pairs=args.pairs, jobs=args.jobs, withdrawn=tuple(args.no_double))
     return 0

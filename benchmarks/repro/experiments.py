@@ -87,8 +87,14 @@ class Reproduction:
     """All experiments inside one output folder; each step skips what is already done."""
 
     def __init__(self, sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
-                 extend: bool = False, pairs: bool = False):
+                 extend: bool = False, pairs: bool = False, jobs: int | None = None,
+                 withdrawn: tuple[str, ...] = ()):
         self.sizes = sizes
+        # training runs at once (``--jobs``; default ``sizes.jobs``): how the runs share the machine, not what they
+        # are, so an output folder takes any number
+        self.jobs = jobs or sizes.jobs
+        # doublings an earlier invocation asked for that this one forgets (``--no-double``)
+        self.withdrawn = tuple(withdrawn)
         self.extend = extend  # also the extension experiment (``--extend``)
         self.pairs = pairs  # also the half- and double-budget runs that decide convergence (``--pairs``)
         self.out = Path(out)
@@ -173,6 +179,7 @@ class Reproduction:
         before = (_read_json(self.results / "sizes.json") or {}).get("sizes", {})
         doubles = list(before.get("double_runs", []))
         doubles += [n for n in self.sizes.double_runs if n not in doubles]
+        doubles = [n for n in doubles if n not in self.withdrawn]
         named = {base_run(r) for r in self.sizes.ft_from}
         starts = [r for r in before.get("ft_from", []) if base_run(r) not in named]
         return replace(self.sizes, double_runs=tuple(doubles), ft_from=tuple(starts + list(self.sizes.ft_from)))
@@ -419,15 +426,15 @@ class Reproduction:
         return self.train_run(name, fn)
 
     def train_all(self, only: list[str] | None = None) -> None:
-        """Every unfinished training run (``only``: just these), ``sizes.jobs`` at a time in worker processes (each
+        """Every unfinished training run (``only``: just these), ``self.jobs`` at a time in worker processes (each
         with ``cpu_count // jobs`` torch threads; fewer runs to train than ``jobs``: the cores shared among them), a
-        fine-tuning only after its pre-training. Nothing to do when ``sizes.jobs`` is 1: the stages then train one
+        fine-tuning only after its pre-training. Nothing to do when ``self.jobs`` is 1: the stages then train one
         run after the other."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, wait
 
-        s = self.sizes
-        if s.jobs <= 1:
+        s, n_jobs = self.sizes, self.jobs
+        if n_jobs <= 1:
             return
         table = self.training_jobs()
         jobs = {n: j for n, j in table.items()
@@ -446,17 +453,17 @@ class Reproduction:
         if not todo:
             return
         # the cores shared by the runs that can run at once (one run left: it gets them all)
-        threads = max(1, (os.cpu_count() or s.jobs) // min(s.jobs, len(todo)))
-        self.say(f"training {len(todo)} runs, {s.jobs} at a time ({threads} torch thread(s) each)")
+        threads = max(1, (os.cpu_count() or n_jobs) // min(n_jobs, len(todo)))
+        self.say(f"training {len(todo)} runs, {n_jobs} at a time ({threads} torch thread(s) each)")
         running: dict = {}
         here = str(Path(__file__).resolve().parents[1])  # benchmarks/, the folder that holds ``repro``
         if here not in sys.path:  # the workers unpickle ``_train_job`` by importing ``repro.experiments``
             sys.path.insert(0, here)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(s.jobs, mp_context=ctx, initializer=_set_threads, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_set_threads, initargs=(threads,)) as pool:
             while todo or running:
                 for n in [n for n in todo if all(a in done for a in jobs[n]["after"])]:
-                    if len(running) >= s.jobs:
+                    if len(running) >= n_jobs:
                         break
                     todo.remove(n)
                     running[pool.submit(_train_job, s, self.out, self.seed, self.device, self.quiet, n)] = n
@@ -620,7 +627,7 @@ class Reproduction:
         No test case is used."""
         from multitalent.training.validation import final_validation
 
-        if self.pairs:  # the pair runs ``train_all`` has not trained (one run at a time when ``sizes.jobs`` is 1)
+        if self.pairs:  # the pair runs ``train_all`` has not trained (one run at a time when ``self.jobs`` is 1)
             for name, spec in self.training_jobs().items():
                 if spec.get("pairs"):
                     self.train(name)

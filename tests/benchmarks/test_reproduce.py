@@ -276,6 +276,61 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
                                          "finetune_multitalent_seed0")
 
 
+def test_jobs_on_the_command_line_sets_the_runs_at_once_for_any_output_folder(reproduce, tmp_path, capsys,
+                                                                               monkeypatch):
+    import dataclasses
+
+    from repro import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--tiny", "--out", str(tmp_path), "--jobs", "0"])
+    assert exc.value.code == 2 and "--jobs" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda sizes, *a, **k: seen.update(k))
+    assert cli.main(["--tiny", "--out", str(tmp_path), "--jobs", "3"]) == 0 and seen["jobs"] == 3
+    # a folder begun with the sizes' own number takes another: the runs are the same
+    full = dataclasses.replace(reproduce.FULL, double_runs=("single_D005",))
+    reproduce.Reproduction(full, tmp_path).check_sizes()
+    rep = reproduce.Reproduction(full, tmp_path, pairs=True, jobs=1)
+    rep.check_sizes()
+    rep.dataset_ids = ["D005"]
+    started = _runs_started(rep, monkeypatch)
+    rep.train_all(only=["single_D005", "double_single_D005"])
+    assert rep.sizes.jobs == 2 and started == []  # one at a time: the stages train them, not the pool
+    rep.jobs = 3
+    rep.train_all(only=["single_D005", "double_single_D005"])
+    assert started == ["double_single_D005", "single_D005"]
+
+
+def test_no_double_forgets_a_doubling_an_earlier_invocation_asked_for(reproduce, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from repro import cli
+
+    tiny = dataclasses.replace(reproduce.TINY, double_runs=())
+    asked = ("single_D005", "double_single_D005", "single_D006")
+    reproduce.Reproduction(dataclasses.replace(tiny, double_runs=asked), tmp_path, pairs=True).check_sizes()
+    monkeypatch.setattr(cli, "SIZES", {**cli.SIZES, "tiny": tiny})
+    for argv, msg in ((["--no-double", "single_D001"], "was not asked for"),
+                      (["--no-double", "single_D005"], "needed by double_single_D005"),
+                      (["--no-double", "single_D006", "--pairs", "--double", "single_D006"], "named by --double")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--tiny", "--out", str(tmp_path), *argv])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda sizes, *a, **k: seen.update(k))
+    assert cli.main(["--tiny", "--out", str(tmp_path), "--no-double", "double_single_D005"]) == 0
+    assert seen["withdrawn"] == ("double_single_D005",)
+    # the folder forgets it: a later invocation that names no doubling has the others, and not the forgotten one
+    reproduce.Reproduction(tiny, tmp_path, pairs=True, withdrawn=seen["withdrawn"]).check_sizes()
+    later = reproduce.Reproduction(tiny, tmp_path, pairs=True)
+    later.check_sizes()
+    later.dataset_ids = list(tiny.datasets)
+    assert later.sizes.double_runs == ("single_D005", "single_D006")
+    assert "double_double_single_D005" not in later.training_jobs()
+    assert ("single_D005", "double_single_D005") in later.pair_list()
+
+
 def test_fine_tunings_may_start_from_a_longer_run_of_a_pre_trainings_chain(reproduce, tmp_path, capsys, monkeypatch):
     import dataclasses
 
@@ -326,7 +381,7 @@ def test_fine_tunings_may_start_from_a_longer_run_of_a_pre_trainings_chain(repro
     # a training of the fine-tunings alone trains their start first (a run of the chain, --pairs or not)
     started = _runs_started(rep, monkeypatch)
     rep.pairs = False
-    rep.sizes = dataclasses.replace(rep.sizes, jobs=2)
+    rep.jobs = 2
     rep.train_all(only=["finetune_multitalent_x4_seed0"])
     assert started == ["double_double_pretrain_multitalent", "finetune_multitalent_x4_seed0"]
 
