@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                         "run that a longer doubling or a --finetune-from start still needs; repeatable")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="training runs at once, each a process with cpu_count // N torch threads (default: the "
-                        "sizes' own: 1 for --quick, 2 for --full, 6 for --gpu); changes how the runs share the machine, "
-                        "not the runs, so a resumed --out takes any N")
+                        "sizes' own: 1 for --quick, 2 for --full, 6 for --gpu); changes how the runs share the "
+                        "machine, not the runs, so a resumed --out takes any N")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--no-double: {', '.join(unknown)} was not asked for with --double on {out} "
                     f"(asked for: {', '.join(asked) or 'nothing'})")
+        own = [n for n in args.no_double if n in SIZES[name].double_runs]
+        if own:
+            p.error(f"--no-double: {', '.join(own)} is one of the {name} sizes' own doublings")
         if args.double and set(args.double) & set(args.no_double):
             p.error("--no-double: a run named by --double too")
         # a longer doubling of a kept run, or a kept fine-tuning start, trains from the run to forget

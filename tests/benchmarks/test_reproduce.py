@@ -307,12 +307,13 @@ def test_no_double_forgets_a_doubling_an_earlier_invocation_asked_for(reproduce,
 
     from repro import cli
 
-    tiny = dataclasses.replace(reproduce.TINY, double_runs=())
+    tiny = dataclasses.replace(reproduce.TINY, double_runs=("single_D007",))
     asked = ("single_D005", "double_single_D005", "single_D006")
     reproduce.Reproduction(dataclasses.replace(tiny, double_runs=asked), tmp_path, pairs=True).check_sizes()
     monkeypatch.setattr(cli, "SIZES", {**cli.SIZES, "tiny": tiny})
     for argv, msg in ((["--no-double", "single_D001"], "was not asked for"),
                       (["--no-double", "single_D005"], "needed by double_single_D005"),
+                      (["--no-double", "single_D007"], "sizes' own doublings"),
                       (["--no-double", "single_D006", "--pairs", "--double", "single_D006"], "named by --double")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["--tiny", "--out", str(tmp_path), *argv])
@@ -326,7 +327,7 @@ def test_no_double_forgets_a_doubling_an_earlier_invocation_asked_for(reproduce,
     later = reproduce.Reproduction(tiny, tmp_path, pairs=True)
     later.check_sizes()
     later.dataset_ids = list(tiny.datasets)
-    assert later.sizes.double_runs == ("single_D005", "single_D006")
+    assert later.sizes.double_runs == ("single_D005", "single_D006", "single_D007")
     assert "double_double_single_D005" not in later.training_jobs()
     assert ("single_D005", "double_single_D005") in later.pair_list()
 
