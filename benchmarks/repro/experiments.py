@@ -67,10 +67,23 @@ EXT_BASE = "pretrain_multitalent"
 EXT_RUNS = {"extend_union": True, "extend_distill": False}
 
 
-def _set_threads(n: int) -> None:
+def _start_worker(threads: int, invocation: int, poll_s: float = 5.0) -> None:
+    """A training worker's set-up (``Reproduction.train_all``): its torch threads, and a watchdog that ends the worker
+    once the invocation that started it (process ``invocation``) is gone. A killed invocation's workers would
+    otherwise go on training their runs, unseen and without the folder's lock, while the next invocation resumes the
+    same runs from their checkpoints (which are written atomically, so ending a worker at any time is safe)."""
+    import threading
+
     import torch
 
-    torch.set_num_threads(n)
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == invocation:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="invocation-watchdog", daemon=True).start()
 
 
 def _train_job(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, name: str) -> str:
@@ -460,7 +473,8 @@ class Reproduction:
         if here not in sys.path:  # the workers unpickle ``_train_job`` by importing ``repro.experiments``
             sys.path.insert(0, here)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_set_threads, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(n_jobs, mp_context=ctx, initializer=_start_worker,
+                                 initargs=(threads, os.getpid())) as pool:
             while todo or running:
                 for n in [n for n in todo if all(a in done for a in jobs[n]["after"])]:
                     if len(running) >= n_jobs:

@@ -276,6 +276,46 @@ def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce,
                                          "finetune_multitalent_seed0")
 
 
+def test_a_training_worker_ends_when_its_invocation_is_killed(reproduce, tmp_path):
+    """A killed invocation's pool workers must not go on training: the next invocation resumes their runs."""
+    import os
+    import signal
+    import time
+
+    invocation = tmp_path / "invocation.py"
+    invocation.write_text(
+        "import multiprocessing, os, sys, time\n"
+        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from repro.experiments import _start_worker\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_start_worker,\n"
+        "                             initargs=(1, os.getpid(), 0.1)) as pool:\n"
+        "        print(pool.submit(os.getpid).result(), flush=True)\n"
+        "        pool.submit(time.sleep, 120)  # a training run, as far as the worker knows\n"
+        "        time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, str(invocation)], stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    time.sleep(0.5)
+    assert alive(worker)  # the invocation alive: the worker stays
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker of a killed invocation went on running")
+
+
 def test_jobs_on_the_command_line_sets_the_runs_at_once_for_any_output_folder(reproduce, tmp_path, capsys,
                                                                                monkeypatch):
     import dataclasses
