@@ -526,19 +526,19 @@ def _render_transfer(v: _View) -> None:
 
 def _longer_finetunes(ctx: dict, w: Callable[[str], None], conds: list[str], seeds: list) -> None:
     """The fine-tunings' budget chains (``--double finetune_...``) on the same test cases: one row per budget at
-    which every seed of a condition was trained (mean ± sd over seeds; "—" for a condition not trained at that
-    budget for every seed), beside the table's budget."""
+    which some seed of a condition was trained (mean ± sd over seeds where every seed was; where only some were,
+    each of their values with its seed; "—" for a condition no seed of which was trained at that budget), beside
+    the table's budget."""
     chains, conv = ctx.get("chains") or {}, ctx["convergence"]
     runs = transfer_runs(ctx["transfer"])
     rows, k = [], 1
     while True:
         names = {c: [f"{'double_' * k}{runs[c][sd]}" for sd in seeds] for c in conds}
-        done = [c for c in conds if all(n in chains for n in names[c])]
-        if not done:
+        present = [n for c in conds for n in names[c] if n in chains]
+        if not present:
             break
-        cells = [_mean_sd([chains[n]["datasets"][TARGET]["dice_mean"] for n in names[c]]) if c in done else "—"
-                 for c in conds]
-        rows.append(f"| {2 ** k}x ({_its(conv, names[done[0]][0])} iterations) | " + " | ".join(cells) + " |")
+        cells = [_seed_values(chains, names[c], seeds) for c in conds]
+        rows.append(f"| {2 ** k}x ({_its(conv, present[0])} iterations) | " + " | ".join(cells) + " |")
         k += 1
     if not rows:
         return
@@ -552,6 +552,18 @@ def _longer_finetunes(ctx: dict, w: Callable[[str], None], conds: list[str], see
     for row in rows:
         w(row)
     w("")
+
+
+def _seed_values(chains: dict, names: list[str], seeds: list[int]) -> str:
+    """A chain table's cell: the runs ``names`` (one per seed) that were trained, as 'mean ± sd' when all were,
+    'v (seed s)' or 'v, w (seeds s, t)' when only some were, "—" when none was."""
+    have = [(sd, chains[n]["datasets"][TARGET]["dice_mean"]) for sd, n in zip(seeds, names) if n in chains]
+    if len(have) == len(names):
+        return _mean_sd([v for _, v in have])
+    if not have:
+        return "—"
+    values = ", ".join(f"{100 * v:.1f}" for _, v in have)
+    return f"{values} (seed{'s' if len(have) > 1 else ''} {', '.join(str(sd) for sd, _ in have)})"
 
 
 def _starts_note(starts: dict[str, str]) -> str:

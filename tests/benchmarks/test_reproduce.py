@@ -588,17 +588,25 @@ def test_the_transfer_section_shows_the_fine_tunings_at_each_budget_of_their_cha
     report._longer_finetunes(ctx, lines.append, conds, seeds)
     assert "| 1x (700 iterations) | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 |" in lines
     assert "| 2x (1400 iterations) | 55.0 ± 7.1 | 55.0 ± 7.1 | 55.0 ± 7.1 |" in lines
-    assert not any(line.startswith("| 4x") for line in lines)  # no 4x run of every seed
-    # a condition not trained at a budget for every seed has no cell there; a budget no condition has, no row
+    assert not any(line.startswith("| 4x") for line in lines)  # no 4x run of any seed
+    # a condition trained at a budget for some seeds shows each of their values; a budget no run has, no row
     del chains["double_finetune_supervised_seed1"]
     chains.update({f"double_double_finetune_scratch_seed{sd}": {"datasets": {"D005": {"dice_mean": 0.9}}}
                    for sd in seeds})
     conv["double_double_finetune_scratch_seed0"] = {"iterations": [2800]}
     lines.clear()
     report._longer_finetunes(ctx, lines.append, conds, seeds)
-    assert "| 2x (1400 iterations) | 55.0 ± 7.1 | 55.0 ± 7.1 | — |" in lines
+    assert "| 2x (1400 iterations) | 55.0 ± 7.1 | 55.0 ± 7.1 | 50.0 (seed 0) |" in lines
     assert "| 4x (2800 iterations) | 90.0 ± 0.0 | — | — |" in lines
     assert not any(line.startswith("| 8x") for line in lines)
+    seeds3 = [0, 1, 2]
+    chains.update({f"double_double_double_finetune_multitalent_seed{sd}": {"datasets": {"D005": {"dice_mean": v}}}
+                   for sd, v in ((0, 0.676), (2, 0.687))})
+    per_seed3 = {c: {sd: {"dataset_dice": 0.5} for sd in seeds3} for c in conds}
+    conv["double_double_double_finetune_multitalent_seed0"] = {"iterations": [5600]}
+    lines.clear()
+    report._longer_finetunes({**ctx, "transfer": {"per_seed": per_seed3}}, lines.append, conds, seeds3)
+    assert "| 8x (5600 iterations) | — | 67.6, 68.7 (seeds 0, 2) | — |" in lines
     chains.clear()
     lines.clear()
     report._longer_finetunes(ctx, lines.append, conds, seeds)
