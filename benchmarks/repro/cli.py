@@ -131,7 +131,7 @@ def _context(rep: Reproduction, stages: dict, command: str, wall_s: float) -> di
     from multitalent.preprocessing.pipeline import Preprocessed
 
     sizes, seed, device = rep.sizes, rep.seed, rep.device
-    runs = {p.name: run_stats(p) for p in sorted(rep.runs.iterdir()) if (p / "log.jsonl").is_file()}
+    runs = {p.name: run_stats(p) for p in rep.reported_runs()}
     cost = _cost(rep, runs)
     invocations = rep.invocations()
     pre_all = Preprocessed.open(rep.pre["all"])

@@ -491,6 +491,14 @@ class Reproduction:
                     f.result()  # a failed run stops the reproduction with its error
                     done.add(n)
 
+    def reported_runs(self) -> list[Path]:
+        """The run folders the report describes: every run of the table that has begun, and every finished run (an
+        earlier form of the table, such as fine-tunings from a pre-training since replaced by ``--finetune-from``);
+        not an unfinished run that is no longer asked for (``--no-double``)."""
+        table = self.training_jobs()
+        return [p for p in sorted(self.runs.iterdir()) if (p / "log.jsonl").is_file()
+                and (p.name in table or (p / "checkpoint_final.pt").is_file())]
+
     def iterations_left(self, spec: dict) -> int:
         """Training iterations that the run of ``spec`` (a ``training_jobs`` entry) still has to do: its budget
         less the iterations in its ``log.jsonl`` (a run begun by an earlier invocation resumes from there)."""

@@ -362,6 +362,12 @@ def test_no_double_forgets_a_doubling_an_earlier_invocation_asked_for(reproduce,
     monkeypatch.setattr(cli, "run", lambda sizes, *a, **k: seen.update(k))
     assert cli.main(["--tiny", "--out", str(tmp_path), "--no-double", "double_single_D005"]) == 0
     assert seen["withdrawn"] == ("double_single_D005",)
+    # its unfinished run is left out of the report; a finished run no longer in the table stays in it
+    for name, files in (("double_double_single_D005", ["log.jsonl"]), ("double_single_D006", ["log.jsonl"]),
+                        ("finetune_supervised_seed9", ["log.jsonl", "checkpoint_final.pt"])):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        for f in files:
+            (tmp_path / "runs" / name / f).write_text("")
     # the folder forgets it: a later invocation that names no doubling has the others, and not the forgotten one
     reproduce.Reproduction(tiny, tmp_path, pairs=True, withdrawn=seen["withdrawn"]).check_sizes()
     later = reproduce.Reproduction(tiny, tmp_path, pairs=True)
@@ -370,6 +376,7 @@ def test_no_double_forgets_a_doubling_an_earlier_invocation_asked_for(reproduce,
     assert later.sizes.double_runs == ("single_D005", "single_D006", "single_D007")
     assert "double_double_single_D005" not in later.training_jobs()
     assert ("single_D005", "double_single_D005") in later.pair_list()
+    assert [p.name for p in later.reported_runs()] == ["double_single_D006", "finetune_supervised_seed9"]
 
 
 def test_fine_tunings_may_start_from_a_longer_run_of_a_pre_trainings_chain(reproduce, tmp_path, capsys, monkeypatch):
