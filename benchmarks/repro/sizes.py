@@ -145,6 +145,9 @@ class Sizes:
 # the supervised pre-training converged (1400, 2800), none from MultiTalent's at 5600 (+4.8 to +5.7 at 5600).
 # An eighth (57 + 106 min, resumed): one of three from MultiTalent converged at 5600 (-0.5 at 11,200), the other
 # two and supervised seed 2 not at 11,200 (+5.3, +2.0, +2.4); the merged softmax 10.1 -> 22.4 from 4800 to 9600.
+# A ninth (24 + 1 + 77 min, resumed; the merged softmax and supervised seed 2 withdrawn with --no-double to fit
+# the session): the two MultiTalent fine-tunings still gained at 22,400 (+2.6, +3.4 on their one held-out case),
+# while their patch pseudo-Dice had flattened (+0.1, +0.2 over the last quarter). 1041 min over 27 invocations.
 FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
              archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
              lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,
