@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         chains = [n for r in args.double for n in shorter_runs(f"double_{r}")]
         sizes = dataclasses.replace(sizes, double_runs=tuple(dict.fromkeys(sizes.double_runs + tuple(chains))))
     if args.no_double:
-        table = Reproduction(sizes, out)
-        asked = table.remembered().double_runs
+        remembered = Reproduction(sizes, out).remembered()
+        asked = remembered.double_runs
         kept = [n for n in asked if n not in args.no_double]
         unknown = [n for n in args.no_double if n not in asked]
         if unknown:
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--no-double: a run named by --double too")
         # a longer doubling of a kept run, or a kept fine-tuning start, trains from the run to forget
         needs = {n: k for k in kept for n in shorter_runs(f"double_{k}")[:-1]}
-        needs |= {n: f"--finetune-from {r}" for r in table.remembered().ft_from for n in shorter_runs(r)}
+        needs |= {n: f"--finetune-from {r}" for r in remembered.ft_from for n in shorter_runs(r)}
         needed = [f"{n} (needed by {needs[n]})" for n in args.no_double if n in needs]
         if needed:
             p.error(f"--no-double: {', '.join(needed)}")

@@ -67,23 +67,17 @@ EXT_BASE = "pretrain_multitalent"
 EXT_RUNS = {"extend_union": True, "extend_distill": False}
 
 
-def _start_worker(threads: int, invocation: int, poll_s: float = 5.0) -> None:
-    """A training worker's set-up (``Reproduction.train_all``): its torch threads, and a watchdog that ends the worker
-    once the invocation that started it (process ``invocation``) is gone. A killed invocation's workers would
-    otherwise go on training their runs, unseen and without the folder's lock, while the next invocation resumes the
-    same runs from their checkpoints (which are written atomically, so ending a worker at any time is safe)."""
-    import threading
-
+def _start_worker(threads: int, invocation: int) -> None:
+    """A training worker's set-up (``Reproduction.train_all``): its torch threads, and its end with the invocation
+    (process ``invocation``) that started it. A killed invocation's workers would otherwise go on training their
+    runs, unseen and without the folder's lock, while the next invocation resumes the same runs from their
+    checkpoints (written atomically, so ending a worker at any time is safe)."""
     import torch
 
+    from multitalent.procfs import die_with_parent
+
     torch.set_num_threads(threads)
-
-    def watch() -> None:
-        while os.getppid() == invocation:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="invocation-watchdog", daemon=True).start()
+    die_with_parent(invocation)
 
 
 def _train_job(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, name: str) -> str:

@@ -282,6 +282,8 @@ def test_a_training_worker_ends_when_its_invocation_is_killed(reproduce, tmp_pat
     import signal
     import time
 
+    from multitalent.procfs import running
+
     invocation = tmp_path / "invocation.py"
     invocation.write_text(
         "import multiprocessing, os, sys, time\n"
@@ -291,27 +293,21 @@ def test_a_training_worker_ends_when_its_invocation_is_killed(reproduce, tmp_pat
         "if __name__ == '__main__':\n"
         "    ctx = multiprocessing.get_context('spawn')\n"
         "    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_start_worker,\n"
-        "                             initargs=(1, os.getpid(), 0.1)) as pool:\n"
+        "                             initargs=(1, os.getpid())) as pool:\n"
         "        print(pool.submit(os.getpid).result(), flush=True)\n"
         "        pool.submit(time.sleep, 120)  # a training run, as far as the worker knows\n"
         "        time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, str(invocation)], stdout=subprocess.PIPE, text=True)
     worker = int(proc.stdout.readline())
 
-    def alive(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-        except FileNotFoundError:
-            return False
-
     time.sleep(0.5)
-    assert alive(worker)  # the invocation alive: the worker stays
+    assert running(worker)  # the invocation alive: the worker stays
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 20
-    while alive(worker) and time.monotonic() < deadline:
+    while running(worker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if alive(worker):
+    if running(worker):
         os.kill(worker, signal.SIGKILL)
         pytest.fail("the worker of a killed invocation went on running")
 

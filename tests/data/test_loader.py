@@ -26,7 +26,7 @@ from multitalent.data.loader import (
 )
 from multitalent.data.targets import batch_to_device
 from multitalent.preprocessing.pipeline import Preprocessed, run_preprocessing
-from multitalent.procfs import running
+from multitalent.procfs import die_with_parent, running
 from multitalent.training import loop
 from tests.helpers import small_cfg, write_dataset
 
@@ -165,12 +165,12 @@ def test_a_loader_worker_dies_with_its_training_process(tmp_path):
 
 
 def _fork_and_die_with(parent: int) -> int:
-    """The wait status of a child that calls ``_die_with_parent(parent)`` and then exits 0."""
+    """The wait status of a child that calls ``die_with_parent(parent)`` and then exits 0."""
     child = os.fork()
     if child == 0:
         code = 0
         try:
-            loader_mod._die_with_parent(parent)
+            die_with_parent(parent)
         except BaseException:  # noqa: BLE001 - never return into pytest in the child
             code = 3
         os._exit(code)

@@ -15,13 +15,10 @@ datasets, not with all heads, and the loader ships one label map per sample rath
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import random
 import shutil
-import signal
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +30,7 @@ from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import label_dtype
 from multitalent.preprocessing.normalization import AIR_HU, normalize, normalized_air
 from multitalent.preprocessing.pipeline import Preprocessed
-from multitalent.procfs import running
+from multitalent.procfs import die_with_parent
 from multitalent.registry import HeadRegistry
 
 STREAM_TRAIN = 0
@@ -191,40 +188,13 @@ class PatchBatches(Dataset):
                 "cases": [s[2] for s in samples], "datasets": [s[3] for s in samples], "iteration": iteration}
 
 
-#: prctl(2) option: the signal a process receives when its parent dies
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this loader worker as soon as the training process ``parent`` that started it dies.
-
-    A training process killed outright (the kernel's out-of-memory killer, a SIGKILL from a scheduler) cannot
-    stop its workers, and torchrun signals only the ranks still alive. Left alone, an orphaned worker keeps
-    the job's shared memory and its output pipes until PyTorch's watchdog notices (only between batches, so
-    a worker busy on a batch, or blocked flushing its queue to a reader that is gone, can outlive the job).
-    Linux only, and only for a worker forked by the training process itself (not one started by a
-    forkserver); elsewhere PyTorch's watchdog is all there is."""
-    if not sys.platform.startswith("linux"):
-        return
-    if os.getppid() != parent:
-        if not running(parent):  # it died while this worker was starting: nobody will read a batch
-            os.kill(os.getpid(), signal.SIGKILL)
-        return  # started by a forkserver: its parent is not the training process
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        zero = ctypes.c_ulong(0)  # prctl is variadic: every argument as the unsigned long the kernel reads
-        if libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL), zero, zero, zero) != 0:
-            return
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died between the check above and the request
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _worker_init(_: int, parent: int | None = None) -> None:
     torch.set_num_threads(1)
     if parent is not None:
-        _die_with_parent(parent)
+        # a training process killed outright (the out-of-memory killer, a scheduler's SIGKILL) cannot stop its
+        # workers, and torchrun signals only the ranks still alive; PyTorch's own watchdog looks only between
+        # batches, so a worker busy on one, or blocked writing to a reader that is gone, would outlive the job
+        die_with_parent(parent)
 
 
 def _identity(batch: dict) -> dict:
@@ -292,7 +262,7 @@ def make_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, 
     epoch): started once instead of at every pass, and shut down only with the loader."""
     kwargs = {}
     if num_workers > 0:
-        init = functools.partial(_worker_init, parent=os.getpid())  # ends with this process (_die_with_parent)
+        init = functools.partial(_worker_init, parent=os.getpid())  # ends with this process (die_with_parent)
         kwargs = {"worker_init_fn": init, "prefetch_factor": prefetch, "persistent_workers": persistent}
     return DataLoader(dataset, batch_size=None, sampler=range(start, stop), num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=_identity, **kwargs)
