@@ -46,8 +46,10 @@ evaluation is skipped when its ``summary.json`` exists; timings are cached under
 
 ``--quick`` writes its report to ``OUT/results.md`` only; ``--full`` also to ``docs/results.md`` (and the
 box plot to ``docs/results_boxplot.png``), ``--gpu`` to ``docs/results_gpu.md``; ``--report PATH``
-overrides. The sizes are the ``Sizes`` dataclasses of ``benchmarks/repro/sizes.py`` (``FULL``, ``QUICK``,
-``GPU``, ``TINY``; ``--tiny`` is the reduced form the tests run).
+overrides. Beside every report goes its evidence (``results_evidence.tar.xz``, ``repro.evidence``): the records
+every number of it comes from, small enough to keep with the report when the output folder is gone. The sizes
+are the ``Sizes`` dataclasses of ``benchmarks/repro/sizes.py`` (``FULL``, ``QUICK``, ``GPU``, ``TINY``; ``--tiny``
+is the reduced form the tests run).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from repro.common import (
     run_stats,
     shorter_runs,
 )
+from repro.evidence import evidence_path, write_evidence
 from repro.experiments import Reproduction
 from repro.report import write_extension_report, write_report
 from repro.sizes import SIZES, Sizes, calibration_note
@@ -208,10 +211,19 @@ def _run(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: P
     _write_json(rep.results / "findings.json", ctx["findings"])
     _write_json(rep.results / "findings_last_quarter.json", ctx["findings_last_quarter"])
     _write_json(rep.results / "findings_noise_aware.json", ctx["findings_noise"])
-    for path in [out / "results.md"] + ([Path(report)] if report else []):
+    reports = [out / "results.md"] + ([Path(report)] if report else [])
+    for path in reports:
         write_report(path, ctx)
         rep.say(f"report written: {path}")
+    _keep_evidence(rep, reports)
     return ctx
+
+
+def _keep_evidence(rep: Reproduction, reports: list[Path]) -> None:
+    """The folder's evidence (``repro.evidence``) beside each report, written after the reports it holds."""
+    paths = [evidence_path(p) for p in reports]
+    n = write_evidence(rep.out, *paths)
+    rep.say(f"evidence ({n} files) written: {', '.join(map(str, paths))}")
 
 
 def run_extension_only(sizes: Sizes, out: Path, seed: int = 0, device: str = "cpu", quiet: bool = True,
@@ -253,9 +265,11 @@ def _run_extension_only(sizes: Sizes, out: Path, seed: int, device: str, quiet: 
     ctx.update(analysis(rep, runs, pre_all, sizes, pre_all.plans.spacing, rep.budget_pairs()))
     ctx["findings"] = extension_findings(ctx)
     _write_json(rep.results / "findings_extension.json", ctx["findings"])
-    for path in [out / "results_extension.md"] + ([Path(report)] if report else []):
+    reports = [out / "results_extension.md"] + ([Path(report)] if report else [])
+    for path in reports:
         write_extension_report(path, ctx)
         rep.say(f"report written: {path}")
+    _keep_evidence(rep, reports)
     return ctx
 
 
@@ -276,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--report", type=Path, default=None,
                    help="also write the report here (default for --full: docs/results.md, for --gpu: "
-                        "docs/results_gpu.md); it is always written to OUT/results.md")
+                        "docs/results_gpu.md); it is always written to OUT/results.md. Beside each report goes its "
+                        "evidence, NAME_evidence.tar.xz: the logs and scores it comes from, without checkpoints")
     p.add_argument("--extend", action="store_true",
                    help="also the extension experiment (`multitalent extend`: the MultiTalent pre-training gains the "
                         "left-out target, with and without its original data); adds two training runs")

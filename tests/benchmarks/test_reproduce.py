@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -816,6 +818,20 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert forced["summaries"]["single"]["heads"]["D005_spleen"] == \
         ctx["chains"]["double_single_D005"]["heads"]["D005_spleen"]
 
+    # the evidence beside the report: the records every number came from, without checkpoints or images
+    with tarfile.open(out / "results_evidence.tar.xz") as tar:
+        kept = set(tar.getnames())
+        findings_kept = json.loads(tar.extractfile("results/findings.json").read())
+    assert kept == {p.relative_to(out).as_posix() for p in reproduce.evidence_files(out)}
+    assert findings_kept == json.loads(json.dumps(ctx["findings"]))
+    trained = [p.parent.name for p in (out / "runs").glob("*/checkpoint_final.pt")]
+    assert trained and all(f"runs/{name}/log.jsonl" in kept and f"runs/{name}/config.json" in kept
+                           for name in trained)
+    assert {"results.md", "results/invocations.json", "runs/double_single_D005/validation/summary.json",
+            "evaluation/single/summary.json", "evaluation/multitalent_plain_unet/summary.json",
+            "preprocessed/all/splits.json", "raw/collection.json"} <= kept
+    assert not [n for n in kept if n.endswith((".pt", ".nii.gz", ".png", ".npy", ".npz", ".b2nd", ".lock"))]
+
     # resumable: a second invocation finds every run, prediction, evaluation and timing done
     lines_before = (out / "reproduce.log").read_text().count("\n")
     reproduce.run(reproduce.TINY, out, seed=0, quiet=True, extend=True, pairs=True)
@@ -823,6 +839,37 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert not [line for line in new if "training" in line or "predicting" in line or "preprocessing" in line]
     invocations = json.loads((out / "results" / "invocations.json").read_text())
     assert len(invocations) == 2
+    with tarfile.open(out / "results_evidence.tar.xz") as tar:  # rewritten by the second invocation
+        assert len(json.loads(tar.extractfile("results/invocations.json").read())) == 2
+
+
+def test_the_evidence_keeps_the_records_only_and_the_same_records_give_the_same_bytes(reproduce, tmp_path):
+    out = tmp_path / "out"
+    records = {"results.md": "# report", "reproduce.log": "[ 1.0s] training", "results/findings.json": "[]",
+               "runs/single_D005/log.jsonl": '{"iteration": 2}', "runs/single_D005/config.json": "{}",
+               "runs/single_D005/validation/summary.json": "{}", "evaluation/single/summary.json": "{}",
+               "preprocessed/all/splits.json": "[]", "raw/collection.json": "{}"}
+    heavy = ("runs/single_D005/checkpoint_final.pt", "runs/single_D005/progress.png",
+             "predictions/single/case_000/D005.nii.gz", "predictions/single/case_000/case.json",
+             "preprocessed/all/cases/case_000.npy", "raw/Dataset005_X/imagesTr/case_000_0000.nii.gz",
+             "results/wall_times.json.lock")
+    for name, text in records.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    for name in heavy:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"\0" * 64)
+    first, second = tmp_path / "a" / "results_evidence.tar.xz", tmp_path / "b.tar.xz"
+    assert reproduce.write_evidence(out, first) == len(records)
+    with tarfile.open(first) as tar:
+        assert sorted(tar.getnames()) == sorted(records)
+        assert tar.extractfile("runs/single_D005/log.jsonl").read().decode() == records["runs/single_D005/log.jsonl"]
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    for p in out.rglob("*"):  # other times and a second writing: the same bytes
+        os.utime(p, (12345, 12345))
+    reproduce.write_evidence(out, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert reproduce.evidence_path(Path("docs/results.md")) == Path("docs/results_evidence.tar.xz")
 
 
 @pytest.mark.slow  # trains the runs the extension experiment reads
