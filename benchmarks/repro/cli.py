@@ -46,7 +46,7 @@ evaluation is skipped when its ``summary.json`` exists; timings are cached under
 
 ``--quick`` writes its report to ``OUT/results.md`` only; ``--full`` also to ``docs/results.md`` (and the
 box plot to ``docs/results_boxplot.png``), ``--gpu`` to ``docs/results_gpu.md``; ``--report PATH``
-overrides. Beside every report goes its evidence (``results_evidence.tar.xz``, ``repro.evidence``): the records
+overrides. Beside every report goes its evidence (``results_evidence/``, ``repro.evidence``): the records
 every number of it comes from, small enough to keep with the report when the output folder is gone. The sizes
 are the ``Sizes`` dataclasses of ``benchmarks/repro/sizes.py`` (``FULL``, ``QUICK``, ``GPU``, ``TINY``; ``--tiny``
 is the reduced form the tests run).
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None,
                    help="also write the report here (default for --full: docs/results.md, for --gpu: "
                         "docs/results_gpu.md); it is always written to OUT/results.md. Beside each report goes its "
-                        "evidence, NAME_evidence.tar.xz: the logs and scores it comes from, without checkpoints")
+                        "evidence, NAME_evidence/: the logs and scores it comes from, without checkpoints")
     p.add_argument("--extend", action="store_true",
                    help="also the extension experiment (`multitalent extend`: the MultiTalent pre-training gains the "
                         "left-out target, with and without its original data); adds two training runs")

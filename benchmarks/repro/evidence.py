@@ -1,5 +1,5 @@
-"""The evidence of an output folder: the measured records every number of the report comes from, in one small
-archive that can be kept beside the report (``docs/results_evidence.tar.xz``) when the folder itself cannot.
+"""The evidence of an output folder: the measured records every number of the report comes from, small enough to
+keep beside the report (``docs/results_evidence/``) when the folder itself cannot be kept.
 
 The output folder of a ``--full`` reproduction holds gigabytes (checkpoints, predicted label maps, the phantom
 collection and its preprocessed arrays), and it lives on the machine that trained it: the five-dataset folder of
@@ -7,13 +7,20 @@ collection and its preprocessed arrays), and it lives on the machine that traine
 it every per-case score behind ``docs/results.md``. What the report is computed from is small: every run's
 training log (its validation curve), its configuration and head list, its held-out whole-scan scores, the test
 cases' evaluation summaries, the cached stage results under ``results/`` and the folder's records of its
-invocations and sizes. ``write_evidence`` packs exactly those, byte-for-byte the same archive for the same
-files (sorted members, no times or owners, xz), so that a re-render that measured nothing new leaves it unchanged.
+invocations and sizes.
+
+``write_evidence`` packs those into one ``.tar.xz`` per run (``runs/<run>.tar.xz``), one per evaluation
+(``evaluation/<key>.tar.xz``) and one for the rest (``folder.tar.xz``). The archives hold no times or owners, so
+the same records give the same bytes: a finished run's archive never changes again, and a version-controlled
+evidence folder grows by the runs an invocation added, not by the whole folder every time. The training logs are
+kept with every number rounded to ``LOG_DECIMALS`` decimals (a Dice of 0.73452 is 73.452 points; a third of their
+size); every other file is kept byte for byte.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -34,11 +41,13 @@ EVIDENCE_GLOBS = (
     "evaluation/*/summary.json",        # test-case Dice per case and head (the tables and t-tests)
     "evaluation/*/*/summary.json",
 )
+LOG_DECIMALS = 5
 
 # what the report says of it
 EVIDENCE_NOTE = ("every run's training log and configuration, the held-out and test-case scores, the stage results "
-                 "and the records of every invocation on the output folder, without checkpoints or images; "
-                 "`tar xJf` unpacks them into the folder layout")
+                 "and the records of every invocation on the output folder, without checkpoints or images: one "
+                 "`.tar.xz` per run and per evaluation and `folder.tar.xz` for the rest; "
+                 "`find DIR -name '*.tar.xz' -exec tar xJf {} -C OUT \\;` unpacks them into the folder's layout")
 
 
 def evidence_files(out: Path) -> list[Path]:
@@ -48,31 +57,79 @@ def evidence_files(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(out).as_posix())
 
 
-def evidence_path(report: Path) -> Path:
-    """Where the evidence of a report goes: beside it, named after it (``results.md``: ``results_evidence.tar.xz``),
-    as its plots are."""
-    report = Path(report)
-    return report.with_name(report.stem + "_evidence.tar.xz")
-
-
-def write_evidence(out: Path, *paths: Path) -> int:
-    """Write the evidence of output folder ``out`` to each of ``paths`` (``.tar.xz`` files, each written whole or
-    not at all) and return the number of files in it. The same files give the same bytes."""
-    from multitalent.errors import atomic_path
-
+def evidence_groups(out: Path) -> dict[str, list[Path]]:
+    """``evidence_files`` by archive: ``runs/<run>`` and ``evaluation/<key>`` for the files under those folders,
+    ``folder`` for the rest."""
     out = Path(out)
-    files = evidence_files(out)
+    groups: dict[str, list[Path]] = {}
+    for f in evidence_files(out):
+        parts = f.relative_to(out).parts
+        key = "/".join(parts[:2]) if parts[0] in ("runs", "evaluation") and len(parts) > 2 else "folder"
+        groups.setdefault(key, []).append(f)
+    return groups
+
+
+def evidence_path(report: Path) -> Path:
+    """Where the evidence of a report goes: beside it, named after it (``results.md``: ``results_evidence/``), as
+    its plots are."""
+    report = Path(report)
+    return report.with_name(report.stem + "_evidence")
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, LOG_DECIMALS)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _kept_bytes(path: Path) -> bytes:
+    """The bytes kept of ``path``: a training log with its numbers rounded (a line that is not JSON as it is)."""
+    data = path.read_bytes()
+    if path.suffix != ".jsonl":
+        return data
+    lines = []
+    for line in data.decode().splitlines():
+        try:
+            lines.append(json.dumps(_rounded(json.loads(line)), separators=(",", ":")))
+        except json.JSONDecodeError:
+            lines.append(line)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _archive(out: Path, files: list[Path]) -> bytes:
+    """A ``.tar.xz`` of ``files`` under their paths inside ``out``, with no times or owners."""
     buf = io.BytesIO()
-    # preset 6, no check of the data beyond xz's own CRC64; tarfile writes no time into the xz stream
     with tarfile.open(fileobj=buf, mode="w:xz", format=tarfile.PAX_FORMAT, preset=6) as tar:
         for f in files:
-            data = f.read_bytes()
+            data = _kept_bytes(f)
             info = tarfile.TarInfo(f.relative_to(out).as_posix())
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(data))
-    for path in paths:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buf.getvalue())
-    return len(files)
+    return buf.getvalue()
+
+
+def write_evidence(out: Path, *dirs: Path) -> int:
+    """Write the evidence of output folder ``out`` into each of ``dirs`` (each archive written whole or not at all,
+    and only when its bytes changed; an archive of a run or evaluation no longer in ``out`` is removed) and return
+    the number of files kept."""
+    from multitalent.errors import atomic_path
+
+    out = Path(out)
+    groups = evidence_groups(out)
+    archives = {f"{key}.tar.xz": _archive(out, files) for key, files in groups.items()}
+    for d in map(Path, dirs):
+        for name, data in archives.items():
+            path = d / name
+            if not (path.is_file() and path.read_bytes() == data):
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(data)
+        for old in d.rglob("*.tar.xz") if d.is_dir() else ():
+            if old.relative_to(d).as_posix() not in archives:
+                old.unlink()
+    return sum(map(len, groups.values()))

@@ -225,7 +225,7 @@ def _render_run(v: _View) -> None:
       f"{ctx['wall_total_s'] / 60:.1f} min summed over all {ctx['n_invocations']} invocation(s) on this "
       "output folder (the script resumes where it stopped; an interrupted invocation counts up to its last "
       "logged step)")
-    w(f"- evidence: `{v.evidence.name}` beside this report ({EVIDENCE_NOTE})")
+    w(f"- evidence: `{v.evidence.name}/` beside this report ({EVIDENCE_NOTE})")
     w(f"- collection: {k} datasets ({', '.join(ctx['dataset_ids'])}), {ctx['n_train']} training and "
       f"{ctx['n_test']} test cases, {len(registry)} heads; every run holds out fold {sizes.fold} of its "
       f"training cases for its validation curve ({sizes.val_iterations} fixed batches after every epoch)")
@@ -775,7 +775,7 @@ def write_extension_report(path: Path, ctx: dict) -> str:
     w(f"- machine: {ctx['machine']}")
     w(f"- wall time: {ctx['wall_s'] / 60:.1f} min for the invocation that wrote this report; "
       f"{ctx['wall_total_s'] / 60:.1f} min summed over all {ctx['n_invocations']} invocation(s) on this folder")
-    w(f"- evidence: `{evidence_path(path).name}` beside this report ({EVIDENCE_NOTE})")
+    w(f"- evidence: `{evidence_path(path).name}/` beside this report ({EVIDENCE_NOTE})")
     w(f"- plans: spacing {ctx['plans']['spacing']} mm, patch {ctx['plans']['patch_size']}, batch "
       f"{ctx['plans']['batch_size']}; heads below the resolution limit ({ctx['resolution_limit_mm']:.0f} mm) are "
       "left out of the averages and tests\n")

@@ -148,6 +148,8 @@ class Sizes:
 # A ninth (24 + 1 + 77 min, resumed; the merged softmax and supervised seed 2 withdrawn with --no-double to fit
 # the session): the two MultiTalent fine-tunings still gained at 22,400 (+2.6, +3.4 on their one held-out case),
 # while their patch pseudo-Dice had flattened (+0.1, +0.2 over the last quarter). 1041 min over 27 invocations.
+# A tenth (the two at 44,800, supervised seed 2 at 22,400; ~205 min) was lost before it finished, with the machine
+# and the folder, which held the only copy of the evidence; reports now keep theirs beside them (repro.evidence).
 FULL = Sizes(name="full", datasets=("D001", "D003", "D005", "D006", "D007"), base_features=8,
              archs=("plain_unet",), swin_probe_iterations=4, spacing=(6.0, 6.0, 6.0), patch_size=(32, 48, 48),
              lesion_scale=2.0, amp="bf16", iterations_per_epoch=50, single_epochs=80, multitalent_factor=4,

@@ -819,11 +819,10 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
         ctx["chains"]["double_single_D005"]["heads"]["D005_spleen"]
 
     # the evidence beside the report: the records every number came from, without checkpoints or images
-    with tarfile.open(out / "results_evidence.tar.xz") as tar:
-        kept = set(tar.getnames())
-        findings_kept = json.loads(tar.extractfile("results/findings.json").read())
+    kept = _unpack_evidence(out / "results_evidence", tmp_path / "unpacked")
     assert kept == {p.relative_to(out).as_posix() for p in reproduce.evidence_files(out)}
-    assert findings_kept == json.loads(json.dumps(ctx["findings"]))
+    assert json.loads((tmp_path / "unpacked" / "results" / "findings.json").read_text()) == \
+        json.loads(json.dumps(ctx["findings"]))
     trained = [p.parent.name for p in (out / "runs").glob("*/checkpoint_final.pt")]
     assert trained and all(f"runs/{name}/log.jsonl" in kept and f"runs/{name}/config.json" in kept
                            for name in trained)
@@ -831,6 +830,8 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
             "evaluation/single/summary.json", "evaluation/multitalent_plain_unet/summary.json",
             "preprocessed/all/splits.json", "raw/collection.json"} <= kept
     assert not [n for n in kept if n.endswith((".pt", ".nii.gz", ".png", ".npy", ".npz", ".b2nd", ".lock"))]
+    run_archive = out / "results_evidence" / "runs" / "single_D005.tar.xz"
+    before = run_archive.stat().st_mtime_ns
 
     # resumable: a second invocation finds every run, prediction, evaluation and timing done
     lines_before = (out / "reproduce.log").read_text().count("\n")
@@ -839,16 +840,30 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     assert not [line for line in new if "training" in line or "predicting" in line or "preprocessing" in line]
     invocations = json.loads((out / "results" / "invocations.json").read_text())
     assert len(invocations) == 2
-    with tarfile.open(out / "results_evidence.tar.xz") as tar:  # rewritten by the second invocation
-        assert len(json.loads(tar.extractfile("results/invocations.json").read())) == 2
+    # rewritten by the second invocation where it changed; a finished run's archive is left as it was
+    _unpack_evidence(out / "results_evidence", tmp_path / "unpacked2")
+    assert len(json.loads((tmp_path / "unpacked2" / "results" / "invocations.json").read_text())) == 2
+    assert run_archive.stat().st_mtime_ns == before
+
+
+def _unpack_evidence(evidence: Path, into: Path) -> set[str]:
+    """Unpack every archive of an evidence folder into ``into``; returns the paths unpacked."""
+    names = set()
+    for archive in sorted(evidence.rglob("*.tar.xz")):
+        with tarfile.open(archive) as tar:
+            names |= set(tar.getnames())
+            tar.extractall(into, filter="data")
+    return names
 
 
 def test_the_evidence_keeps_the_records_only_and_the_same_records_give_the_same_bytes(reproduce, tmp_path):
     out = tmp_path / "out"
+    log = '{"iteration": 2, "mean_pseudo_dice": 0.123456789, "pseudo_dice": {"D005_spleen": 0.5, "D005_liver": null}}'
     records = {"results.md": "# report", "reproduce.log": "[ 1.0s] training", "results/findings.json": "[]",
-               "runs/single_D005/log.jsonl": '{"iteration": 2}', "runs/single_D005/config.json": "{}",
-               "runs/single_D005/validation/summary.json": "{}", "evaluation/single/summary.json": "{}",
-               "preprocessed/all/splits.json": "[]", "raw/collection.json": "{}"}
+               "runs/single_D005/log.jsonl": log + "\n", "runs/single_D005/config.json": "{}",
+               "runs/single_D005/validation/summary.json": "{}", "runs/single_D006/log.jsonl": "",
+               "evaluation/single/summary.json": '{"dice": 0.123456789}', "preprocessed/all/splits.json": "[]",
+               "raw/collection.json": "{}"}
     heavy = ("runs/single_D005/checkpoint_final.pt", "runs/single_D005/progress.png",
              "predictions/single/case_000/D005.nii.gz", "predictions/single/case_000/case.json",
              "preprocessed/all/cases/case_000.npy", "raw/Dataset005_X/imagesTr/case_000_0000.nii.gz",
@@ -859,17 +874,26 @@ def test_the_evidence_keeps_the_records_only_and_the_same_records_give_the_same_
     for name in heavy:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(b"\0" * 64)
-    first, second = tmp_path / "a" / "results_evidence.tar.xz", tmp_path / "b.tar.xz"
+    first, second = tmp_path / "a" / "results_evidence", tmp_path / "b"
+    (first / "runs").mkdir(parents=True)
+    (first / "runs" / "single_D999.tar.xz").write_bytes(b"a run no longer in the folder")
     assert reproduce.write_evidence(out, first) == len(records)
-    with tarfile.open(first) as tar:
-        assert sorted(tar.getnames()) == sorted(records)
-        assert tar.extractfile("runs/single_D005/log.jsonl").read().decode() == records["runs/single_D005/log.jsonl"]
+    assert sorted(p.relative_to(first).as_posix() for p in first.rglob("*.tar.xz")) == [
+        "evaluation/single.tar.xz", "folder.tar.xz", "runs/single_D005.tar.xz", "runs/single_D006.tar.xz"]
+    unpacked = tmp_path / "unpacked"
+    assert _unpack_evidence(first, unpacked) == set(records)
+    with tarfile.open(first / "runs" / "single_D005.tar.xz") as tar:
         assert {m.mtime for m in tar.getmembers()} == {0}
+    # every file byte for byte but the training logs, whose numbers are rounded
+    assert (unpacked / "evaluation/single/summary.json").read_text() == records["evaluation/single/summary.json"]
+    assert json.loads((unpacked / "runs/single_D005/log.jsonl").read_text()) == {
+        "iteration": 2, "mean_pseudo_dice": 0.12346, "pseudo_dice": {"D005_spleen": 0.5, "D005_liver": None}}
     for p in out.rglob("*"):  # other times and a second writing: the same bytes
         os.utime(p, (12345, 12345))
     reproduce.write_evidence(out, second)
-    assert first.read_bytes() == second.read_bytes()
-    assert reproduce.evidence_path(Path("docs/results.md")) == Path("docs/results_evidence.tar.xz")
+    for p in first.rglob("*.tar.xz"):
+        assert p.read_bytes() == (second / p.relative_to(first)).read_bytes(), p
+    assert reproduce.evidence_path(Path("docs/results.md")) == Path("docs/results_evidence")
 
 
 @pytest.mark.slow  # trains the runs the extension experiment reads
