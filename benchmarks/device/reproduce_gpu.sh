@@ -10,9 +10,10 @@
 # gpu.txt (the card), findings.json and results_gpu_evidence.tar (benchmarks/repro/evidence.py: every run's
 # log, configuration and scores, results/*.json, as the archives of docs/results_gpu_evidence/; written here also
 # for a cut-off run, from what it reached). Keep them here: results_gpu*.{md,png} into docs/, and
-# `mkdir -p docs/results_gpu_evidence && tar xf results_gpu_evidence.tar -C docs/results_gpu_evidence`. The run is resumable, but the machine is given back
-# 30 s after a call: only the same command issued at once continues where a cut-off run stopped; a later call
-# gets a fresh machine and starts again (log.txt and the evidence still come back from a cut-off run).
+# `mkdir -p docs/results_gpu_evidence && tar xf results_gpu_evidence.tar -C docs/results_gpu_evidence`.
+# The run is resumable, but the machine is given back 30 s after a call: only the same command issued at once
+# continues where a cut-off run stopped; a later call gets a fresh machine and starts again (log.txt and the
+# evidence still come back from a cut-off run).
 set -uo pipefail
 out=${OUT:-/tmp/reproduce_gpu_out}
 work=${WORK:-/tmp/reproduce_gpu}

@@ -47,6 +47,6 @@ __all__ = [
     "ALPHA", "FULL", "GPU", "NOT_CONVERGED", "QUICK", "QUICK_VERDICT", "SIZES", "TINY", "Reproduction", "Sizes",
     "analysis", "apply_stand_ins", "base_run", "budget_pair_rows", "by_budget_pairs", "calibration_note", "compare",
     "convergence", "evidence_files", "evidence_path", "extension_findings", "findings", "gpu_projection", "judge",
-    "last_quarter", "main", "paired",
-    "pairs_iterations", "projection", "run", "run_extension_only", "within_noise", "write_evidence", "write_report",
+    "last_quarter", "main", "paired", "pairs_iterations", "projection", "run", "run_extension_only", "within_noise",
+    "write_evidence", "write_report",
 ]

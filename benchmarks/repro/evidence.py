@@ -11,8 +11,9 @@ invocations and sizes.
 
 ``write_evidence`` packs those into one ``.tar.xz`` per run (``runs/<run>.tar.xz``), one per evaluation
 (``evaluation/<key>.tar.xz``) and one for the rest (``folder.tar.xz``). The archives hold no times or owners, so
-the same records give the same bytes: a finished run's archive never changes again, and a version-controlled
-evidence folder grows by the runs an invocation added, not by the whole folder every time. The training logs are
+the same records give the same bytes: an archive changes only when its records do (a finished run's once more at
+most, when its held-out scores are added), and a version-controlled evidence folder grows by what an invocation
+added, not by the whole folder every time. The training logs are
 kept with every number rounded to ``LOG_DECIMALS`` decimals (a Dice of 0.73452 is 73.452 points; a third of their
 size); every other file is kept byte for byte.
 """
@@ -97,7 +98,7 @@ def _kept_bytes(path: Path) -> bytes:
             lines.append(json.dumps(_rounded(json.loads(line)), separators=(",", ":")))
         except json.JSONDecodeError:
             lines.append(line)
-    return ("\n".join(lines) + "\n").encode()
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def _archive(out: Path, files: list[Path]) -> bytes:
