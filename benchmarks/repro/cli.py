@@ -60,7 +60,7 @@ import dataclasses
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from repro.common import (
@@ -211,16 +211,16 @@ def _run(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: P
     _write_json(rep.results / "findings.json", ctx["findings"])
     _write_json(rep.results / "findings_last_quarter.json", ctx["findings_last_quarter"])
     _write_json(rep.results / "findings_noise_aware.json", ctx["findings_noise"])
-    reports = [out / "results.md"] + ([Path(report)] if report else [])
-    for path in reports:
-        write_report(path, ctx)
-        rep.say(f"report written: {path}")
-    _keep_evidence(rep, reports)
+    _write_reports(rep, write_report, ctx, [out / "results.md"] + ([Path(report)] if report else []))
     return ctx
 
 
-def _keep_evidence(rep: Reproduction, reports: list[Path]) -> None:
-    """The folder's evidence (``repro.evidence``) beside each report, written after the reports it holds."""
+def _write_reports(rep: Reproduction, writer: Callable[[Path, dict], str], ctx: dict, reports: list[Path]) -> None:
+    """Each report by ``writer``, then the folder's evidence (``repro.evidence``) beside each, after the reports it
+    holds."""
+    for path in reports:
+        writer(path, ctx)
+        rep.say(f"report written: {path}")
     paths = [evidence_path(p) for p in reports]
     n = write_evidence(rep.out, *paths)
     rep.say(f"evidence ({n} files) written: {', '.join(map(str, paths))}")
@@ -265,11 +265,8 @@ def _run_extension_only(sizes: Sizes, out: Path, seed: int, device: str, quiet: 
     ctx.update(analysis(rep, runs, pre_all, sizes, pre_all.plans.spacing, rep.budget_pairs()))
     ctx["findings"] = extension_findings(ctx)
     _write_json(rep.results / "findings_extension.json", ctx["findings"])
-    reports = [out / "results_extension.md"] + ([Path(report)] if report else [])
-    for path in reports:
-        write_extension_report(path, ctx)
-        rep.say(f"report written: {path}")
-    _keep_evidence(rep, reports)
+    _write_reports(rep, write_extension_report, ctx,
+                   [out / "results_extension.md"] + ([Path(report)] if report else []))
     return ctx
 
 

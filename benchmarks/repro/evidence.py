@@ -13,9 +13,9 @@ invocations and sizes.
 (``evaluation/<key>.tar.xz``) and one for the rest (``folder.tar.xz``). The archives hold no times or owners, so
 the same records give the same bytes: an archive changes only when its records do (a finished run's once more at
 most, when its held-out scores are added), and a version-controlled evidence folder grows by what an invocation
-added, not by the whole folder every time. The training logs are
-kept with every number rounded to ``LOG_DECIMALS`` decimals (a Dice of 0.73452 is 73.452 points; a third of their
-size); every other file is kept byte for byte.
+added, not by the whole folder every time. The training logs are kept with every number rounded to
+``LOG_DECIMALS`` decimals (a Dice of 0.73452 is 73.452 points), which saves a third of their size; every other
+file is kept byte for byte.
 """
 
 from __future__ import annotations
