@@ -454,9 +454,12 @@ class Reproduction:
                     jobs[a] = table[a]
                     wanted.append(a)
         done = {n for n in jobs if (self.runs / n / "checkpoint_final.pt").is_file()}
-        # the longest remaining training first (a resumed run counts what is left of it), so that the parallel
-        # runs finish together: the table's order puts a chain's doubled runs after every other run
-        todo = sorted((n for n in jobs if n not in done), key=lambda n: -self.iterations_left(jobs[n]))
+        # the longest remaining training first (a resumed run counts what is left of it, at its own measured speed),
+        # so that the parallel runs finish together: the table's order puts a chain's doubled runs after every other
+        # run, and a wider network's iterations cost more than a narrow one's
+        todo = [n for n in jobs if n not in done]
+        left = self.seconds_left({n: jobs[n] for n in todo})
+        todo.sort(key=lambda n: -left[n])
         if not todo:
             return
         # the cores shared by the runs that can run at once (one run left: it gets them all)
@@ -492,6 +495,15 @@ class Reproduction:
         table = self.training_jobs()
         return [p for p in sorted(self.runs.iterdir()) if (p / "log.jsonl").is_file()
                 and (p.name in table or (p / "checkpoint_final.pt").is_file())]
+
+    def seconds_left(self, specs: dict[str, dict]) -> dict[str, float]:
+        """Estimated training seconds left of each run of ``specs`` (name -> ``training_jobs`` entry): its iterations
+        left at the seconds per iteration its own log measured; a run not begun at the median speed of those begun
+        (or one second: then iterations decide the order)."""
+        speed = {n: run_stats(self.runs / n)["s_per_it"] for n in specs}
+        known = [v for v in speed.values() if v]
+        default = float(np.median(known)) if known else 1.0
+        return {n: self.iterations_left(spec) * (speed[n] or default) for n, spec in specs.items()}
 
     def iterations_left(self, spec: dict) -> int:
         """Training iterations that the run of ``spec`` (a ``training_jobs`` entry) still has to do: its budget

@@ -254,6 +254,18 @@ def test_the_longest_remaining_training_starts_first(reproduce, tmp_path, monkey
     started = _runs_started(rep, monkeypatch)
     rep.train_all(only=["double_double_single_D005", "double_single_D005", "single_D005"])
     assert started == ["double_single_D005", "single_D005", "double_double_single_D005"]
+    # at its own measured speed: a begun run ten times as slow per iteration as another (a wider network) goes
+    # before it with half its iterations left; a run not begun is estimated at the begun runs' median speed
+    for name, its, seconds in (("double_double_single_D005", 3 * n, 3 * n * 0.2), ("single_D005", n // 2, n)):
+        log = tmp_path / "runs" / name / "log.jsonl"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(json.dumps({"epoch": 1, "iteration": its, "train_time_s": seconds}) + "\n")
+    left = rep.seconds_left({k: jobs[k] for k in ("double_double_single_D005", "double_single_D005", "single_D005")})
+    assert left == pytest.approx({"double_double_single_D005": n * 0.2, "double_single_D005": 2 * n * 1.1,
+                                  "single_D005": n // 2 * 2.0})
+    started = _runs_started(rep, monkeypatch)
+    rep.train_all(only=["double_double_single_D005", "double_single_D005", "single_D005"])
+    assert started == ["double_single_D005", "single_D005", "double_double_single_D005"]
 
 
 def test_double_on_the_command_line_names_a_plain_run_and_needs_pairs(reproduce, tmp_path, capsys, monkeypatch):

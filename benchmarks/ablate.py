@@ -1,0 +1,272 @@
+"""MultiTalent's ablations on their own: one option of the training changed at a time, against MultiTalent as in the
+paper at the same budget, on the reproduction's collection and grid (the ``--full`` sizes).
+
+Why: ``docs/results.md`` has MultiTalent 2 points below the single-dataset models (no significant difference), the
+loss concentrated in a few heads (the thorax's heart, trachea and lungs; the pancreas). Each ablation asks whether
+one part of the method, or of its scale here, explains it. Besides the ablations it trains the reference
+``ablation_mt_2n``: MultiTalent as in the paper at the paper's budget 2N (at the full sizes 160 x 50 = 8000
+iterations; the reproduction's own run of that name), and every ablation gets the same budget, so that every
+comparison is between runs of this invocation's code and machine. Every run predicts all test cases of the
+collection and is scored per head; paired one-sided t-tests over heads and over test cases compare each ablation
+with the reference. A comparison is a *verdict* only between runs whose validation curves have flattened (less
+than one point gained over the last quarter, ``repro.statistics.convergence``); otherwise it is a measurement at
+equal budget, and the report says so.
+
+    python benchmarks/ablate.py --out /work/ablate --ablation width16:base_features=16 \
+        --ablation width12:base_features=12          # docs/results_ablations.md
+
+``--ablation NAME:FIELD=VALUE[,FIELD=VALUE...]`` sets ``TrainConfig`` fields (``multitalent train --help``:
+base_features, sampling, head_prior, batch_size, fg_fraction, lr, ...); the run is ``ablation_NAME``. The output
+folder is a reproduction folder (``benchmarks/reproduce.py``): resumable, and its runs are reused by a later
+invocation. The report goes to ``OUT/ablations.md`` and to ``--report`` (default ``docs/results_ablations.md``),
+its evidence beside each (``repro.evidence``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from repro.cli import _only_invocation  # noqa: E402
+from repro.common import REPO, _date_utc, _write_json, machine_description, run_stats  # noqa: E402
+from repro.evidence import evidence_path, write_evidence  # noqa: E402
+from repro.experiments import Reproduction  # noqa: E402
+from repro.sizes import FULL, SIZES, Sizes  # noqa: E402
+from repro.statistics import ALPHA, compare, convergence, dataset_average, per_case  # noqa: E402
+from repro.text import _pct  # noqa: E402
+
+REFERENCE = "mt_2n"  # the reproduction's own name for MultiTalent at the paper's 2N
+DEFAULT_REPORT = REPO / "docs" / "results_ablations.md"
+
+
+def parse_ablation(text: str) -> tuple[str, tuple[tuple[str, object], ...]]:
+    """``NAME:FIELD=VALUE[,FIELD=VALUE]`` -> (NAME, ((FIELD, value), ...)), each value converted to its
+    ``TrainConfig`` field's type; a ValueError names what is wrong."""
+    import typing
+
+    from multitalent.config import _literal_choices
+    from multitalent.training.config import TrainConfig
+
+    name, sep, rest = text.partition(":")
+    if not sep or not name or not rest or not name.replace("_", "").isalnum():
+        raise ValueError(f"{text!r} is not NAME:FIELD=VALUE[,FIELD=VALUE...] (NAME: letters, digits, _)")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    out = []
+    for item in rest.split(","):
+        key, eq, value = item.partition("=")
+        if not eq or key not in fields or key in ("epochs", "device", "seed", "resume", "quiet", "datasets"):
+            raise ValueError(f"{text!r}: {key!r} is not a TrainConfig field an ablation may set "
+                             f"(see `multitalent train --help`; the budget is the reference's)")
+        default = getattr(defaults, key)
+        try:
+            v: object = (value.lower() in ("1", "true", "yes", "on")) if isinstance(default, bool) else \
+                type(default)(value) if isinstance(default, (int, float)) else value
+        except ValueError:
+            raise ValueError(f"{text!r}: {key}={value!r} is not of type {type(default).__name__}") from None
+        choices = fields[key].metadata.get("choices") or _literal_choices(typing.get_type_hints(TrainConfig)[key])
+        if choices and v not in choices:
+            raise ValueError(f"{text!r}: {key}={value!r} is not one of {', '.join(map(str, choices))}")
+        out.append((key, v))
+    return name, tuple(out)
+
+
+def reference_epochs(base: Sizes) -> int:
+    """The budget of every run: the sizes' own ``mt_2n`` ablation's epochs, else the paper's 2N."""
+    own = dict(dict(base.ablations).get(REFERENCE, ()))
+    return int(own.get("epochs", 2 * base.single_epochs))
+
+
+def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]]) -> Sizes:
+    """``base`` with the reference and the ablations, every one trained ``reference_epochs`` epochs; the base's
+    own ablations come first, so that a reproduction folder of the same sizes accepts these runs."""
+    epochs = reference_epochs(base)
+    own = list(base.ablations)
+    names = [n for n, _ in own]
+    added = [(n, (("epochs", epochs), *kw)) for n, kw in ablations if n not in names]
+    if REFERENCE not in names:
+        own.insert(0, (REFERENCE, (("epochs", epochs),)))
+    return dataclasses.replace(base, ablations=tuple(own + added))
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def _points(v: float | None, spec: str = "+.1f") -> str:
+    """A difference of Dice fractions in points."""
+    return _fmt(None if v is None else 100 * v, spec)
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def report(ctx: dict) -> str:
+    """The markdown of ``OUT/ablations.md``."""
+    ref, names, heads = ctx["reference"], ctx["names"], ctx["heads"]
+    s, conv = ctx["summaries"], ctx["convergence"]
+    lines = [
+        "# MultiTalent's ablations at the reproduction's sizes",
+        "",
+        "Written by `benchmarks/ablate.py`. Each ablation changes one option of MultiTalent's training; everything "
+        "else (collection, grid, network, budget, seed) is the reference's, MultiTalent as in the paper "
+        f"(`ablation_{ref}`). Dice (%) on every test case of the collection, mean over each head's dataset's test "
+        "cases. Paper: the same method at 13 datasets, 47 classes (`docs/results.md`, section 1).",
+        "",
+        "## Run",
+        "",
+        f"- command: `{ctx['command']}`",
+        f"- date: {ctx['date']}; machine: {ctx['machine']}; device `{ctx['device']}`",
+        f"- wall time: {ctx['wall_s'] / 60:.1f} min for this invocation",
+        f"- collection and grid: the `{ctx['sizes']}` sizes of `benchmarks/repro/sizes.py` ({len(ctx['datasets'])} "
+        f"datasets: {', '.join(ctx['datasets'])}; {len(heads)} heads); budget {ctx['iterations']} iterations "
+        "for every run",
+        f"- evidence: `{ctx['evidence']}` (every run's log, configuration and test scores; `tar xf` each archive)",
+        "",
+        "## Convergence",
+        "",
+        "Validation curve: mean patch pseudo-Dice over the held-out fold after every epoch. Criterion: less than one "
+        "point gained over the last quarter of training (`repro.statistics.convergence`), and its noise-aware reading "
+        "(less than one point plus two standard errors).",
+        "",
+        "| run | what changes | iterations | s/it | gain over the last quarter (points) | flattened | within noise |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for n in names:
+        c, st = conv[n], ctx["stats"][n]
+        lines.append(f"| ablation_{n} | {ctx['what'][n]} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
+                     f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if c.get('converged') else '**no**'} | "
+                     f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
+    lines += ["", "## Dice per head", "", "| head | " + " | ".join(f"ablation_{n}" for n in names) + " |",
+              "|---|" + "---:|" * len(names)]
+    for h in heads:
+        lines.append(f"| {h} | " + " | ".join(_pct(s[n]["heads"][h]["dice_mean"]) for n in names) + " |")
+    lines += ["", "| average | " + " | ".join(f"ablation_{n}" for n in names) + " |", "|---|" + "---:|" * len(names)]
+    lines.append("| over datasets | " + " | ".join(_pct(ctx["avg_datasets"][n]) for n in names) + " |")
+    lines.append("| over heads | " + " | ".join(_pct(ctx["avg_heads"][n]) for n in names) + " |")
+    for ds in ctx["datasets"]:
+        lines.append(f"| {ds} | " + " | ".join(_pct(ctx["by_dataset"][n].get(ds)) for n in names) + " |")
+    lines += ["", "## Each ablation against the reference", "",
+              f"Paired one-sided t-tests (`scipy.stats.ttest_rel`, alpha = {ALPHA}); a = the ablation, b = "
+              f"`ablation_{ref}`; mean difference in points.", "",
+              "| ablation | over | n | mean difference | p (a > b) | p (a < b) | reading |",
+              "|---|---|---:|---:|---:|---:|---|"]
+    for n in names[1:]:
+        for over in ("heads", "cases"):
+            t = ctx["tests"][n][over]
+            lines.append(f"| ablation_{n} | {over} | {t['n']} | {_points(t['mean_difference'])} | "
+                         f"{_p(t['p_greater'])} | {_p(t['p_less'])} | {ctx['readings'][n]} |")
+    lines += ["", "A *verdict* (better / worse / no significant difference) needs both runs flattened and both tests "
+              "agreeing; otherwise the row is a measurement at equal budget (*not measurable at this budget* as a "
+              "verdict)."]
+    return "\n".join(lines) + "\n"
+
+
+def reading(tests: dict, flattened: bool) -> str:
+    if not flattened:
+        return "not measurable at this budget (not flattened)"
+    if all(t["p_greater"] is not None and t["p_greater"] < ALPHA for t in tests.values()):
+        return "**better**"
+    if all(t["p_less"] is not None and t["p_less"] < ALPHA for t in tests.values()):
+        return "**worse**"
+    return "no significant difference"
+
+
+def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
+        quiet: bool, reports: list[Path], command: str) -> dict:
+    """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
+    to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each; returns the report context."""
+    out.mkdir(parents=True, exist_ok=True)
+    with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
+        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command)
+
+
+def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
+         quiet: bool, reports: list[Path], command: str) -> dict:
+    from multitalent.registry import HeadRegistry
+
+    t0 = time.perf_counter()
+    epochs = reference_epochs(sizes)
+    sizes = ablation_sizes(sizes, ablations)
+    names = [REFERENCE] + [n for n, _ in ablations if n != REFERENCE]
+    rep = Reproduction(sizes, out, seed, device, quiet, jobs=jobs)
+    rep.check_sizes()
+    rep.start_invocation(command)
+    rep.say(f"ablations {', '.join(names)} ({sizes.name} sizes, {epochs} epochs, seed {seed}) -> {out}")
+    rep.prepare_data()
+    rep.train_all(only=[f"ablation_{n}" for n in names])
+    registry = HeadRegistry.load(rep.pre["all"] / "heads.json")
+    heads = [h.id for h in registry.heads]
+    summaries, conv, stats = {}, {}, {}
+    for n in names:
+        run_dir = rep.train(f"ablation_{n}")  # trained above; one after the other when --jobs 1
+        summaries[n] = rep.predict_and_evaluate(f"ablation_{n}", run_dir, registry, None)
+        conv[n], stats[n] = convergence(run_dir), run_stats(run_dir)
+    by_dataset = {n: {ds: dataset_average(summaries[n], [h.id for h in registry.heads if h.dataset == ds])
+                      for ds in rep.dataset_ids} for n in names}
+    tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
+    flat = {n: bool(conv[n].get("converged")) for n in names}
+    given = dict(ablations)
+    ctx = {"reference": REFERENCE, "names": names, "heads": heads, "summaries": summaries, "convergence": conv,
+           "stats": stats, "tests": tests, "datasets": rep.dataset_ids, "by_dataset": by_dataset,
+           "avg_heads": {n: sum(summaries[n]["heads"][h]["dice_mean"] or 0.0 for h in heads) / len(heads)
+                         for n in names},
+           "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
+           "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE]) for n in names[1:]},
+           "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
+                    ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
+           "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
+           "date": _date_utc(), "machine": machine_description(device), "device": device,
+           "cases": {n: per_case(summaries[n], heads) for n in names}}
+    _write_json(rep.results / "ablations.json", {k: v for k, v in ctx.items() if k not in ("summaries",)})
+    ctx["wall_s"] = time.perf_counter() - t0
+    for path in [out / "ablations.md", *reports]:
+        ctx["evidence"] = evidence_path(path).name + "/"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report(ctx))
+        write_evidence(out, evidence_path(path))
+    rep.say(f"ablations done: {', '.join(str(p) for p in [out / 'ablations.md', *reports])}")
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="output folder (a reproduction folder; resumable)")
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]",
+                   help="one ablation: TrainConfig fields changed from MultiTalent as in the paper (repeatable)")
+    p.add_argument("--sizes", choices=sorted(SIZES), default="full", help=argparse.SUPPRESS)  # tests: tiny
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--jobs", type=int, default=2, help="training runs at once (default 2)")
+    p.add_argument("--report", type=Path, default=DEFAULT_REPORT,
+                   help="also write the report here (default docs/results_ablations.md); OUT/ablations.md always")
+    p.add_argument("--verbose", action="store_true", help="progress bars")
+    args = p.parse_args(argv)
+    if not args.ablation:
+        p.error("name at least one --ablation NAME:FIELD=VALUE")
+    try:
+        ablations = [parse_ablation(a) for a in args.ablation]
+    except ValueError as e:
+        p.error(f"--ablation: {e}")
+    if args.jobs < 1:
+        p.error(f"--jobs: {args.jobs} is not a number of runs (1 or more)")
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python benchmarks/ablate.py " + " ".join(shlex.quote(a) for a in argv)
+    sizes = FULL if args.sizes == "full" else SIZES[args.sizes]
+    run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
+        [args.report], command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

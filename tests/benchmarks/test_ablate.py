@@ -1,0 +1,96 @@
+"""``benchmarks/ablate.py``: MultiTalent's ablations against MultiTalent as in the paper at the same budget -- the
+option parsing, the sizes it trains and, at the reduced (tiny) sizes, the whole invocation: the runs, the report
+and its evidence."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    if str(BENCHMARKS) not in sys.path:  # as the script itself does; the training workers inherit it
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module("ablate")
+
+
+def test_an_ablation_sets_typed_train_config_fields_and_refuses_anything_else(ablate):
+    assert ablate.parse_ablation("width16:base_features=16") == ("width16", (("base_features", 16),))
+    assert ablate.parse_ablation("mix:sampling=uniform,head_prior=0.1,augment=off") == (
+        "mix", (("sampling", "uniform"), ("head_prior", 0.1), ("augment", False)))
+    for bad, why in (("width16", "NAME:FIELD=VALUE"), ("w:base_features", "not a TrainConfig field"),
+                     ("w:widths=3", "not a TrainConfig field"), ("w:epochs=3", "the budget"),
+                     ("w:base_features=wide", "is not of type int"),
+                     ("w:sampling=random", "is not one of inv_sqrt, uniform, dataset_balanced"),
+                     ("a-b:lr=1", "NAME:FIELD=VALUE")):
+        with pytest.raises(ValueError, match=why):
+            ablate.parse_ablation(bad)
+
+
+def test_every_ablation_gets_the_budget_of_the_reference(ablate):
+    import repro
+
+    full = ablate.ablation_sizes(repro.FULL, [("width16", (("base_features", 16),))])
+    # the full sizes' own mt_2n (160 epochs, the paper's 2N) is the reference and stays first
+    assert full.ablations[0] == ("mt_2n", (("epochs", 160),))
+    assert full.ablations[-1] == ("width16", (("epochs", 160), ("base_features", 16)))
+    assert ablate.reference_epochs(repro.FULL) == 160
+    # sizes without an mt_2n: the reference is added at 2N
+    tiny = ablate.ablation_sizes(repro.TINY, [("w6", (("base_features", 6),))])
+    assert tiny.ablations[0] == ("mt_2n", (("epochs", 2 * repro.TINY.single_epochs),))
+    assert [n for n, _ in tiny.ablations] == ["mt_2n", "width16", "w6"]
+    rep = repro.Reproduction(tiny, Path("/nonexistent"))
+    rep.dataset_ids = ["D005", "D006", "D007"]
+    jobs = rep.training_jobs()
+    assert jobs["ablation_w6"]["epochs"] == jobs["ablation_mt_2n"]["epochs"] == 2
+    assert jobs["ablation_w6"]["kw"] == {"arch": "plain_unet", "base_features": 6}
+    assert jobs["ablation_mt_2n"]["kw"] == {"arch": "plain_unet"}
+
+
+def test_a_reading_is_a_verdict_only_between_flattened_runs(ablate):
+    better = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.02, "p_less": 0.98}}
+    mixed = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.2, "p_less": 0.8}}
+    worse = {"heads": {"p_greater": 0.99, "p_less": 0.01}, "cases": {"p_greater": 0.97, "p_less": 0.03}}
+    assert ablate.reading(better, True) == "**better**"
+    assert ablate.reading(worse, True) == "**worse**"
+    assert ablate.reading(mixed, True) == "no significant difference"
+    assert ablate.reading(better, False).startswith("not measurable at this budget")
+
+
+@pytest.mark.slow  # trains two tiny runs and predicts the test cases (~1 min)
+def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
+    out, report = tmp_path / "out", tmp_path / "docs" / "results_ablations.md"
+    assert ablate.main(["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
+                        "--report", str(report)]) == 0
+    text = report.read_text()
+    assert text == (out / "ablations.md").read_text().replace(
+        "ablations_evidence/", "results_ablations_evidence/")
+    for run in ("ablation_mt_2n", "ablation_w6"):
+        assert (out / "runs" / run / "checkpoint_final.pt").is_file()
+        assert f"| {run} |" in text
+    assert "| D005_spleen | " in text and "| over heads | " in text
+    # the comparison with the reference, over heads and over cases, with p-values and a reading
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ablation_w6 | heads |")
+            or ln.startswith("| ablation_w6 | cases |")]
+    assert len(rows) == 2 and all("not measurable at this budget" in r for r in rows)  # 2 epochs: not judged
+    assert "base_features=6" in text and "`python benchmarks/ablate.py --sizes tiny" in text
+    evidence = report.parent / "results_ablations_evidence"
+    for run in ("ablation_mt_2n", "ablation_w6"):
+        with tarfile.open(evidence / "runs" / f"{run}.tar.xz") as tar:
+            assert f"runs/{run}/log.jsonl" in tar.getnames()
+        assert (evidence / "evaluation" / f"{run}.tar.xz").is_file()
+    with tarfile.open(evidence / "folder.tar.xz") as tar:
+        assert "results/ablations.json" in tar.getnames()
+    # a second invocation trains nothing and writes the same tables
+    before = (out / "runs" / "ablation_w6" / "log.jsonl").read_text()
+    assert ablate.main(["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
+                        "--report", str(report)]) == 0
+    assert (out / "runs" / "ablation_w6" / "log.jsonl").read_text() == before
+    assert report.read_text().split("## Convergence")[1] == text.split("## Convergence")[1]
