@@ -49,7 +49,8 @@ class Objective:
     """An objective bound to a head registry and the deep-supervision weights of the outputs it scores.
 
     ``sum_fn`` sums a tensor over the training processes (batch Dice over the global batch under DDP);
-    ``bce_scale`` is the number of processes (each rank's BCE is a voxel mean of its share of the batch).
+    ``bce_scale`` multiplies the BCE term: the number of processes (each rank's BCE is a voxel mean of its share of
+    the batch) times ``TrainConfig.bce_weight`` (the BCE's weight against the batch Dice; 1 in the paper).
     """
 
     name: ClassVar[str] = ""

@@ -137,6 +137,34 @@ def test_heads_start_at_the_prior(pre, tmp_path, prior):
         assert torch.allclose(probs, torch.full_like(probs, prior or 0.5), atol=1e-6)
 
 
+def test_the_bce_weight_scales_the_bce_term_of_the_loss(pre, tmp_path, monkeypatch):
+    seen = []
+    real = objectives.loss_on_batch
+
+    def spy(outs, batch, loss_fn, num_heads, bce_scale=1.0):
+        seen.append(bce_scale)
+        return real(outs, batch, loss_fn, num_heads, bce_scale)
+
+    monkeypatch.setattr(objectives, "loss_on_batch", spy)
+    loop.train(pre.root, tmp_path / "r", small_cfg(epochs=1, iterations_per_epoch=2, bce_weight=0.25))
+    assert seen and set(seen) == {0.25}  # one process: the weight itself
+    # weight x BCE - Dice: the pairs' loss with a BCE weight of 0 is minus the summed Dice alone
+    from multitalent.loss import MultiTalentLoss
+
+    torch.manual_seed(0)
+    out, target = torch.randn(3, 1, 4, 4, 4), (torch.rand(3, 1, 4, 4, 4) > 0.5).float()
+    heads = torch.tensor([0, 1, 1])
+    fn = MultiTalentLoss(ds_weights=[1.0])
+    full, dice_only = fn.pairs([out], [target], heads, 2), fn.pairs([out], [target], heads, 2, bce_scale=0.0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(out.reshape(3, -1), target.reshape(3, -1),
+                                                               reduction="none").mean(1).sum()
+    assert torch.allclose(full - dice_only, bce) and dice_only < 0
+    assert torch.allclose(fn.pairs([out], [target], heads, 2, bce_scale=0.25), dice_only + 0.25 * bce)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(UserInputError, match="--bce-weight"):
+            loop.train(pre.root, tmp_path / "bad", small_cfg(epochs=1, bce_weight=bad))
+
+
 def test_nonfinite_loss_stops_training_with_a_clear_message(pre, tmp_path, monkeypatch):
     def nan_loss(*a, **k):
         return torch.tensor(float("nan"), requires_grad=True)

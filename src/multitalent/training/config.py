@@ -36,6 +36,8 @@ class TrainConfig:
     deep_supervision: bool = option(True, "deep supervision (CNN backbones)")
     head_prior: float = option(0.01, "initial foreground probability of every sigmoid head (output biases start at "
                                "logit(p), which speeds up early training a lot; 0: nnU-Net's zero bias)")
+    bce_weight: float = option(1.0, "weight of each head's BCE against its batch Dice in the MultiTalent loss "
+                               "(weight x BCE - Dice, summed over heads; the paper: 1); an ablation's knob")
     base_features: int = option(32, "features of the first stage (32 in nnU-Net; smaller for CPU tests)")
     max_features: int = option(320, "cap on the features of any stage (nnU-Net's and the paper's 320; 0: no cap)")
     n_stages: int = option(0, "truncate the U-Net to this many stages (0: all from plans)")

@@ -98,7 +98,7 @@ def _run(spec: RunSpec, model: torch.nn.Module, init_fn: Callable[[torch.nn.Modu
         model = model.to(memory_format=torch.channels_last_3d)
     train_data, val_data, workers = _data(spec)
     objective = spec.objective(spec.registry, spec.ds_weights, sum_fn=all_reduce_sum if dinfo.enabled else None,
-                               bce_scale=float(dinfo.world_size))
+                               bce_scale=float(dinfo.world_size) * cfg.bce_weight)
     # DDP sees only the outputs the loss uses (the zero-weighted lowest one gets no gradient)
     keep = len(spec.ds_scales) if len(spec.ds_scales) < spec.n_outputs else None
     step = TrainStep(model, objective, cfg, spec.phases, device, dinfo, keep, channels_last)

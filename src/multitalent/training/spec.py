@@ -104,6 +104,8 @@ def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo,
         raise UserInputError(f"{latest}: not found; nothing to resume (drop --resume to start).")
     if cfg.num_workers < -1:
         raise UserInputError(f"--num-workers {cfg.num_workers}: give 0 or more, or -1 to choose automatically.")
+    if not (cfg.bce_weight >= 0.0 and math.isfinite(cfg.bce_weight)):
+        raise UserInputError(f"--bce-weight {cfg.bce_weight}: give a finite weight >= 0 (1: the paper's loss).")
     if not 0.0 <= cfg.head_prior < 1.0:
         raise UserInputError(f"--head-prior {cfg.head_prior}: give a probability in [0, 1) (0 keeps zero biases).")
     if not 0.0 <= cfg.fg_fraction <= 1.0:
