@@ -1,4 +1,4 @@
-"""MultiTalent's ablations on their own: one option of the training changed at a time, against MultiTalent as in the
+r"""MultiTalent's ablations on their own: one option of the training changed at a time, against MultiTalent as in the
 paper at the same budget, on the reproduction's collection and grid (the ``--full`` sizes).
 
 Why: ``docs/results.md`` has MultiTalent 2 points below the single-dataset models (no significant difference), the
@@ -13,7 +13,8 @@ than one point gained over the last quarter, ``repro.statistics.convergence``); 
 equal budget, and the report says so.
 
     python benchmarks/ablate.py --out /work/ablate --ablation width16:base_features=16 \
-        --ablation width12:base_features=12          # docs/results_ablations.md
+        --ablation batch4:batch_size=4 --ablation uniform:sampling=uniform --ablation noprior:head_prior=0.5 \
+        --ablation diceonly:bce_weight=0 --ablation bce2:bce_weight=2     # docs/results_ablations.md
 
 ``--ablation NAME:FIELD=VALUE[,FIELD=VALUE...]`` sets ``TrainConfig`` fields (``multitalent train --help``:
 base_features, sampling, head_prior, batch_size, fg_fraction, lr, ...); the run is ``ablation_NAME``. The output
@@ -40,7 +41,7 @@ from repro.common import REPO, _date_utc, _write_json, machine_description, run_
 from repro.evidence import evidence_path, write_evidence  # noqa: E402
 from repro.experiments import Reproduction  # noqa: E402
 from repro.sizes import FULL, SIZES, Sizes  # noqa: E402
-from repro.statistics import ALPHA, compare, convergence, dataset_average, per_case  # noqa: E402
+from repro.statistics import ALPHA, compare, convergence, dataset_average, paired, per_case  # noqa: E402
 from repro.text import _pct  # noqa: E402
 
 REFERENCE = "mt_2n"  # the reproduction's own name for MultiTalent at the paper's 2N
@@ -95,6 +96,43 @@ def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]]) -> Sizes:
     if REFERENCE not in names:
         own.insert(0, (REFERENCE, (("epochs", epochs),)))
     return dataclasses.replace(base, ablations=tuple(own + added))
+
+
+RECORDED = ("single-dataset (U-Net)", "MultiTalent (U-Net)", "ablation_mt_2n")  # columns read from the report
+
+
+def recorded_dice(path: Path) -> dict[str, dict[str, float]]:
+    """The per-head Dice of ``RECORDED`` models in a reproduction report (``docs/results.md``, section 1's table
+    "| head | lesion | ..."), as fractions: column -> head -> Dice; empty when the file or table is missing. The
+    report is all that is left of those runs when their folder is gone."""
+    if not Path(path).is_file():
+        return {}
+    lines = Path(path).read_text().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("| head | lesion |")), None)
+    if start is None:
+        return {}
+    cols = [c.strip() for c in lines[start].strip("|").split("|")]
+    out: dict[str, dict[str, float]] = {c: {} for c in RECORDED if c in cols}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        for c in out:
+            try:
+                out[c][cells[0]] = float(cells[cols.index(c)]) / 100
+            except (ValueError, IndexError):
+                pass
+    return out
+
+
+def _shown(path: Path | None) -> str:
+    """``path`` relative to the repository when inside it (as the report names it)."""
+    if path is None:
+        return ""
+    try:
+        return Path(path).resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:
@@ -168,6 +206,30 @@ def report(ctx: dict) -> str:
     lines += ["", "A *verdict* (better / worse / no significant difference) needs both runs flattened and both tests "
               "agreeing; otherwise the row is a measurement at equal budget (*not measurable at this budget* as a "
               "verdict)."]
+    rec = ctx.get("recorded") or {}
+    single = rec.get("single-dataset (U-Net)", {})
+    rheads = [h for h in heads if h in single]
+    if rheads:
+        lines += ["", "## Beside the models of the recorded reproduction", "",
+                  f"From `{ctx['recorded_path']}` (section 1's per-head table, {len(rheads)} heads in common): the "
+                  "single-dataset models at the budget where each converged and MultiTalent at 4N (converged), "
+                  "trained by an earlier invocation on the same collection, grid and test cases. Only their per-head "
+                  "means are left, so the tests pair heads (a = the run, b = the recorded single-dataset models). "
+                  "The recorded `ablation_mt_2n` is the same run as this invocation's reference, trained by older "
+                  "code: the difference between the two is the rerun's noise.", "",
+                  "| run | mean over heads | vs single-dataset (points) | p (a > b) | p (a < b) | "
+                  "vs recorded ablation_mt_2n (points, mean absolute per head) |", "|---|---:|---:|---:|---:|---:|"]
+        old_ref = rec.get("ablation_mt_2n", {})
+        rows = [(f"recorded {c}", rec[c]) for c in RECORDED[:2] if c in rec]
+        rows += [(f"ablation_{n}", {h: s[n]["heads"][h]["dice_mean"] or 0.0 for h in rheads}) for n in names]
+        for label, d in rows:
+            if not all(h in d for h in rheads):
+                continue
+            t = paired([d[h] for h in rheads], [single[h] for h in rheads])
+            noise = (_points(sum(abs(d[h] - old_ref[h]) for h in rheads) / len(rheads), ".1f")
+                     if label == f"ablation_{ref}" and all(h in old_ref for h in rheads) else "")
+            lines.append(f"| {label} | {_pct(sum(d[h] for h in rheads) / len(rheads))} | "
+                         f"{_points(t['mean_difference'])} | {_p(t['p_greater'])} | {_p(t['p_less'])} | {noise} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,16 +244,17 @@ def reading(tests: dict, flattened: bool) -> str:
 
 
 def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
-        quiet: bool, reports: list[Path], command: str) -> dict:
+        quiet: bool, reports: list[Path], command: str, recorded: Path | None = None) -> dict:
     """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
-    to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each; returns the report context."""
+    to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each (``recorded``: a reproduction
+    report whose per-head Dice the runs are set beside); returns the report context."""
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
-        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command)
+        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded)
 
 
 def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
-         quiet: bool, reports: list[Path], command: str) -> dict:
+         quiet: bool, reports: list[Path], command: str, recorded: Path | None) -> dict:
     from multitalent.registry import HeadRegistry
 
     t0 = time.perf_counter()
@@ -226,7 +289,8 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
            "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
            "date": _date_utc(), "machine": machine_description(device), "device": device,
-           "cases": {n: per_case(summaries[n], heads) for n in names}}
+           "cases": {n: per_case(summaries[n], heads) for n in names},
+           "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded)}
     _write_json(rep.results / "ablations.json", {k: v for k, v in ctx.items() if k not in ("summaries",)})
     ctx["wall_s"] = time.perf_counter() - t0
     for path in [out / "ablations.md", *reports]:
@@ -250,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="training runs at once (default 2)")
     p.add_argument("--report", type=Path, default=DEFAULT_REPORT,
                    help="also write the report here (default docs/results_ablations.md); OUT/ablations.md always")
+    p.add_argument("--recorded", type=Path, default=REPO / "docs" / "results.md",
+                   help="a reproduction report whose single-dataset and MultiTalent per-head Dice the runs are set "
+                        "beside (default docs/results.md; skipped when missing)")
     p.add_argument("--verbose", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     if not args.ablation:
@@ -264,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/ablate.py " + " ".join(shlex.quote(a) for a in argv)
     sizes = FULL if args.sizes == "full" else SIZES[args.sizes]
     run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
-        [args.report], command)
+        [args.report], command, args.recorded)
     return 0
 
 

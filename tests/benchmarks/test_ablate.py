@@ -54,6 +54,17 @@ def test_every_ablation_gets_the_budget_of_the_reference(ablate):
     assert jobs["ablation_mt_2n"]["kw"] == {"arch": "plain_unet"}
 
 
+def test_the_recorded_models_are_read_from_the_reproduction_report(ablate, tmp_path):
+    rec = ablate.recorded_dice(BENCHMARKS.parent / "docs" / "results.md")
+    assert set(rec) == set(ablate.RECORDED) and len(rec["single-dataset (U-Net)"]) == 19
+    assert rec["single-dataset (U-Net)"]["D006_heart"] == pytest.approx(0.946)
+    assert rec["MultiTalent (U-Net)"]["D006_heart"] == pytest.approx(0.655)
+    assert rec["ablation_mt_2n"]["D001_tumor"] == pytest.approx(0.574)
+    assert ablate.recorded_dice(tmp_path / "missing.md") == {}
+    (tmp_path / "other.md").write_text("# a report without the table\n")
+    assert ablate.recorded_dice(tmp_path / "other.md") == {}
+
+
 def test_a_reading_is_a_verdict_only_between_flattened_runs(ablate):
     better = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.02, "p_less": 0.98}}
     mixed = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.2, "p_less": 0.8}}
@@ -81,6 +92,11 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
             or ln.startswith("| ablation_w6 | cases |")]
     assert len(rows) == 2 and all("not measurable at this budget" in r for r in rows)  # 2 epochs: not judged
     assert "base_features=6" in text and "`python benchmarks/ablate.py --sizes tiny" in text
+    # beside the recorded reproduction (docs/results.md by default): the heads the two collections share
+    beside = text.split("## Beside the models of the recorded reproduction")[1]
+    assert "`docs/results.md`" in beside and "15 heads in common" in beside
+    for row in ("| recorded single-dataset (U-Net) | ", "| recorded MultiTalent (U-Net) | ", "| ablation_w6 | "):
+        assert row in beside
     evidence = report.parent / "results_ablations_evidence"
     for run in ("ablation_mt_2n", "ablation_w6"):
         with tarfile.open(evidence / "runs" / f"{run}.tar.xz") as tar:
