@@ -164,7 +164,8 @@ def report(ctx: dict) -> str:
         "",
         f"- command: `{ctx['command']}`",
         f"- date: {ctx['date']}; machine: {ctx['machine']}; device `{ctx['device']}`",
-        f"- wall time: {ctx['wall_s'] / 60:.1f} min for this invocation",
+        f"- wall time: {ctx['wall_s'] / 60:.1f} min for this invocation; {ctx['wall_total_s'] / 60:.1f} min summed "
+        f"over all {ctx['n_invocations']} invocation(s) on this output folder (training resumes where it stopped)",
         f"- collection and grid: the `{ctx['sizes']}` sizes of `benchmarks/repro/sizes.py` ({len(ctx['datasets'])} "
         f"datasets: {', '.join(ctx['datasets'])}; {len(heads)} heads); budget {ctx['iterations']} iterations "
         "for every run",
@@ -293,6 +294,9 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded)}
     _write_json(rep.results / "ablations.json", {k: v for k, v in ctx.items() if k not in ("summaries",)})
     ctx["wall_s"] = time.perf_counter() - t0
+    rep.say(f"{len(names)} runs scored")  # brings this invocation's wall time in results/invocations.json up to date
+    invocations = rep.invocations()
+    ctx["wall_total_s"], ctx["n_invocations"] = sum(i["wall_s"] for i in invocations), len(invocations)
     for path in [out / "ablations.md", *reports]:
         ctx["evidence"] = evidence_path(path).name + "/"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,7 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
             or ln.startswith("| ablation_w6 | cases |")]
     assert len(rows) == 2 and all("not measurable at this budget" in r for r in rows)  # 2 epochs: not judged
     assert "base_features=6" in text and "`python benchmarks/ablate.py --sizes tiny" in text
+    assert "summed over all 1 invocation(s) on this output folder" in text
     # beside the recorded reproduction (docs/results.md by default): the heads the two collections share
     beside = text.split("## Beside the models of the recorded reproduction")[1]
     assert "`docs/results.md`" in beside and "15 heads in common" in beside
@@ -110,3 +111,4 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
                         "--report", str(report)]) == 0
     assert (out / "runs" / "ablation_w6" / "log.jsonl").read_text() == before
     assert report.read_text().split("## Convergence")[1] == text.split("## Convergence")[1]
+    assert "summed over all 2 invocation(s)" in report.read_text()
