@@ -69,9 +69,12 @@ def parse_ablation(text: str) -> tuple[str, tuple[tuple[str, object], ...]]:
                              f"(see `multitalent train --help`; the budget is the reference's)")
         default = getattr(defaults, key)
         try:
-            v: object = (value.lower() in ("1", "true", "yes", "on")) if isinstance(default, bool) else \
-                type(default)(value) if isinstance(default, (int, float)) else value
-        except ValueError:
+            if isinstance(default, bool):
+                v: object = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False,
+                             "no": False, "off": False}[value.lower()]
+            else:
+                v = type(default)(value) if isinstance(default, (int, float)) else value
+        except (KeyError, ValueError):
             raise ValueError(f"{text!r}: {key}={value!r} is not of type {type(default).__name__}") from None
         choices = fields[key].metadata.get("choices") or _literal_choices(typing.get_type_hints(TrainConfig)[key])
         if choices and v not in choices:
@@ -311,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="output folder (a reproduction folder; resumable)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]",
-                   help="one ablation: TrainConfig fields changed from MultiTalent as in the paper (repeatable)")
+                   help="one ablation: TrainConfig fields changed from MultiTalent as in the paper (repeatable; "
+                        "on a folder of an earlier invocation, name its ablations first, in the same order)")
     p.add_argument("--sizes", choices=sorted(SIZES), default="full", help=argparse.SUPPRESS)  # tests: tiny
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -329,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         ablations = [parse_ablation(a) for a in args.ablation]
     except ValueError as e:
         p.error(f"--ablation: {e}")
+    names = [n for n, _ in ablations]
+    taken = [n for n in names if n == REFERENCE or names.count(n) > 1]
+    if taken:
+        p.error(f"--ablation: {taken[0]!r} is named twice or is the reference's name ({REFERENCE})")
     if args.jobs < 1:
         p.error(f"--jobs: {args.jobs} is not a number of runs (1 or more)")
     argv = sys.argv[1:] if argv is None else argv

@@ -29,9 +29,19 @@ def test_an_ablation_sets_typed_train_config_fields_and_refuses_anything_else(ab
                      ("w:widths=3", "not a TrainConfig field"), ("w:epochs=3", "the budget"),
                      ("w:base_features=wide", "is not of type int"),
                      ("w:sampling=random", "is not one of inv_sqrt, uniform, dataset_balanced"),
-                     ("a-b:lr=1", "NAME:FIELD=VALUE")):
+                     ("a-b:lr=1", "NAME:FIELD=VALUE"), ("w:augment=maybe", "is not of type bool")):
         with pytest.raises(ValueError, match=why):
             ablate.parse_ablation(bad)
+
+
+def test_the_command_line_refuses_a_name_twice_or_the_reference_s(ablate, tmp_path, capsys):
+    for argv, msg in ((["--ablation", "w:base_features=6", "--ablation", "w:base_features=8"], "'w' is named twice"),
+                      (["--ablation", "mt_2n:base_features=6"], "the reference's name"),
+                      (["--ablation", "w:sampling=random"], "is not one of"), ([], "at least one --ablation")):
+        with pytest.raises(SystemExit) as exc:
+            ablate.main(["--out", str(tmp_path / "out"), *argv])
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_every_ablation_gets_the_budget_of_the_reference(ablate):
