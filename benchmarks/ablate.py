@@ -32,16 +32,26 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from repro.cli import _only_invocation  # noqa: E402
+from repro.cli import _only_invocation, _write_reports  # noqa: E402
 from repro.common import REPO, _date_utc, _write_json, machine_description, run_stats  # noqa: E402
-from repro.evidence import evidence_path, write_evidence  # noqa: E402
+from repro.evidence import EVIDENCE_NOTE, evidence_path  # noqa: E402
 from repro.experiments import Reproduction  # noqa: E402
 from repro.sizes import FULL, SIZES, Sizes  # noqa: E402
-from repro.statistics import ALPHA, compare, convergence, dataset_average, paired, per_case  # noqa: E402
+from repro.statistics import (  # noqa: E402
+    ALPHA,
+    compare,
+    convergence,
+    dataset_average,
+    paired,
+    per_case,
+    per_head,
+)
 from repro.text import _pct  # noqa: E402
 
 REFERENCE = "mt_2n"  # the reproduction's own name for MultiTalent at the paper's 2N
@@ -151,8 +161,18 @@ def _p(v: float | None) -> str:
     return "n/a" if v is None else "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def report(ctx: dict) -> str:
-    """The markdown of ``OUT/ablations.md``."""
+def write_ablation_report(path: Path, ctx: dict) -> str:
+    """Write the Markdown report to ``path`` (its evidence, ``repro.evidence``, goes beside it); returns the text."""
+    from multitalent.errors import atomic_path
+
+    text = report(ctx, evidence_path(path).name)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return text
+
+
+def report(ctx: dict, evidence: str) -> str:
+    """The Markdown of the report whose evidence folder, beside it, is named ``evidence``."""
     ref, names, heads = ctx["reference"], ctx["names"], ctx["heads"]
     s, conv = ctx["summaries"], ctx["convergence"]
     lines = [
@@ -172,7 +192,7 @@ def report(ctx: dict) -> str:
         f"- collection and grid: the `{ctx['sizes']}` sizes of `benchmarks/repro/sizes.py` ({len(ctx['datasets'])} "
         f"datasets: {', '.join(ctx['datasets'])}; {len(heads)} heads); budget {ctx['iterations']} iterations "
         "for every run",
-        f"- evidence: `{ctx['evidence']}` (every run's log, configuration and test scores; `tar xf` each archive)",
+        f"- evidence: `{evidence}/` beside this report ({EVIDENCE_NOTE})",
         "",
         "## Convergence",
         "",
@@ -285,8 +305,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
     given = dict(ablations)
     ctx = {"reference": REFERENCE, "names": names, "heads": heads, "summaries": summaries, "convergence": conv,
            "stats": stats, "tests": tests, "datasets": rep.dataset_ids, "by_dataset": by_dataset,
-           "avg_heads": {n: sum(summaries[n]["heads"][h]["dice_mean"] or 0.0 for h in heads) / len(heads)
-                         for n in names},
+           "avg_heads": {n: float(np.mean(per_head(summaries[n], heads))) for n in names},
            "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
            "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE]) for n in names[1:]},
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
@@ -300,12 +319,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
     rep.say(f"{len(names)} runs scored")  # brings this invocation's wall time in results/invocations.json up to date
     invocations = rep.invocations()
     ctx["wall_total_s"], ctx["n_invocations"] = sum(i["wall_s"] for i in invocations), len(invocations)
-    for path in [out / "ablations.md", *reports]:
-        ctx["evidence"] = evidence_path(path).name + "/"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report(ctx))
-        write_evidence(out, evidence_path(path))
-    rep.say(f"ablations done: {', '.join(str(p) for p in [out / 'ablations.md', *reports])}")
+    _write_reports(rep, write_ablation_report, ctx, [out / "ablations.md", *reports])
     return ctx
 
 
