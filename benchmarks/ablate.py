@@ -16,6 +16,12 @@ equal budget, and the report says so.
         --ablation batch4:batch_size=4 --ablation uniform:sampling=uniform --ablation noprior:head_prior=0.5 \
         --ablation diceonly:bce_weight=0 --ablation bce2:bce_weight=2     # docs/results_ablations.md
 
+``--singles NAME`` (``mt_2n`` or an ablation's name) also trains the single-dataset models with that ablation's
+change, N = half the budget each (the paper's rule), and tests MultiTalent with the change against them; with two
+names, whether the change closes MultiTalent's gap to its single-dataset models (a paired test of the gaps):
+
+    python benchmarks/ablate.py --out /work/ablate ... --singles mt_2n --singles width16
+
 ``--ablation NAME:FIELD=VALUE[,FIELD=VALUE...]`` sets ``TrainConfig`` fields (``multitalent train --help``:
 base_features, sampling, head_prior, batch_size, fg_fraction, lr, ...); the run is ``ablation_NAME``. The output
 folder is a reproduction folder (``benchmarks/reproduce.py``): resumable, and its runs are reused by a later
@@ -99,16 +105,29 @@ def reference_epochs(base: Sizes) -> int:
     return int(own.get("epochs", 2 * base.single_epochs))
 
 
-def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]]) -> Sizes:
+def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: list[str] = ()) -> Sizes:
     """``base`` with the reference and the ablations, every one trained ``reference_epochs`` epochs; the base's
-    own ablations come first, so that a reproduction folder of the same sizes accepts these runs."""
+    own ablations come first, so that a reproduction folder of the same sizes accepts these runs. After them, for
+    every ablation named in ``singles``, its single-dataset models (``single_run``: N = ``single_epochs`` epochs
+    each, on one dataset, with the ablation's change); the reference's are the reproduction's own ``single_<ds>``."""
     epochs = reference_epochs(base)
     own = list(base.ablations)
     names = [n for n, _ in own]
     added = [(n, (("epochs", epochs), *kw)) for n, kw in ablations if n not in names]
+    given = dict(ablations)
+    added += [(single_run(n, ds).removeprefix("ablation_"),
+               (("epochs", base.single_epochs), ("datasets", (ds,)), *given[n]))
+              for n in singles if n != REFERENCE for ds in (base.datasets or ())
+              if single_run(n, ds).removeprefix("ablation_") not in names]
     if REFERENCE not in names:
         own.insert(0, (REFERENCE, (("epochs", epochs),)))
     return dataclasses.replace(base, ablations=tuple(own + added))
+
+
+def single_run(name: str, ds: str) -> str:
+    """The run of ablation ``name``'s single-dataset model of dataset ``ds`` (the reference's: the reproduction's
+    own single-dataset model)."""
+    return f"single_{ds}" if name == REFERENCE else f"ablation_{name}_single_{ds}"
 
 
 RECORDED = ("single-dataset (U-Net)", "MultiTalent (U-Net)", "ablation_mt_2n")  # columns read from the report
@@ -208,10 +227,21 @@ def report(ctx: dict, evidence: str) -> str:
         lines.append(f"| ablation_{n} | {ctx['what'][n]} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
                      f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if c.get('converged') else '**no**'} | "
                      f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
-    lines += ["", "## Dice per head", "", "| head | " + " | ".join(f"ablation_{n}" for n in names) + " |",
-              "|---|" + "---:|" * len(names)]
+    for n in ctx.get("singles") or []:
+        for ds, c in ctx["single_convergence"][n].items():
+            st = ctx["single_stats"][n][ds]
+            what = f"single-dataset model of {ds}" + ("" if n == ref else f", {ctx['what'][n]}")
+            lines.append(f"| {single_run(n, ds)} | {what} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
+                         f"{_points(c.get('gain_last_quarter'), '+.2f')} | "
+                         f"{'yes' if c.get('converged') else '**no**'} | "
+                         f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
+    singles = ctx.get("singles") or []
+    cols = [f"ablation_{n}" for n in names] + [single_run(n, "*") for n in singles]
+    lines += ["", "## Dice per head", "", "| head | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for h in heads:
-        lines.append(f"| {h} | " + " | ".join(_pct(s[n]["heads"][h]["dice_mean"]) for n in names) + " |")
+        lines.append(f"| {h} | " + " | ".join(_pct(v[h]["dice_mean"]) for v in
+                                              [s[n]["heads"] for n in names]
+                                              + [ctx["single_summaries"][n]["heads"] for n in singles]) + " |")
     lines += ["", "| average | " + " | ".join(f"ablation_{n}" for n in names) + " |", "|---|" + "---:|" * len(names)]
     lines.append("| over datasets | " + " | ".join(_pct(ctx["avg_datasets"][n]) for n in names) + " |")
     lines.append("| over heads | " + " | ".join(_pct(ctx["avg_heads"][n]) for n in names) + " |")
@@ -230,6 +260,7 @@ def report(ctx: dict, evidence: str) -> str:
     lines += ["", "A *verdict* (better / worse / no significant difference) needs both runs flattened and both tests "
               "agreeing; otherwise the row is a measurement at equal budget (*not measurable at this budget* as a "
               "verdict)."]
+    lines += singles_section(ctx)
     rec = ctx.get("recorded") or {}
     single = rec.get("single-dataset (U-Net)", {})
     rheads = [h for h in heads if h in single]
@@ -257,6 +288,89 @@ def report(ctx: dict, evidence: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gap_tests(mt: dict, single: dict, mt_ref: dict, single_ref: dict, heads: list[str]) -> dict:
+    """Whether a change closes MultiTalent's gap to the single-dataset models: paired one-sided tests of the gap
+    (MultiTalent minus the single-dataset models, each with the change) against the reference's gap (both
+    without), over heads and over test cases; ``p_greater``: the change narrows the gap (or widens a lead)."""
+    gap = np.subtract(per_head(mt, heads), per_head(single, heads))
+    gap_ref = np.subtract(per_head(mt_ref, heads), per_head(single_ref, heads))
+    c = [per_case(x, heads) for x in (mt, single, mt_ref, single_ref)]
+    cases = sorted(set(c[0]).intersection(*c[1:]))
+    return {"heads": paired(list(gap), list(gap_ref)),
+            "cases": paired([c[0][k] - c[1][k] for k in cases], [c[2][k] - c[3][k] for k in cases])}
+
+
+GAP_WORDS = {"**better**": "**narrows the gap**", "**worse**": "**widens the gap**"}
+
+
+def singles_context(singles: list[str], summaries: dict, single_sums: dict, single_conv: dict, single_stats: dict,
+                    flat: dict, heads: list[str], datasets: list[str], iterations: int) -> dict:
+    """The report's part on the single-dataset models trained with an ablation's change (``--singles``): their
+    scores, convergence, MultiTalent-against-them tests and readings, and the gap tests against the reference's."""
+    both = {n: bool(flat[n]) and all(c.get("converged") for c in single_conv[n].values()) for n in singles}
+    vs = {n: compare(summaries[n], single_sums[n], heads) for n in singles}
+    gaps = {n: gap_tests(summaries[n], single_sums[n], summaries[REFERENCE], single_sums[REFERENCE], heads)
+            for n in singles if n != REFERENCE and REFERENCE in singles}
+    return {"singles": singles, "single_summaries": single_sums, "single_convergence": single_conv,
+            "single_stats": single_stats, "single_iterations": iterations, "vs_singles": vs,
+            "single_readings": {n: reading(vs[n], both[n]) for n in singles}, "gaps": gaps,
+            "gap_readings": {n: GAP_WORDS.get(r, r) for n in gaps
+                             for r in [reading(gaps[n], both[n] and both[REFERENCE])]},
+            "single_avg_heads": {n: float(np.mean(per_head(single_sums[n], heads))) for n in singles},
+            "single_avg_datasets": {n: dataset_average(single_sums[n], heads) for n in singles},
+            "single_by_dataset": {n: {ds: dataset_average(single_sums[n], [h for h in heads
+                                                                          if single_sums[n]["heads"][h]["dataset"]
+                                                                          == ds]) for ds in datasets}
+                                  for n in singles}}
+
+
+def singles_section(ctx: dict) -> list[str]:
+    """The report's lines on MultiTalent against the single-dataset models with the same change."""
+    singles, ref = ctx.get("singles") or [], ctx["reference"]
+    if not singles:
+        return []
+    label = {n: f"`ablation_{n}`" for n in singles}
+    lines = ["", "## MultiTalent against single-dataset models with the same change", "",
+             "The paper's main comparison (its Table 1) with the change made on both sides: every single-dataset "
+             f"model trains N = {ctx['single_iterations']} iterations on its own dataset's training cases, "
+             f"MultiTalent 2N = {ctx['iterations']} on all of them (the paper's budget rule: 1000 against 2000 "
+             "epochs), each predicts the test cases of its datasets. Paired one-sided t-tests; a = MultiTalent, "
+             "b = the single-dataset models of the same change. A reading is a verdict only when MultiTalent and "
+             "all its single-dataset models have flattened. Paper (13 datasets, converged): MultiTalent +1.05 "
+             "points over datasets against the single-dataset nnU-Nets.", "",
+             "| change | MultiTalent, over datasets | single-dataset, over datasets | over | n | mean difference | "
+             "p (a > b) | p (a < b) | reading |", "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    for n in singles:
+        for over in ("heads", "cases"):
+            t = ctx["vs_singles"][n][over]
+            lines.append(f"| {ctx['what'][n]} | {_pct(ctx['avg_datasets'][n])} | "
+                         f"{_pct(ctx['single_avg_datasets'][n])} | {over} | {t['n']} | "
+                         f"{_points(t['mean_difference'])} | {_p(t['p_greater'])} | {_p(t['p_less'])} | "
+                         f"{ctx['single_readings'][n]} |")
+    lines += ["", "| dataset | " + " | ".join(f"MultiTalent {label[n]} | single-dataset {label[n]}" for n in singles)
+              + " |", "|---|" + "---:|---:|" * len(singles)]
+    for ds in ctx["datasets"]:
+        lines.append(f"| {ds} | " + " | ".join(f"{_pct(ctx['by_dataset'][n].get(ds))} | "
+                                               f"{_pct(ctx['single_by_dataset'][n].get(ds))}" for n in singles)
+                     + " |")
+    lines.append("| mean over heads | " + " | ".join(f"{_pct(ctx['avg_heads'][n])} | "
+                                                   f"{_pct(ctx['single_avg_heads'][n])}" for n in singles) + " |")
+    if ctx.get("gaps"):
+        lines += ["", "**Does the change close MultiTalent's gap?** The gap is MultiTalent minus its single-dataset "
+                  "models, per head and per test case; paired one-sided t-tests of the gap with the change (a) "
+                  f"against the gap of the paper's recipe (b, `ablation_{ref}` against `single_<dataset>`). "
+                  "p (a > b): the change narrows the gap.", "",
+                  "| change | over | n | gap with the change | gap of the reference | difference | p (a > b) | "
+                  "p (a < b) | reading |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for n, tests in ctx["gaps"].items():
+            for over in ("heads", "cases"):
+                t, own, base = tests[over], ctx["vs_singles"][n][over], ctx["vs_singles"][ref][over]
+                lines.append(f"| {ctx['what'][n]} | {over} | {t['n']} | {_points(own['mean_difference'])} | "
+                             f"{_points(base['mean_difference'])} | {_points(t['mean_difference'])} | "
+                             f"{_p(t['p_greater'])} | {_p(t['p_less'])} | {ctx['gap_readings'][n]} |")
+    return lines
+
+
 def reading(tests: dict, flattened: bool) -> str:
     if not flattened:
         return "not measurable at this budget (not flattened)"
@@ -268,29 +382,32 @@ def reading(tests: dict, flattened: bool) -> str:
 
 
 def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
-        quiet: bool, reports: list[Path], command: str, recorded: Path | None = None) -> dict:
+        quiet: bool, reports: list[Path], command: str, recorded: Path | None = None,
+        singles: list[str] = ()) -> dict:
     """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
     to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each (``recorded``: a reproduction
     report whose per-head Dice the runs are set beside); returns the report context."""
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
-        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded)
+        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded, list(singles))
 
 
 def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
-         quiet: bool, reports: list[Path], command: str, recorded: Path | None) -> dict:
+         quiet: bool, reports: list[Path], command: str, recorded: Path | None, singles: list[str]) -> dict:
     from multitalent.registry import HeadRegistry
 
     t0 = time.perf_counter()
     epochs = reference_epochs(sizes)
-    sizes = ablation_sizes(sizes, ablations)
+    sizes = ablation_sizes(sizes, ablations, singles)
     names = [REFERENCE] + [n for n, _ in ablations if n != REFERENCE]
+    singles = [n for n in names if n in singles]  # in the report's order
     rep = Reproduction(sizes, out, seed, device, quiet, jobs=jobs)
     rep.check_sizes()
     rep.start_invocation(command)
     rep.say(f"ablations {', '.join(names)} ({sizes.name} sizes, {epochs} epochs, seed {seed}) -> {out}")
     rep.prepare_data()
-    rep.train_all(only=[f"ablation_{n}" for n in names])
+    rep.train_all(only=[f"ablation_{n}" for n in names] + [single_run(n, ds) for n in singles
+                                                             for ds in rep.dataset_ids])
     registry = HeadRegistry.load(rep.pre["all"] / "heads.json")
     heads = [h.id for h in registry.heads]
     summaries, conv, stats = {}, {}, {}
@@ -298,6 +415,12 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         run_dir = rep.train(f"ablation_{n}")  # trained above; one after the other when --jobs 1
         summaries[n] = rep.predict_and_evaluate(f"ablation_{n}", run_dir, registry, None)
         conv[n], stats[n] = convergence(run_dir), run_stats(run_dir)
+    single_sums, single_conv, single_stats = {}, {}, {}
+    for n in singles:
+        key = "single" if n == REFERENCE else f"ablation_{n}_single"
+        runs, single_sums[n] = rep.single_models_named(key, lambda ds, n=n: single_run(n, ds), registry, None)
+        single_conv[n] = {ds: convergence(r) for ds, r in runs.items()}
+        single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
     by_dataset = {n: {ds: dataset_average(summaries[n], [h.id for h in registry.heads if h.dataset == ds])
                       for ds in rep.dataset_ids} for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
@@ -314,7 +437,10 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "date": _date_utc(), "machine": machine_description(device), "device": device,
            "cases": {n: per_case(summaries[n], heads) for n in names},
            "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded)}
-    _write_json(rep.results / "ablations.json", {k: v for k, v in ctx.items() if k not in ("summaries",)})
+    ctx.update(singles_context(singles, summaries, single_sums, single_conv, single_stats, flat, heads,
+                               rep.dataset_ids, sizes.single_epochs * sizes.iterations_per_epoch))
+    _write_json(rep.results / "ablations.json",
+                {k: v for k, v in ctx.items() if k not in ("summaries", "single_summaries")})
     ctx["wall_s"] = time.perf_counter() - t0
     rep.say(f"{len(names)} runs scored")  # brings this invocation's wall time in results/invocations.json up to date
     invocations = rep.invocations()
@@ -330,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]",
                    help="one ablation: TrainConfig fields changed from MultiTalent as in the paper (repeatable; "
                         "on a folder of an earlier invocation, name its ablations first, in the same order)")
+    p.add_argument("--singles", action="append", default=[], metavar="NAME",
+                   help="also train the single-dataset models with ablation NAME's change (mt_2n: the paper's "
+                        "recipe), N = half the budget each (the paper's rule: MultiTalent 2N), and test MultiTalent "
+                        "with the change against them; two names: whether the change closes MultiTalent's gap "
+                        "(repeatable)")
     p.add_argument("--sizes", choices=sorted(SIZES), default="full", help=argparse.SUPPRESS)  # tests: tiny
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -351,13 +482,16 @@ def main(argv: list[str] | None = None) -> int:
     taken = [n for n in names if n == REFERENCE or names.count(n) > 1]
     if taken:
         p.error(f"--ablation: {taken[0]!r} is named twice or is the reference's name ({REFERENCE})")
+    unknown = [n for n in args.singles if n not in names + [REFERENCE]]
+    if unknown:
+        p.error(f"--singles: {unknown[0]!r} is not {REFERENCE} or an --ablation's name")
     if args.jobs < 1:
         p.error(f"--jobs: {args.jobs} is not a number of runs (1 or more)")
     argv = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/ablate.py " + " ".join(shlex.quote(a) for a in argv)
     sizes = FULL if args.sizes == "full" else SIZES[args.sizes]
     run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
-        [args.report], command, args.recorded)
+        [args.report], command, args.recorded, list(dict.fromkeys(args.singles)))
     return 0
 
 

@@ -328,6 +328,8 @@ class Reproduction:
         plain("merged_softmax", "all", base_epochs, arch=main, objective="merged_softmax")
         for name, kw in s.ablations:  # an ablation may change the budget (epochs) or any TrainConfig field
             kw = dict(kw)
+            if "datasets" in kw:  # a single-dataset model with the ablation's change (``benchmarks/ablate.py``)
+                kw["datasets"] = list(kw["datasets"])
             plain(f"ablation_{name}", "all", kw.pop("epochs", mt_epochs), **{"arch": main, **kw})
         for arch in s.archs:
             for ds in self.dataset_ids:
@@ -575,7 +577,13 @@ class Reproduction:
     def single_models(self, arch: str, registry, reference: dict | None) -> tuple[dict[str, Path], dict]:
         """Train, predict and evaluate the K single-dataset models of ``arch`` (N iterations each)."""
         key = single_key(arch, self.sizes.archs[0])
-        runs = {ds: self.train(f"{key}_{ds}") for ds in self.dataset_ids}
+        return self.single_models_named(key, lambda ds: f"{key}_{ds}", registry, reference)
+
+    def single_models_named(self, key: str, run_of: Callable[[str], str], registry,
+                            reference: dict | None) -> tuple[dict[str, Path], dict]:
+        """Train the single-dataset models ``run_of(ds)`` of every dataset, predict each on its dataset's test
+        cases into ``preds/key`` and evaluate them together as ``key``: ({dataset: run folder}, summary)."""
+        runs = {ds: self.train(run_of(ds)) for ds in self.dataset_ids}
         pred = self.preds / key
         for ds, run in runs.items():
             if any(not (pred / c / "case.json").is_file() for c in self.test_cases[ds]):

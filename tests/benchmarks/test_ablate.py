@@ -37,7 +37,8 @@ def test_an_ablation_sets_typed_train_config_fields_and_refuses_anything_else(ab
 def test_the_command_line_refuses_a_name_twice_or_the_reference_s(ablate, tmp_path, capsys):
     for argv, msg in ((["--ablation", "w:base_features=6", "--ablation", "w:base_features=8"], "'w' is named twice"),
                       (["--ablation", "mt_2n:base_features=6"], "the reference's name"),
-                      (["--ablation", "w:sampling=random"], "is not one of"), ([], "at least one --ablation")):
+                      (["--ablation", "w:sampling=random"], "is not one of"), ([], "at least one --ablation"),
+                      (["--ablation", "w:base_features=6", "--singles", "v"], "'v' is not mt_2n or an --ablation")):
         with pytest.raises(SystemExit) as exc:
             ablate.main(["--out", str(tmp_path / "out"), *argv])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
@@ -64,6 +65,61 @@ def test_every_ablation_gets_the_budget_of_the_reference(ablate):
     assert jobs["ablation_mt_2n"]["kw"] == {"arch": "plain_unet"}
 
 
+def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_budget(ablate):
+    import repro
+
+    full = ablate.ablation_sizes(repro.FULL, [("width16", (("base_features", 16),)), ("b4", (("batch_size", 4),))],
+                                 ["mt_2n", "width16"])
+    # after every ablation (a folder of the ablations alone accepts them), one per dataset, N = 80 epochs = 2N / 2;
+    # the reference's are the reproduction's own single_<ds>, already in its table
+    assert [n for n, _ in full.ablations] == ["mt_2n", "width16", "b4"] + [
+        f"width16_single_{ds}" for ds in repro.FULL.datasets]
+    assert dict(full.ablations)["width16_single_D003"] == (("epochs", 80), ("datasets", ("D003",)),
+                                                            ("base_features", 16))
+    assert ablate.single_run("mt_2n", "D003") == "single_D003"
+    assert ablate.single_run("width16", "D003") == "ablation_width16_single_D003"
+    tiny = ablate.ablation_sizes(repro.TINY, [("w6", (("base_features", 6),))], ["mt_2n", "w6"])
+    rep = repro.Reproduction(tiny, Path("/nonexistent"))
+    rep.dataset_ids = ["D005", "D006", "D007"]
+    jobs = rep.training_jobs()
+    assert jobs["ablation_w6_single_D006"]["kw"] == {"arch": "plain_unet", "datasets": ["D006"], "base_features": 6}
+    assert jobs["ablation_w6_single_D006"]["epochs"] == jobs["single_D006"]["epochs"] == repro.TINY.single_epochs
+    assert jobs["single_D006"]["kw"] == {"arch": "plain_unet", "datasets": ["D006"]}
+
+
+def _summary(dice: dict[str, dict[str, float]]) -> dict:
+    """An evaluation summary of two datasets' heads: {case: {head: Dice}} -> the fields the tests read."""
+    heads: dict[str, list[float]] = {}
+    cases: dict[str, dict] = {}
+    for case, hs in dice.items():
+        ds = next(iter(hs)).split("_")[0]
+        cases.setdefault(ds, {})[case] = {h: {"dice": v} for h, v in hs.items()}
+        for h, v in hs.items():
+            heads.setdefault(h, []).append(v)
+    return {"heads": {h: {"dice_mean": sum(v) / len(v), "dataset": h.split("_")[0]} for h, v in heads.items()},
+            "cases": cases}
+
+
+def test_the_gap_test_pairs_multitalent_minus_singles_with_and_without_the_change(ablate):
+    heads = ["D1_a", "D1_b", "D2_c"]
+    cases = {"x1": ("D1_a", "D1_b"), "x2": ("D1_a", "D1_b"), "y1": ("D2_c",), "y2": ("D2_c",)}
+
+    def summ(v: float, bump: dict[str, float] | None = None) -> dict:
+        return _summary({c: {h: v + (bump or {}).get(h, 0.0) + 0.01 * i for h in hs}
+                         for i, (c, hs) in enumerate(cases.items())})
+
+    mt_ref, single_ref = summ(0.5), summ(0.6)  # the reference's gap: -0.1 everywhere
+    mt, single = summ(0.7, {"D1_b": 0.05, "D2_c": 0.02}), summ(0.7)  # the change's gap: 0, +0.05, +0.02
+    t = ablate.gap_tests(mt, single, mt_ref, single_ref, heads)
+    assert t["heads"]["n"] == 3 and t["heads"]["mean_difference"] == pytest.approx(0.1 + 0.07 / 3)
+    assert t["heads"]["p_greater"] < 0.05 < t["heads"]["p_less"]
+    assert t["cases"]["n"] == 4  # a case's score: the mean over its dataset's heads
+    assert t["cases"]["mean_difference"] == pytest.approx(0.1 + (0.025 * 2 + 0.02 * 2) / 4)
+    # no change: the same gap, no t statistic
+    same = ablate.gap_tests(mt_ref, single_ref, mt_ref, single_ref, heads)
+    assert same["heads"]["mean_difference"] == pytest.approx(0.0) and same["heads"]["p_greater"] == 1.0
+
+
 def test_the_recorded_models_are_read_from_the_reproduction_report(ablate, tmp_path):
     rec = ablate.recorded_dice(BENCHMARKS.parent / "docs" / "results.md")
     assert set(rec) == set(ablate.RECORDED) and len(rec["single-dataset (U-Net)"]) == 19
@@ -88,8 +144,9 @@ def test_a_reading_is_a_verdict_only_between_flattened_runs(ablate):
 @pytest.mark.slow  # trains two tiny runs and predicts the test cases (~1 min)
 def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
     out, report = tmp_path / "out", tmp_path / "docs" / "results_ablations.md"
-    assert ablate.main(["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
-                        "--report", str(report)]) == 0
+    argv = ["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
+            "--singles", "w6", "--singles", "mt_2n", "--report", str(report)]
+    assert ablate.main(argv) == 0
     text = report.read_text()
     assert text == (out / "ablations.md").read_text().replace(
         "ablations_evidence/", "results_ablations_evidence/")
@@ -115,10 +172,29 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
         assert (evidence / "evaluation" / f"{run}.tar.xz").is_file()
     with tarfile.open(evidence / "folder.tar.xz") as tar:
         assert "results/ablations.json" in tar.getnames()
+    # the single-dataset models of both, with the change (one dataset each, N iterations), and the tests
+    import json
+
+    for ds in ("D005", "D006", "D007"):
+        for run, width in ((f"ablation_w6_single_{ds}", 6), (f"single_{ds}", 4)):
+            cfg = json.loads((out / "runs" / run / "config.json").read_text())["config"]
+            assert (cfg["datasets"], cfg["base_features"], cfg["epochs"]) == ([ds], width, 1)
+            assert f"| {run} | single-dataset model of {ds}" in text
+            with tarfile.open(evidence / "runs" / f"{run}.tar.xz") as tar:
+                assert f"runs/{run}/log.jsonl" in tar.getnames()
+    section = text.split("## MultiTalent against single-dataset models with the same change")[1]
+    assert "N = 2 iterations" in section and "2N = 4" in section  # tiny: 1 and 2 epochs of 2
+    tests, gap = section.split("Does the change close MultiTalent's gap?")
+    for what in ("MultiTalent as in the paper (the reference)", "base_features=6"):  # heads and cases each
+        assert len([ln for ln in tests.splitlines() if ln.startswith(f"| {what} | ")]) == 2
+    assert "| mean over heads | " in tests and "| D006 | " in tests
+    assert len([ln for ln in gap.splitlines() if ln.startswith("| base_features=6 | ")]) == 2
+    assert "| single_* | ablation_w6_single_* |" in text  # their per-head Dice beside the ablations'
     # a second invocation trains nothing and writes the same tables
     before = (out / "runs" / "ablation_w6" / "log.jsonl").read_text()
-    assert ablate.main(["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
-                        "--report", str(report)]) == 0
+    singles_before = (out / "runs" / "ablation_w6_single_D005" / "log.jsonl").read_text()
+    assert ablate.main(argv) == 0
     assert (out / "runs" / "ablation_w6" / "log.jsonl").read_text() == before
+    assert (out / "runs" / "ablation_w6_single_D005" / "log.jsonl").read_text() == singles_before
     assert report.read_text().split("## Convergence")[1] == text.split("## Convergence")[1]
     assert "summed over all 2 invocation(s)" in report.read_text()
