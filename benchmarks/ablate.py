@@ -227,7 +227,8 @@ def report(ctx: dict, evidence: str) -> str:
         lines.append(f"| ablation_{n} | {ctx['what'][n]} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
                      f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if c.get('converged') else '**no**'} | "
                      f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
-    for n in ctx.get("singles") or []:
+    singles = ctx.get("singles") or []
+    for n in singles:
         for ds, c in ctx["single_convergence"][n].items():
             st = ctx["single_stats"][n][ds]
             what = f"single-dataset model of {ds}" + ("" if n == ref else f", {ctx['what'][n]}")
@@ -235,7 +236,6 @@ def report(ctx: dict, evidence: str) -> str:
                          f"{_points(c.get('gain_last_quarter'), '+.2f')} | "
                          f"{'yes' if c.get('converged') else '**no**'} | "
                          f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
-    singles = ctx.get("singles") or []
     cols = [f"ablation_{n}" for n in names] + [single_run(n, "*") for n in singles]
     lines += ["", "## Dice per head", "", "| head | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for h in heads:
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder (a reproduction folder; resumable)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]",
                    help="one ablation: TrainConfig fields changed from MultiTalent as in the paper (repeatable; "
-                        "on a folder of an earlier invocation, name its ablations first, in the same order)")
+                        "on a folder of an earlier invocation, name its ablations again)")
     p.add_argument("--singles", action="append", default=[], metavar="NAME",
                    help="also train the single-dataset models with ablation NAME's change (mt_2n: the paper's "
                         "recipe), N = half the budget each (the paper's rule: MultiTalent 2N), and test MultiTalent "

@@ -162,9 +162,10 @@ class Reproduction:
         if before is not None:  # a field added to Sizes later describes an experiment, not the runs made before
             now_cmp = json.loads(json.dumps(now))
             now_cmp["sizes"] = {k: v for k, v in now_cmp["sizes"].items() if k in before.get("sizes", {})}
-            # so does an ablation added after the others: the runs made before keep their settings
+            # so does an ablation added to the others, wherever it goes in the list: the runs made before keep
+            # their settings (``benchmarks/ablate.py`` puts its single-dataset models after every ablation)
             old = before.get("sizes", {}).get("ablations")
-            if old is not None and now_cmp["sizes"].get("ablations", [])[:len(old)] == old:
+            if old is not None and all(a in now_cmp["sizes"].get("ablations", []) for a in old):
                 now_cmp["sizes"]["ablations"] = old
             # and so do budget doublings (``--double``, added or not named again) and the fine-tunings' starts
             # (``--finetune-from``): extra runs, nothing made before

@@ -147,6 +147,11 @@ def test_an_output_folder_takes_added_ablations_but_not_other_sizes(reproduce, t
     reproduce.Reproduction(tiny, tmp_path).check_sizes()
     more = dataclasses.replace(tiny, ablations=(*tiny.ablations, ("uniform", (("sampling", "uniform"),))))
     reproduce.Reproduction(more, tmp_path).check_sizes()  # the runs made before keep their settings
+    # added anywhere in the list (ablate.py's single-dataset models stay last)
+    first = dataclasses.replace(more, ablations=(("w6", (("base_features", 6),)), *more.ablations))
+    reproduce.Reproduction(first, tmp_path).check_sizes()
+    with pytest.raises(SystemExit, match="other sizes"):  # an earlier ablation left out
+        reproduce.Reproduction(dataclasses.replace(tiny, ablations=first.ablations[:2]), tmp_path).check_sizes()
     with pytest.raises(SystemExit, match="other sizes"):
         reproduce.Reproduction(dataclasses.replace(more, base_features=8), tmp_path).check_sizes()
     with pytest.raises(SystemExit, match="other sizes"):  # an ablation changed, not added
