@@ -110,6 +110,9 @@ def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: lis
     own ablations come first, so that a reproduction folder of the same sizes accepts these runs. After them, for
     every ablation named in ``singles``, its single-dataset models (``single_run``: N = ``single_epochs`` epochs
     each, on one dataset, with the ablation's change); the reference's are the reproduction's own ``single_<ds>``."""
+    if any(n != REFERENCE for n in singles) and not base.datasets:
+        raise ValueError(f"single-dataset models of an ablation need sizes that name their datasets ({base.name}: "
+                         "the whole collection)")
     epochs = reference_epochs(base)
     own = list(base.ablations)
     names = [n for n, _ in own]
@@ -117,7 +120,7 @@ def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: lis
     given = dict(ablations)
     added += [(single_run(n, ds).removeprefix("ablation_"),
                (("epochs", base.single_epochs), ("datasets", (ds,)), *given[n]))
-              for n in singles if n != REFERENCE for ds in (base.datasets or ())
+              for n in singles if n != REFERENCE for ds in base.datasets
               if single_run(n, ds).removeprefix("ablation_") not in names]
     if REFERENCE not in names:
         own.insert(0, (REFERENCE, (("epochs", epochs),)))
@@ -490,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/ablate.py " + " ".join(shlex.quote(a) for a in argv)
     sizes = FULL if args.sizes == "full" else SIZES[args.sizes]
+    try:
+        ablation_sizes(sizes, ablations, args.singles)
+    except ValueError as e:
+        p.error(f"--singles: {e}")
     run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
         [args.report], command, args.recorded, list(dict.fromkeys(args.singles)))
     return 0

@@ -85,6 +85,8 @@ def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_bu
     assert jobs["ablation_w6_single_D006"]["kw"] == {"arch": "plain_unet", "datasets": ["D006"], "base_features": 6}
     assert jobs["ablation_w6_single_D006"]["epochs"] == jobs["single_D006"]["epochs"] == repro.TINY.single_epochs
     assert jobs["single_D006"]["kw"] == {"arch": "plain_unet", "datasets": ["D006"]}
+    with pytest.raises(ValueError, match="need sizes that name their datasets"):
+        ablate.ablation_sizes(repro.QUICK, [("w6", (("base_features", 6),))], ["w6"])
 
 
 def _summary(dice: dict[str, dict[str, float]]) -> dict:
