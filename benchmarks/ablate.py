@@ -17,8 +17,9 @@ equal budget, and the report says so.
         --ablation diceonly:bce_weight=0 --ablation bce2:bce_weight=2     # docs/results_ablations.md
 
 ``--singles NAME`` (``mt_2n`` or an ablation's name) also trains the single-dataset models with that ablation's
-change, N = half the budget each (the paper's rule), and tests MultiTalent with the change against them; with two
-names, whether the change closes MultiTalent's gap to its single-dataset models (a paired test of the gaps):
+change, N = half the reference's 2N each (the paper's rule), and tests MultiTalent with the change against them;
+with two names, whether the change closes MultiTalent's gap to its single-dataset models (a paired test of the
+gaps):
 
     python benchmarks/ablate.py --out /work/ablate ... --singles mt_2n --singles width16
 
@@ -108,29 +109,31 @@ def reference_epochs(base: Sizes) -> int:
 def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: list[str] = ()) -> Sizes:
     """``base`` with the reference and the ablations, every one trained ``reference_epochs`` epochs; the base's
     own ablations come first, so that a reproduction folder of the same sizes accepts these runs. After them, for
-    every ablation named in ``singles``, its single-dataset models (``single_run``: N = ``single_epochs`` epochs
-    each, on one dataset, with the ablation's change); the reference's are the reproduction's own ``single_<ds>``."""
+    every ablation named in ``singles``, its single-dataset models (``singles_key``: N = ``single_epochs`` epochs
+    each, on one dataset, with the ablation's change); the reference's are the reproduction's own ``single_<ds>``.
+    A ValueError when ``singles`` cannot be trained: sizes without named datasets, or a reference that is not 2N."""
+    epochs = reference_epochs(base)
     if any(n != REFERENCE for n in singles) and not base.datasets:
         raise ValueError(f"single-dataset models of an ablation need sizes that name their datasets ({base.name}: "
                          "the whole collection)")
-    epochs = reference_epochs(base)
+    if singles and epochs != 2 * base.single_epochs:
+        raise ValueError(f"the single-dataset models train N = {base.single_epochs} epochs and the reference "
+                         f"{epochs}, not 2N ({base.name} sizes)")
     own = list(base.ablations)
     names = [n for n, _ in own]
     added = [(n, (("epochs", epochs), *kw)) for n, kw in ablations if n not in names]
     given = dict(ablations)
-    added += [(single_run(n, ds).removeprefix("ablation_"),
-               (("epochs", base.single_epochs), ("datasets", (ds,)), *given[n]))
-              for n in singles if n != REFERENCE for ds in base.datasets
-              if single_run(n, ds).removeprefix("ablation_") not in names]
+    added += [(f"{n}_single_{ds}", (("epochs", base.single_epochs), ("datasets", (ds,)), *given[n]))
+              for n in singles if n != REFERENCE for ds in base.datasets if f"{n}_single_{ds}" not in names]
     if REFERENCE not in names:
         own.insert(0, (REFERENCE, (("epochs", epochs),)))
     return dataclasses.replace(base, ablations=tuple(own + added))
 
 
-def single_run(name: str, ds: str) -> str:
-    """The run of ablation ``name``'s single-dataset model of dataset ``ds`` (the reference's: the reproduction's
-    own single-dataset model)."""
-    return f"single_{ds}" if name == REFERENCE else f"ablation_{name}_single_{ds}"
+def singles_key(name: str) -> str:
+    """The name of ablation ``name``'s single-dataset models, each run ``<key>_<dataset>`` (the reference's: the
+    reproduction's own, ``single_<dataset>``)."""
+    return "single" if name == REFERENCE else f"ablation_{name}_single"
 
 
 RECORDED = ("single-dataset (U-Net)", "MultiTalent (U-Net)", "ablation_mt_2n")  # columns read from the report
@@ -225,21 +228,18 @@ def report(ctx: dict, evidence: str) -> str:
         "| run | what changes | iterations | s/it | gain over the last quarter (points) | flattened | within noise |",
         "|---|---|---:|---:|---:|---|---|",
     ]
-    for n in names:
-        c, st = conv[n], ctx["stats"][n]
-        lines.append(f"| ablation_{n} | {ctx['what'][n]} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
-                     f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if c.get('converged') else '**no**'} | "
-                     f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
+
+    def row(run: str, what: str, c: dict, st: dict) -> str:
+        return (f"| {run} | {what} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
+                f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if c.get('converged') else '**no**'} | "
+                f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
+
+    lines += [row(f"ablation_{n}", ctx["what"][n], conv[n], ctx["stats"][n]) for n in names]
     singles = ctx.get("singles") or []
-    for n in singles:
-        for ds, c in ctx["single_convergence"][n].items():
-            st = ctx["single_stats"][n][ds]
-            what = f"single-dataset model of {ds}" + ("" if n == ref else f", {ctx['what'][n]}")
-            lines.append(f"| {single_run(n, ds)} | {what} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
-                         f"{_points(c.get('gain_last_quarter'), '+.2f')} | "
-                         f"{'yes' if c.get('converged') else '**no**'} | "
-                         f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
-    cols = [f"ablation_{n}" for n in names] + [single_run(n, "*") for n in singles]
+    lines += [row(f"{singles_key(n)}_{ds}", f"single-dataset model of {ds}" + ("" if n == ref else
+                                                                              f", {ctx['what'][n]}"),
+                  c, ctx["single_stats"][n][ds]) for n in singles for ds, c in ctx["single_convergence"][n].items()]
+    cols = [f"ablation_{n}" for n in names] + [f"{singles_key(n)}_*" for n in singles]
     lines += ["", "## Dice per head", "", "| head | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for h in heads:
         lines.append(f"| {h} | " + " | ".join(_pct(v[h]["dice_mean"]) for v in
@@ -321,10 +321,13 @@ def singles_context(singles: list[str], summaries: dict, single_sums: dict, sing
                              for r in [reading(gaps[n], both[n] and both[REFERENCE])]},
             "single_avg_heads": {n: float(np.mean(per_head(single_sums[n], heads))) for n in singles},
             "single_avg_datasets": {n: dataset_average(single_sums[n], heads) for n in singles},
-            "single_by_dataset": {n: {ds: dataset_average(single_sums[n], [h for h in heads
-                                                                          if single_sums[n]["heads"][h]["dataset"]
-                                                                          == ds]) for ds in datasets}
-                                  for n in singles}}
+            "single_by_dataset": {n: per_dataset(single_sums[n], heads, datasets) for n in singles}}
+
+
+def per_dataset(summary: dict, heads: list[str], datasets: list[str]) -> dict[str, float | None]:
+    """Dataset -> the mean Dice over its heads among ``heads``."""
+    return {ds: dataset_average(summary, [h for h in heads if summary["heads"][h]["dataset"] == ds])
+            for ds in datasets}
 
 
 def singles_section(ctx: dict) -> list[str]:
@@ -409,7 +412,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
     rep.start_invocation(command)
     rep.say(f"ablations {', '.join(names)} ({sizes.name} sizes, {epochs} epochs, seed {seed}) -> {out}")
     rep.prepare_data()
-    rep.train_all(only=[f"ablation_{n}" for n in names] + [single_run(n, ds) for n in singles
+    rep.train_all(only=[f"ablation_{n}" for n in names] + [f"{singles_key(n)}_{ds}" for n in singles
                                                              for ds in rep.dataset_ids])
     registry = HeadRegistry.load(rep.pre["all"] / "heads.json")
     heads = [h.id for h in registry.heads]
@@ -420,12 +423,10 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         conv[n], stats[n] = convergence(run_dir), run_stats(run_dir)
     single_sums, single_conv, single_stats = {}, {}, {}
     for n in singles:
-        key = "single" if n == REFERENCE else f"ablation_{n}_single"
-        runs, single_sums[n] = rep.single_models_named(key, lambda ds, n=n: single_run(n, ds), registry, None)
+        runs, single_sums[n] = rep.single_models_named(singles_key(n), registry, None)
         single_conv[n] = {ds: convergence(r) for ds, r in runs.items()}
         single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
-    by_dataset = {n: {ds: dataset_average(summaries[n], [h.id for h in registry.heads if h.dataset == ds])
-                      for ds in rep.dataset_ids} for n in names}
+    by_dataset = {n: per_dataset(summaries[n], heads, rep.dataset_ids) for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
     flat = {n: bool(conv[n].get("converged")) for n in names}
     given = dict(ablations)
@@ -461,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                         "on a folder of an earlier invocation, name its ablations again)")
     p.add_argument("--singles", action="append", default=[], metavar="NAME",
                    help="also train the single-dataset models with ablation NAME's change (mt_2n: the paper's "
-                        "recipe), N = half the budget each (the paper's rule: MultiTalent 2N), and test MultiTalent "
-                        "with the change against them; two names: whether the change closes MultiTalent's gap "
-                        "(repeatable)")
+                        "recipe), N = half the reference's budget each (the paper's rule: MultiTalent 2N), and "
+                        "test MultiTalent with the change against them; two names: whether the change closes "
+                        "MultiTalent's gap (repeatable)")
     p.add_argument("--sizes", choices=sorted(SIZES), default="full", help=argparse.SUPPRESS)  # tests: tiny
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

@@ -578,13 +578,12 @@ class Reproduction:
     def single_models(self, arch: str, registry, reference: dict | None) -> tuple[dict[str, Path], dict]:
         """Train, predict and evaluate the K single-dataset models of ``arch`` (N iterations each)."""
         key = single_key(arch, self.sizes.archs[0])
-        return self.single_models_named(key, lambda ds: f"{key}_{ds}", registry, reference)
+        return self.single_models_named(key, registry, reference)
 
-    def single_models_named(self, key: str, run_of: Callable[[str], str], registry,
-                            reference: dict | None) -> tuple[dict[str, Path], dict]:
-        """Train the single-dataset models ``run_of(ds)`` of every dataset, predict each on its dataset's test
-        cases into ``preds/key`` and evaluate them together as ``key``: ({dataset: run folder}, summary)."""
-        runs = {ds: self.train(run_of(ds)) for ds in self.dataset_ids}
+    def single_models_named(self, key: str, registry, reference: dict | None) -> tuple[dict[str, Path], dict]:
+        """Train the single-dataset models ``<key>_<dataset>`` of every dataset, predict each on its dataset's
+        test cases into ``preds/key`` and evaluate them together as ``key``: ({dataset: run folder}, summary)."""
+        runs = {ds: self.train(f"{key}_{ds}") for ds in self.dataset_ids}
         pred = self.preds / key
         for ds, run in runs.items():
             if any(not (pred / c / "case.json").is_file() for c in self.test_cases[ds]):

@@ -66,6 +66,8 @@ def test_every_ablation_gets_the_budget_of_the_reference(ablate):
 
 
 def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_budget(ablate):
+    import dataclasses
+
     import repro
 
     full = ablate.ablation_sizes(repro.FULL, [("width16", (("base_features", 16),)), ("b4", (("batch_size", 4),))],
@@ -76,8 +78,7 @@ def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_bu
         f"width16_single_{ds}" for ds in repro.FULL.datasets]
     assert dict(full.ablations)["width16_single_D003"] == (("epochs", 80), ("datasets", ("D003",)),
                                                             ("base_features", 16))
-    assert ablate.single_run("mt_2n", "D003") == "single_D003"
-    assert ablate.single_run("width16", "D003") == "ablation_width16_single_D003"
+    assert ablate.singles_key("mt_2n") == "single" and ablate.singles_key("width16") == "ablation_width16_single"
     tiny = ablate.ablation_sizes(repro.TINY, [("w6", (("base_features", 6),))], ["mt_2n", "w6"])
     rep = repro.Reproduction(tiny, Path("/nonexistent"))
     rep.dataset_ids = ["D005", "D006", "D007"]
@@ -87,6 +88,11 @@ def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_bu
     assert jobs["single_D006"]["kw"] == {"arch": "plain_unet", "datasets": ["D006"]}
     with pytest.raises(ValueError, match="need sizes that name their datasets"):
         ablate.ablation_sizes(repro.QUICK, [("w6", (("base_features", 6),))], ["w6"])
+    # the report calls them N and the reference 2N: refused when the sizes say otherwise
+    odd = dataclasses.replace(repro.TINY, ablations=(("mt_2n", (("epochs", 3),)),))
+    with pytest.raises(ValueError, match="not 2N"):
+        ablate.ablation_sizes(odd, [("w6", (("base_features", 6),))], ["mt_2n"])
+    assert ablate.ablation_sizes(odd, [("w6", (("base_features", 6),))]).ablations[0] == ("mt_2n", (("epochs", 3),))
 
 
 def _summary(dice: dict[str, dict[str, float]]) -> dict:
