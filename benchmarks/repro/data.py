@@ -51,6 +51,7 @@ def write_subset_collection(out: Path, seed: int, datasets: tuple[str, ...] | No
 
     from multitalent.errors import atomic_dir, write_json
     from multitalent.phantoms import DATASETS, dataset_def, plan_dataset
+    from multitalent.phantoms.collection import phantom_exclusions
 
     manifest = out / "collection.json"
     if manifest.is_file():
@@ -85,6 +86,7 @@ def write_subset_collection(out: Path, seed: int, datasets: tuple[str, ...] | No
                           "scale": "small", "max_train": max_train, "max_test": max_test,
                           "in_plane_step": step, "lesion_scale": lesion_scale},
             "ground_truth": "ground_truth"})
+        write_json(tmp / "exclusions.json", phantom_exclusions(defs))
     return manifest
 
 

@@ -130,7 +130,7 @@ class MultiTalentLoss(nn.Module):
                 "tp": (pred & gt).sum((0, 2)), "fp": (pred & ~gt).sum((0, 2)), "fn": (~pred & gt).sum((0, 2))}
 
     def pairs(self, outputs: Sequence[Tensor], targets: Sequence[Tensor], heads: Tensor, num_heads: int,
-              bce_scale: float = 1.0) -> Tensor:
+              bce_scale: float = 1.0, ignore: int | None = None) -> Tensor:
         """The same loss from compact pairs, as the training loop feeds it.
 
         ``outputs[l]``/``targets[l]`` are [K, ...]: the logits and targets of the K annotated (sample,
@@ -138,6 +138,10 @@ class MultiTalentLoss(nn.Module):
         Equals :meth:`forward` on the dense [B, H, ...] tensors, but the work scales with the annotated
         pairs rather than with B x H. ``bce_scale`` multiplies the BCE term (the number of processes
         under DDP, whose gradient averaging would otherwise shrink the local BCE sum).
+
+        ``ignore``: a target value whose voxels are left out of both terms (the exclusion pairs'
+        unknown voxels, :mod:`multitalent.exclusions`): they add nothing to the BCE, which stays a mean
+        over all the pair's voxels, nor to the Dice's sums. None: every voxel counts (the paper's loss).
         """
         weights = self._weights(len(outputs))
         total = None
@@ -147,9 +151,18 @@ class MultiTalentLoss(nn.Module):
             k = o.shape[0]
             x = o.reshape(k, -1)
             x = x.to(torch.promote_types(x.dtype, torch.float32))
-            tt = t.reshape(k, -1).to(x.dtype)
-            bce = F.binary_cross_entropy_with_logits(x, tt, reduction="none").mean(1).sum()
+            t = t.reshape(k, -1)
+            known = None
+            if ignore is not None:
+                known = t != ignore
+                t = torch.where(known, t, torch.zeros((), dtype=t.dtype, device=t.device))
+            tt = t.to(x.dtype)
+            bce = F.binary_cross_entropy_with_logits(x, tt, reduction="none")
             p = torch.sigmoid(x)
+            if known is not None:
+                bce = torch.where(known, bce, torch.zeros((), dtype=x.dtype, device=x.device))
+                p = torch.where(known, p, torch.zeros((), dtype=x.dtype, device=x.device))
+            bce = bce.mean(1).sum()
             ones = torch.ones(k, dtype=x.dtype, device=x.device)
             per_pair = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1), ones])
             sums = torch.zeros(4, num_heads, dtype=x.dtype, device=x.device).index_add(1, heads.to(x.device), per_pair)

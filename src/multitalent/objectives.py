@@ -19,6 +19,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from multitalent.data.targets import IGNORE
 from multitalent.errors import UserInputError
 from multitalent.loss import MultiTalentLoss
 from multitalent.registry import HeadRegistry
@@ -56,6 +57,7 @@ class Objective:
     name: ClassVar[str] = ""
     uses_head_prior: ClassVar[bool] = True  # sigmoid heads start at the head prior (models.init_head_bias)
     distributed: ClassVar[bool] = True  # can run under torchrun
+    uses_exclusions: ClassVar[bool] = True  # its loss reads exclusion pairs (--exclusions)
 
     def __init__(self, registry: HeadRegistry, ds_weights: Sequence[float],
                  sum_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, bce_scale: float = 1.0) -> None:
@@ -87,11 +89,13 @@ class Objective:
 def loss_on_batch(model_out: torch.Tensor | Sequence[torch.Tensor], batch: dict, loss_fn: MultiTalentLoss,
                   num_heads: int, bce_scale: float = 1.0) -> torch.Tensor:
     """Select the annotated (sample, head) pairs of every output level and apply the loss to them (only
-    those pairs are promoted to float32, not the whole output)."""
+    those pairs are promoted to float32, not the whole output); a batch with exclusion pairs (``ignore``)
+    leaves their unknown voxels out."""
     outs = model_out if isinstance(model_out, (list, tuple)) else [model_out]
     pairs = batch["pairs"]
     selected = [o[pairs[:, 0], pairs[:, 1]] for o in outs[: len(batch["targets"])]]
-    return loss_fn.pairs(selected, batch["targets"][: len(selected)], pairs[:, 1], num_heads, bce_scale=bce_scale)
+    return loss_fn.pairs(selected, batch["targets"][: len(selected)], pairs[:, 1], num_heads, bce_scale=bce_scale,
+                         ignore=IGNORE if batch.get("ignore") else None)
 
 
 @register_objective("multitalent")
@@ -113,6 +117,7 @@ class MergedSoftmaxObjective(Objective):
 
     uses_head_prior = False
     distributed = False  # a single-process baseline
+    uses_exclusions = False  # one softmax: no per-head negatives
 
     def __init__(self, registry: HeadRegistry, ds_weights: Sequence[float],
                  sum_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, bce_scale: float = 1.0) -> None:

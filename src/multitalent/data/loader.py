@@ -7,7 +7,9 @@ resumable bit for bit (no data-loader state to save), independent of the number 
 
 A batch carries each sample's label map once per deep-supervision level (``labels[level]``: [B, z, y, x])
 and ``pairs`` [K, 2] = (sample, head), the (sample, head) pairs annotated in the sample's source dataset,
-with a row of the label lookup table per pair (``label_lut``, see :mod:`multitalent.data.targets`). The
+with a row of the label lookup table per pair (``label_lut``, see :mod:`multitalent.data.targets`); with
+exclusive heads (:mod:`multitalent.exclusions`) also the pairs of heads that get negatives on a sample from
+another dataset, and ``known_lut``, which of their voxels count. The
 binary targets ``targets[level]`` [K, z, y, x] are built from these where the batch is used
 (:func:`multitalent.data.targets.batch_to_device`), so memory and work scale with the heads of the sampled
 datasets, not with all heads, and the loader ships one label map per sample rather than one mask per head.
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from multitalent.data.augment import initial_patch_size, training_transforms
 from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import label_dtype
+from multitalent.exclusions import exclusion_rows
 from multitalent.preprocessing.normalization import AIR_HU, normalize, normalized_air
 from multitalent.preprocessing.pipeline import Preprocessed
 from multitalent.procfs import die_with_parent
@@ -96,7 +99,7 @@ class PatchBatches(Dataset):
                  ds_scales: Sequence[Sequence[int]], seed: int = 0, sampling: str = "inv_sqrt",
                  augment: bool = True, fg_fraction: float = 1 / 3, mirror_axes: Sequence[int] = (0, 1),
                  stream: int = STREAM_TRAIN, length: int = 10**9, rank: int = 0, world_size: int = 1,
-                 registry: HeadRegistry | None = None):
+                 registry: HeadRegistry | None = None, exclusions: dict[str, list[str]] | None = None):
         if batch_size % world_size:
             raise ValueError(f"global batch size {batch_size} is not divisible by {world_size} processes")
         self.pre = pre
@@ -132,6 +135,9 @@ class PatchBatches(Dataset):
             for i, h in enumerate(heads):
                 lut[i, list(h.labels)] = True
             self._lut[ds] = (lut, torch.tensor(self.registry.indices_of(ds), dtype=torch.long))
+        # --exclusions: per dataset, the other datasets' heads that get negatives on its samples, and which label
+        # values are background for each (multitalent.exclusions); None: the paper's pairs only
+        self._exclusions = exclusion_rows(self.registry, exclusions, top) if exclusions else None
 
     def __len__(self) -> int:
         return self.length
@@ -177,15 +183,26 @@ class PatchBatches(Dataset):
         np.random.set_state(np_state)
         random.setstate(py_state)
         images = torch.stack([s[0] for s in samples])
-        pairs, luts = [], []
+        pairs, luts, known = [], [], []
         for b, (_, _, _, ds) in enumerate(samples):
             lut, head_idx = self._lut[ds]
+            if self._exclusions is not None:
+                # the sample's annotated pairs (every voxel known), then its exclusion pairs (no positive; known
+                # only where the sample's labels are a head the pair's head excludes)
+                known.append(torch.ones_like(lut))
+                if ds in self._exclusions:
+                    rows, extra = self._exclusions[ds]
+                    lut, head_idx = torch.cat([lut, torch.zeros_like(rows)]), torch.cat([head_idx, extra])
+                    known.append(rows)
             pairs.append(torch.stack([torch.full_like(head_idx, b), head_idx], 1))
             luts.append(lut)
         labels = [torch.stack([s[1][lvl] for s in samples]) for lvl in range(len(self.ds_scales))]
-        return {"image": images, "pairs": torch.cat(pairs), "labels": labels, "label_lut": torch.cat(luts),
-                "pair_counts": [len(p) for p in pairs],
-                "cases": [s[2] for s in samples], "datasets": [s[3] for s in samples], "iteration": iteration}
+        batch = {"image": images, "pairs": torch.cat(pairs), "labels": labels, "label_lut": torch.cat(luts),
+                 "pair_counts": [len(p) for p in pairs],
+                 "cases": [s[2] for s in samples], "datasets": [s[3] for s in samples], "iteration": iteration}
+        if self._exclusions is not None:
+            batch["known_lut"] = torch.cat(known)
+        return batch
 
 
 def _worker_init(_: int, parent: int | None = None) -> None:

@@ -46,25 +46,38 @@ def _expand_gather(lab: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return table[:, lab.long().clamp_(0, rows.shape[1])]
 
 
-def expand_targets(labels: list[torch.Tensor], label_lut: torch.Tensor, pair_counts: list[int]) -> list[torch.Tensor]:
+#: target value of a voxel whose truth is unknown for the pair's head (exclusion pairs, ``known_lut``)
+IGNORE = 2
+
+
+def _expand(lab: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    if lab.device.type == "cpu":
+        return torch.from_numpy(_expand_cpu(lab.numpy(), rows.numpy()))
+    return _expand_gather(lab, rows)
+
+
+def expand_targets(labels: list[torch.Tensor], label_lut: torch.Tensor, pair_counts: list[int],
+                   known_lut: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Binary targets per (sample, head) pair, at every level, on the labels' device (uint8).
 
     ``pair_counts[b]`` is the number of pairs of sample ``b``; the pairs are ordered sample by sample, as
-    the loader builds them.
+    the loader builds them. With ``known_lut`` (a row per pair: the label values whose voxels are known for the
+    pair's head), the other voxels get :data:`IGNORE`.
     """
     rows = torch.split(label_lut, list(pair_counts))
+    known_rows = torch.split(known_lut, list(pair_counts)) if known_lut is not None else None
     out = []
     for lab in labels:
         parts = []
         for b, r in enumerate(rows):
             if not len(r):
                 continue
-            if lab.device.type == "cpu":
-                parts.append(torch.from_numpy(_expand_cpu(lab[b].numpy(), r.numpy())))
-            else:
-                parts.append(_expand_gather(lab[b], r))
+            t = _expand(lab[b], r).view(torch.uint8)  # bool and uint8 share their bytes
+            if known_rows is not None:
+                t = t.masked_fill(~_expand(lab[b], known_rows[b]), IGNORE)
+            parts.append(t)
         if parts:
-            out.append(torch.cat(parts).view(torch.uint8))  # bool and uint8 share their bytes
+            out.append(torch.cat(parts))
         else:
             out.append(torch.zeros((0, *lab.shape[1:]), dtype=torch.uint8, device=lab.device))
     return out
@@ -74,10 +87,11 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool = Fal
     """The batch's tensors on ``device`` (non-blocking from pinned memory on CUDA), with ``targets`` built.
 
     Keys kept: ``image`` (channels-last 3D if asked), ``pairs`` and ``targets``, plus the bookkeeping the
-    loader adds (cases, datasets, iteration). A batch that already has ``targets`` keeps them.
+    loader adds (cases, datasets, iteration); ``ignore``: whether targets hold :data:`IGNORE` voxels (a batch
+    with exclusion pairs). A batch that already has ``targets`` keeps them.
     """
     nb = device.type == "cuda"
-    out = {k: v for k, v in batch.items() if k not in ("labels", "label_lut", "pair_counts")}
+    out = {k: v for k, v in batch.items() if k not in ("labels", "label_lut", "known_lut", "pair_counts")}
     img = batch["image"].to(device, non_blocking=nb)
     if channels_last:
         img = img.contiguous(memory_format=torch.channels_last_3d)
@@ -87,8 +101,11 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool = Fal
         out["targets"] = [t.to(device, non_blocking=nb) for t in batch["targets"]]
     else:
         labels = [t.to(device, non_blocking=nb) for t in batch["labels"]]
-        out["targets"] = expand_targets(labels, batch["label_lut"].to(device, non_blocking=nb), batch["pair_counts"])
+        known = batch.get("known_lut")
+        out["targets"] = expand_targets(labels, batch["label_lut"].to(device, non_blocking=nb), batch["pair_counts"],
+                                        known.to(device, non_blocking=nb) if known is not None else None)
+    out["ignore"] = bool(batch.get("ignore")) or "known_lut" in batch
     return out
 
 
-__all__ = ["expand_targets", "batch_to_device", "label_dtype"]
+__all__ = ["IGNORE", "expand_targets", "batch_to_device", "label_dtype"]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         generate_case,
         generate_collection,
         head_recipe,
+        phantom_exclusions,
         plan_dataset,
         render_case,
         truth_for_head,
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 
 _MODULES = {
     **dict.fromkeys(["CONFLICTS", "DATASETS", "TRUTH_NAMES", "CasePlan", "DatasetDef", "PhantomCase", "dataset_def",
-                     "generate_case", "generate_collection", "head_recipe", "plan_dataset", "render_case",
-                     "truth_for_head"], "multitalent.phantoms.collection"),
+                     "generate_case", "generate_collection", "head_recipe", "phantom_exclusions", "plan_dataset",
+                     "render_case", "truth_for_head"], "multitalent.phantoms.collection"),
     "PhantomsConfig": "multitalent.phantoms.config",
     "save_preview": "multitalent.phantoms.preview",
 }
@@ -49,6 +50,7 @@ __all__ = [
     "generate_case",
     "generate_collection",
     "head_recipe",
+    "phantom_exclusions",
     "plan_dataset",
     "render_case",
     "save_preview",

@@ -342,6 +342,22 @@ def head_recipe(d: DatasetDef) -> dict[str, dict]:
     return heads
 
 
+def phantom_exclusions(defs: list[DatasetDef] | tuple[DatasetDef, ...] = DATASETS) -> dict:
+    """The exclusive heads of a phantom collection of datasets ``defs`` (``multitalent train --exclusions``):
+    every pair of heads of different datasets whose structures cannot overlap by the phantom's anatomy (no
+    shared atom). A head drawn from a derived structure (the coarse spleen, dilated beyond the organ) excludes
+    nothing, and neither does a head that some protocol of another dataset may overlap (the heart that includes
+    the aortic root and the aorta that starts at the valve)."""
+    heads = {h: r["union"] for d in defs for h, r in head_recipe(d).items()}
+    exclusive: dict[str, list[str]] = {}
+    for a, ua in heads.items():
+        for b, ub in heads.items():
+            if a < b and a.split("_", 1)[0] != b.split("_", 1)[0] and \
+                    not any(_may_overlap(x, y) for x in ua for y in ub):
+                exclusive.setdefault(a, []).append(b)
+    return {"format": "multitalent-exclusions/1", "exclusive": exclusive}
+
+
 def truth_for_head(collection_dir: str | os.PathLike, case_id: str,
                    head_id: str) -> tuple[np.ndarray, Geometry]:
     """The true mask of head ``head_id`` (e.g. 'D006_aorta') in case ``case_id``, whatever its dataset.
@@ -449,6 +465,7 @@ def generate_collection(out: str | Path, config: PhantomsConfig | None = None, *
             write_json(tmp / d.folder / "dataset.json", _dataset_json(d, scale))
         metas = _run(jobs, scale, tmp, workers, lambda: bar.update(1))
         write_json(tmp / "ground_truth" / "structures.json", _structures_json(seed, scale, metas))
+        write_json(tmp / "exclusions.json", phantom_exclusions())
         write_json(tmp / "collection.json", {
             "datasets": [{"path": d.folder} for d in DATASETS],
             "generator": {"name": GENERATOR, "seed": seed, "scale": scale},

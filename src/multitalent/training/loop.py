@@ -123,7 +123,7 @@ def _data(spec: RunSpec) -> tuple[PatchBatches, PatchBatches, int]:
                   fg_fraction=cfg.fg_fraction, mirror_axes=cfg.mirror_axes, rank=dinfo.rank,
                   world_size=dinfo.world_size, registry=spec.registry)
     train_data = PatchBatches(spec.pre, spec.train_cases, spec.batch_size, augment=cfg.augment,
-                              length=spec.total_iterations, **common)
+                              length=spec.total_iterations, exclusions=spec.exclusions, **common)
     val_data = PatchBatches(spec.pre, spec.val_cases, spec.batch_size, augment=False, stream=STREAM_VAL,
                             length=cfg.val_iterations, **common)
     # each rank unpacks a share; this barrier allows hours (a large collection), the training collectives not

@@ -14,6 +14,7 @@ import torch
 
 from multitalent.device import amp_dtype
 from multitalent.errors import UserInputError
+from multitalent.exclusions import load_exclusions
 from multitalent.loss import deep_supervision_weights
 from multitalent.models import MultiHeadNet, create_model, init_head_bias
 from multitalent.objectives import Objective, get_objective
@@ -58,6 +59,7 @@ class RunSpec:
     ds_weights: list[float] = field(default_factory=list)
     n_outputs: int = 1  # outputs the network returns (the lowest may be weighted 0)
     extra_meta: dict = field(default_factory=dict)
+    exclusions: dict[str, list[str]] | None = None  # --exclusions, checked (multitalent.exclusions)
 
     @property
     def plans(self) -> Plans:
@@ -88,7 +90,7 @@ class RunSpec:
         return {"config": asdict(self.cfg), "batch_size": self.batch_size, "world_size": self.dinfo.world_size,
                 "train_cases": self.train_cases, "val_cases": self.val_cases, "heads": len(self.registry),
                 "phases": [asdict(p) for p in self.phases], "preprocessed": str(self.pre.root.resolve()),
-                **self.extra_meta}
+                **({"exclusions": self.exclusions} if self.exclusions else {}), **self.extra_meta}
 
 
 def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo,
@@ -113,6 +115,8 @@ def _check_options(cfg: TrainConfig, out: Path, dinfo: DistInfo,
     objective = objective or get_objective(cfg.objective)
     if dinfo.enabled and not objective.distributed:
         raise UserInputError(f"the {objective.name} objective runs in one process; run it without torchrun.")
+    if cfg.exclusions and not objective.uses_exclusions:
+        raise UserInputError(f"--exclusions gives sigmoid heads negatives; the {objective.name} objective has none.")
     return objective
 
 
@@ -137,6 +141,7 @@ def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     objective = _check_options(cfg, out, dinfo, objective)
     amp_dtype(cfg.amp, device)  # --amp fp16 on the CPU is refused here, before the run folder exists
     pre = Preprocessed.open(pre_dir)
+    exclusions = load_exclusions(cfg.exclusions, registry or pre.registry) if cfg.exclusions else None
     registry = _registry_for(cfg, pre, registry)
     batch_size = cfg.batch_size or pre.plans.batch_size
     if batch_size % dinfo.world_size:
@@ -161,5 +166,5 @@ def build_run(pre_dir: str | os.PathLike, out: str | os.PathLike, cfg: TrainConf
     spec = RunSpec(cfg=cfg, pre=pre, out=out, registry=registry, objective=objective, batch_size=batch_size,
                    phases=phases or standard_phases(cfg), train_cases=train_cases, val_cases=val_cases,
                    device=device, dinfo=dinfo, ds_scales=scales[:used], ds_weights=weights[:used],
-                   n_outputs=len(scales), extra_meta=dict(extra_meta or {}))
+                   n_outputs=len(scales), extra_meta=dict(extra_meta or {}), exclusions=exclusions)
     return spec, model
