@@ -71,6 +71,8 @@ def test_exclusion_pairs_have_no_positive_and_are_unknown_outside_the_excluded_l
     assert torch.equal(raw["image"], ref["image"])  # the same samples: exclusions add pairs, nothing else
     batch = batch_to_device(raw, torch.device("cpu"))
     assert batch["ignore"] and not batch_to_device(ref, torch.device("cpu"))["ignore"]
+    own = [reg.heads[int(h)].dataset == raw["datasets"][int(s)] for s, h in batch["pairs"]]
+    assert batch["annotated"].tolist() == own
     assert len(batch["pairs"]) > len(ref["pairs"]) and set(raw["datasets"]) == {"D001", "D002"}
     known_rows = torch.split(raw["known_lut"], raw["pair_counts"])
     lut_rows = torch.split(raw["label_lut"], raw["pair_counts"])
@@ -92,30 +94,33 @@ def test_exclusion_pairs_have_no_positive_and_are_unknown_outside_the_excluded_l
             k += 1
 
 
-def test_the_loss_leaves_unknown_voxels_out_of_both_terms():
+def test_the_loss_leaves_unknown_voxels_out_and_computes_a_dice_only_beside_an_annotated_pair():
     torch.manual_seed(0)
     loss = MultiTalentLoss(ds_weights=[1.0])
-    x = torch.randn(3, 4, 5, 6, requires_grad=True)
-    t = (torch.rand(3, 4, 5, 6) > 0.6).to(torch.uint8)
-    heads = torch.tensor([0, 1, 1])
-    # no unknown voxel: the same loss as without ignore
-    plain = loss.pairs([x], [t], heads, 2)
-    assert torch.allclose(loss.pairs([x], [t], heads, 2, ignore=IGNORE), plain)
-    # pair 2 is an exclusion pair: known background on half its voxels
+    x = torch.randn(4, 4, 5, 6, requires_grad=True)
+    t = (torch.rand(4, 4, 5, 6) > 0.6).to(torch.uint8)
+    heads = torch.tensor([0, 1, 1, 2])
+    # no unknown voxel and every pair annotated: the paper's loss
+    plain = loss.pairs([x], [t], heads, 3)
+    assert torch.allclose(loss.pairs([x], [t], heads, 3, ignore=IGNORE, annotated=torch.ones(4, dtype=torch.bool)),
+                          plain)
+    # pairs 2 and 3 are exclusion pairs: known background on half their voxels; head 1 has an annotated pair
+    # (pair 1) in the batch, head 2 has none
     t2 = t.clone()
-    t2[2] = 0
-    t2[2, :2] = IGNORE
-    total = loss.pairs([x], [t2], heads, 2, ignore=IGNORE)
+    t2[2:] = 0
+    t2[2:, :2] = IGNORE
+    annotated = torch.tensor([True, True, False, False])
+    total = loss.pairs([x], [t2], heads, 3, ignore=IGNORE, annotated=annotated)
     total.backward()
-    assert torch.all(x.grad[2, :2] == 0) and torch.all(x.grad[2, 2:] != 0)
-    # by hand: BCE a voxel mean with the unknown voxels adding 0; Dice sums without them
-    xs, ts = x.detach().reshape(3, -1), t2.reshape(3, -1).float()
+    assert torch.all(x.grad[2:, :2] == 0) and torch.all(x.grad[2:, 2:] != 0)
+    # by hand: BCE a voxel mean with the unknown voxels adding 0; Dice sums without them, and no Dice for head 2
+    xs, ts = x.detach().reshape(4, -1), t2.reshape(4, -1).float()
     known = ts != IGNORE
     ts = torch.where(known, ts, torch.zeros(()))
     bce = torch.nn.functional.binary_cross_entropy_with_logits(xs, ts, reduction="none") * known
     p = torch.sigmoid(xs) * known
     dice = []
-    for rows in ([0], [1, 2]):  # head 0: pair 0; head 1: pairs 1 and 2
+    for rows in ([0], [1, 2]):  # head 0: pair 0; head 1: pairs 1 and 2 (its exclusion pair in the denominator)
         inter, psum, tsum = (p[rows] * ts[rows]).sum(), p[rows].sum(), ts[rows].sum()
         dice.append((2 * inter + 1e-5) / (psum + tsum + 1e-5))
     assert torch.allclose(total.detach(), bce.mean(1).sum() - sum(dice), atol=1e-5)

@@ -130,7 +130,7 @@ class MultiTalentLoss(nn.Module):
                 "tp": (pred & gt).sum((0, 2)), "fp": (pred & ~gt).sum((0, 2)), "fn": (~pred & gt).sum((0, 2))}
 
     def pairs(self, outputs: Sequence[Tensor], targets: Sequence[Tensor], heads: Tensor, num_heads: int,
-              bce_scale: float = 1.0, ignore: int | None = None) -> Tensor:
+              bce_scale: float = 1.0, ignore: int | None = None, annotated: Tensor | None = None) -> Tensor:
         """The same loss from compact pairs, as the training loop feeds it.
 
         ``outputs[l]``/``targets[l]`` are [K, ...]: the logits and targets of the K annotated (sample,
@@ -142,6 +142,12 @@ class MultiTalentLoss(nn.Module):
         ``ignore``: a target value whose voxels are left out of both terms (the exclusion pairs'
         unknown voxels, :mod:`multitalent.exclusions`): they add nothing to the BCE, which stays a mean
         over all the pair's voxels, nor to the Dice's sums. None: every voxel counts (the paper's loss).
+        ``annotated`` [K] bool: which pairs are annotated (the others are exclusion pairs, which have no
+        positive voxel). A head's Dice is computed only in a batch with an annotated pair of it, and then
+        over all its pairs (an exclusion pair adds the probability it puts on excluded voxels to the
+        denominator); a head with exclusion pairs only gets their BCE alone. (A Dice over negatives only is
+        s / (sum p + s): it rewards predicting nothing anywhere, and a first version that computed it made
+        the heads of the smaller datasets collapse to background, ``docs/benchmarks.md``.) None: all are.
         """
         weights = self._weights(len(outputs))
         total = None
@@ -163,8 +169,9 @@ class MultiTalentLoss(nn.Module):
                 bce = torch.where(known, bce, torch.zeros((), dtype=x.dtype, device=x.device))
                 p = torch.where(known, p, torch.zeros((), dtype=x.dtype, device=x.device))
             bce = bce.mean(1).sum()
-            ones = torch.ones(k, dtype=x.dtype, device=x.device)
-            per_pair = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1), ones])
+            counts = (torch.ones(k, dtype=x.dtype, device=x.device) if annotated is None
+                      else annotated.to(device=x.device, dtype=x.dtype))
+            per_pair = torch.stack([(p * tt).sum(1), p.sum(1), tt.sum(1), counts])
             sums = torch.zeros(4, num_heads, dtype=x.dtype, device=x.device).index_add(1, heads.to(x.device), per_pair)
             if self.sum_fn is not None:
                 sums = self.sum_fn(sums)

@@ -95,7 +95,7 @@ def loss_on_batch(model_out: torch.Tensor | Sequence[torch.Tensor], batch: dict,
     pairs = batch["pairs"]
     selected = [o[pairs[:, 0], pairs[:, 1]] for o in outs[: len(batch["targets"])]]
     return loss_fn.pairs(selected, batch["targets"][: len(selected)], pairs[:, 1], num_heads, bce_scale=bce_scale,
-                         ignore=IGNORE if batch.get("ignore") else None)
+                         ignore=IGNORE if batch.get("ignore") else None, annotated=batch.get("annotated"))
 
 
 @register_objective("multitalent")

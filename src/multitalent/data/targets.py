@@ -88,7 +88,8 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool = Fal
 
     Keys kept: ``image`` (channels-last 3D if asked), ``pairs`` and ``targets``, plus the bookkeeping the
     loader adds (cases, datasets, iteration); ``ignore``: whether targets hold :data:`IGNORE` voxels (a batch
-    with exclusion pairs). A batch that already has ``targets`` keeps them.
+    with exclusion pairs), and then ``annotated`` [K] bool: which pairs are annotated rather than exclusion
+    pairs. A batch that already has ``targets`` keeps them.
     """
     nb = device.type == "cuda"
     out = {k: v for k, v in batch.items() if k not in ("labels", "label_lut", "known_lut", "pair_counts")}
@@ -104,6 +105,8 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool = Fal
         known = batch.get("known_lut")
         out["targets"] = expand_targets(labels, batch["label_lut"].to(device, non_blocking=nb), batch["pair_counts"],
                                         known.to(device, non_blocking=nb) if known is not None else None)
+        if known is not None:  # an annotated pair knows every label value; an exclusion pair never background (0)
+            out["annotated"] = known.all(1).to(device, non_blocking=nb)
     out["ignore"] = bool(batch.get("ignore")) or "known_lut" in batch
     return out
 
