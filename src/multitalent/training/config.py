@@ -40,8 +40,8 @@ class TrainConfig:
                                "(weight x BCE - Dice, summed over heads; the paper: 1); an ablation's knob")
     exclusions: str = option("", "JSON file of exclusive heads: pairs of heads of different datasets whose "
                              "structures never overlap; each also learns background on the voxels another dataset "
-                             "labels as a head it excludes (beyond the paper; off by default; "
-                             "multitalent.exclusions, docs/usage.md)")
+                             "labels as a head it excludes (beyond the paper; off by default; README, "
+                             "multitalent.exclusions)")
     base_features: int = option(32, "features of the first stage (32 in nnU-Net; smaller for CPU tests)")
     max_features: int = option(320, "cap on the features of any stage (nnU-Net's and the paper's 320; 0: no cap)")
     n_stages: int = option(0, "truncate the U-Net to this many stages (0: all from plans)")
