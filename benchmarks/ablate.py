@@ -106,6 +106,20 @@ def reference_epochs(base: Sizes) -> int:
     return int(own.get("epochs", 2 * base.single_epochs))
 
 
+def scaled_budget(base: Sizes, factor: int) -> Sizes:
+    """``base`` with the reference's budget (and so every ablation's) and the single-dataset models' N multiplied
+    by ``factor``: the same comparisons at K times the budget, in a folder of their own, to take them to
+    convergence. The paper's rule (MultiTalent 2N) is kept; a ValueError for a factor below 1."""
+    if factor < 1:
+        raise ValueError(f"{factor} is not a budget factor (1 or more)")
+    if factor == 1:
+        return base
+    own = [(n, tuple((k, v * factor if k == "epochs" else v) for k, v in kw)) for n, kw in base.ablations]
+    if REFERENCE not in dict(own):
+        own.insert(0, (REFERENCE, (("epochs", reference_epochs(base) * factor),)))
+    return dataclasses.replace(base, single_epochs=base.single_epochs * factor, ablations=tuple(own))
+
+
 def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: list[str] = ()) -> Sizes:
     """``base`` with the reference and the ablations, every one trained ``reference_epochs`` epochs; the base's
     own ablations come first, so that a reproduction folder of the same sizes accepts these runs. After them, for
@@ -474,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recorded", type=Path, default=REPO / "docs" / "results.md",
                    help="a reproduction report whose single-dataset and MultiTalent per-head Dice the runs are set "
                         "beside (default docs/results.md; skipped when missing)")
+    p.add_argument("--budget-factor", type=int, default=1, metavar="K",
+                   help="K times the budget: the reference, every ablation and the single-dataset models (N) "
+                        "(default 1: the full sizes' 2N = 8000 iterations); use a folder of its own")
     p.add_argument("--verbose", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     if not args.ablation:
@@ -494,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = "python benchmarks/ablate.py " + " ".join(shlex.quote(a) for a in argv)
     sizes = FULL if args.sizes == "full" else SIZES[args.sizes]
+    try:
+        sizes = scaled_budget(sizes, args.budget_factor)
+    except ValueError as e:
+        p.error(f"--budget-factor: {e}")
     try:
         ablation_sizes(sizes, ablations, args.singles)
     except ValueError as e:

@@ -95,6 +95,27 @@ def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_bu
     assert ablate.ablation_sizes(odd, [("w6", (("base_features", 6),))]).ablations[0] == ("mt_2n", (("epochs", 3),))
 
 
+
+def test_a_budget_factor_multiplies_the_reference_the_ablations_and_the_single_models(ablate, tmp_path, capsys):
+    import repro
+
+    twice = ablate.scaled_budget(repro.FULL, 2)
+    assert ablate.reference_epochs(twice) == 320 and twice.single_epochs == 160
+    sizes = ablate.ablation_sizes(twice, [("excl", (("head_prior", 0.1),))], ["mt_2n", "excl"])
+    assert dict(sizes.ablations)["excl"] == (("epochs", 320), ("head_prior", 0.1))
+    assert dict(sizes.ablations)["excl_single_D001"][0] == ("epochs", 160)  # the paper's rule kept: 2N against N
+    assert ablate.scaled_budget(repro.FULL, 1) is repro.FULL
+    tiny = ablate.scaled_budget(repro.TINY, 3)  # sizes without an mt_2n get one at 3 x 2N
+    assert tiny.ablations[0] == ("mt_2n", (("epochs", 6 * repro.TINY.single_epochs),))
+    assert dict(tiny.ablations)["width16"] == (("base_features", 8),)  # an ablation without its own budget
+    with pytest.raises(ValueError, match="not a budget factor"):
+        ablate.scaled_budget(repro.FULL, 0)
+    with pytest.raises(SystemExit) as exc:
+        ablate.main(["--out", str(tmp_path / "out"), "--ablation", "w:base_features=6", "--budget-factor", "0"])
+    assert exc.value.code == 2 and "--budget-factor: 0 is not a budget factor" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def _summary(dice: dict[str, dict[str, float]]) -> dict:
     """An evaluation summary of two datasets' heads: {case: {head: Dice}} -> the fields the tests read."""
     heads: dict[str, list[float]] = {}
