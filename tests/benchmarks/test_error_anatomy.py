@@ -109,6 +109,9 @@ def test_the_invocation_reports_the_misfire_and_the_gap_it_makes(ea, tmp_path):
     # the gap over heads: the heart's -33.3 points over the five heads, none left without the misfire
     assert "| multitalent | single | as predicted | heads | 5 | -6.7 |" in text
     assert "| multitalent | single | misfires removed (oracle) | heads | 5 | +0.0 |" in text
+    # the totals: Dice over heads, volumes over every head and case
+    assert ("| all heads (Dice: mean over heads; mL: sum) | 100.0 / 0 / 0 / 0 / 100.0 | 93.3 / 25 / 25 / 25 / 100.0 "
+            "| misfires in all (mL): single 0, multitalent 25 |") in text
 
 
 def test_bad_input_exits_2_naming_the_problem(ea, tmp_path, capsys):
