@@ -680,6 +680,15 @@ def _render_extension(v: _View) -> None:
     w("")
 
 
+# where the reproduction's report sends its reader for the ablations made on their own (``benchmarks/ablate.py``)
+ABLATIONS_ELSEWHERE = (
+    "MultiTalent's own parts (its sampling, head prior, balance of BCE and Dice, batch size, the width of both sides, "
+    "the exclusions) are ablated on their own by `benchmarks/ablate.py`, each beside MultiTalent as in the paper at "
+    "the same budget (`docs/results_ablations.md`; at twice the budget, to convergence, "
+    "`docs/results_ablations_2x.md`), and where its errors lie is measured by `benchmarks/error_anatomy.py` "
+    "(`docs/results_error_anatomy.md`).\n")
+
+
 def _render_ablations(v: _View) -> None:
     """## Ablations."""
     ctx, w = v.ctx, v.w
@@ -689,6 +698,7 @@ def _render_ablations(v: _View) -> None:
         w("MultiTalent loses to the single-dataset models at convergence here ("
           + ", ".join(f["claim"] for f in lost) + ").\n")
     _ablations_text(ctx, w)
+    w(ABLATIONS_ELSEWHERE)
 
 
 

@@ -760,6 +760,7 @@ def test_tiny_reproduction_writes_the_report_and_resumes(reproduce, tmp_path):
     abl = _section(text, "## Ablations")
     assert "| ablation_width16 |" in abl and ctx["summaries"]["ablation_width16"]["heads"]
     assert "vs single-dataset models" in abl and "not judged" in abl  # test sizes give no verdict here either
+    assert "`benchmarks/ablate.py`" in abl and "`docs/results_ablations_2x.md`" in abl  # the ablations on their own
     assert (out / "runs" / "ablation_width16" / "checkpoint_final.pt").is_file()
     # MultiTalent at twice its budget (--pairs) is scored on the test cases beside the ablations
     assert "| double_multitalent_plain_unet |" in abl and ctx["summaries"]["double_multitalent_plain_unet"]["heads"]
