@@ -684,7 +684,7 @@ def _render_extension(v: _View) -> None:
 ABLATIONS_ELSEWHERE = (
     "MultiTalent's own parts (its sampling, head prior, balance of BCE and Dice, batch size, the width of both sides, "
     "the exclusions) are ablated on their own by `benchmarks/ablate.py`, each beside MultiTalent as in the paper at "
-    "the same budget (`docs/results_ablations.md`; at twice the budget, to convergence, "
+    "the same budget (`docs/results_ablations.md`; at twice the budget, toward convergence, "
     "`docs/results_ablations_2x.md`), and where its errors lie is measured by `benchmarks/error_anatomy.py` "
     "(`docs/results_error_anatomy.md`).\n")
 
