@@ -264,14 +264,16 @@ def report(results: dict, gaps: list[tuple[str, str]], command: str, machine: st
             if big:
                 where.append(f"{lab}: " + ", ".join(big))
         lines.append(f"| {h} | " + " | ".join(cells) + f" | {'; '.join(where)} |")
-    every = {lab: [c for h in heads for c in _head_cases(results, lab, h)] for lab in labels}
+    every = {lab: [c for cases in results[lab].values() for c in cases.values()] for lab in labels}
+
+    def total(lab: str, key: str) -> str:
+        return f"{sum(c[key] for c in every[lab]):.0f}"
+
     lines.append("| all heads (Dice: mean over heads; mL: sum) | " + " | ".join(
-        f"{_mean(_mean(c['dice'] for c in _head_cases(results, lab, h)) for h in heads):.1f} / "
-        f"{sum(c['fp_ml'] for c in every[lab]):.0f} / {sum(c['off_target_ml'] for c in every[lab]):.0f} / "
-        f"{sum(c['distant_ml'] for c in every[lab]):.0f} / "
-        f"{_mean(_mean(c['dice_without_misfires'] for c in _head_cases(results, lab, h)) for h in heads):.1f}"
-        for lab in labels) + " | misfires in all (mL): " + ", ".join(
-        f"{lab} {sum(c['misfire_ml'] for c in every[lab]):.0f}" for lab in labels) + " |")
+        f"{_mean(per_head(results[lab], 'dice').values()):.1f} / {total(lab, 'fp_ml')} / "
+        f"{total(lab, 'off_target_ml')} / {total(lab, 'distant_ml')} / "
+        f"{_mean(per_head(results[lab], 'dice_without_misfires').values()):.1f}" for lab in labels)
+        + " | misfires in all (mL): " + ", ".join(f"{lab} {total(lab, 'misfire_ml')}" for lab in labels) + " |")
     lines += ["", "## Misfires per case", "",
               f"Every (head, test case) with at least {MISFIRE_ROW_ML:g} mL of misfires in some run: misfire volume "
               "(mL), Dice (%) as predicted -> with them removed.", "",

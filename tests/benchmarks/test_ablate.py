@@ -95,7 +95,6 @@ def test_the_single_dataset_models_of_an_ablation_get_its_change_and_half_its_bu
     assert ablate.ablation_sizes(odd, [("w6", (("base_features", 6),))]).ablations[0] == ("mt_2n", (("epochs", 3),))
 
 
-
 def test_a_budget_factor_multiplies_the_reference_the_ablations_and_the_single_models(ablate, tmp_path, capsys):
     import repro
 
