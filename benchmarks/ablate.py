@@ -23,6 +23,12 @@ gaps):
 
     python benchmarks/ablate.py --out /work/ablate ... --singles mt_2n --singles width16
 
+``--budget-factor K`` trains every run at K times the budget in a folder of its own; ``--half-budget DIR`` pairs
+each run with its namesake in the folder of half the budget, and budget doubling on held-out whole scans (the
+criterion of ``docs/results.md``, ``budget_doubling``) then decides the readings instead of the last quarter:
+
+    python benchmarks/ablate.py --out /work/ablate2x --budget-factor 2 --half-budget /work/ablate ...
+
 ``--ablation NAME:FIELD=VALUE[,FIELD=VALUE...]`` sets ``TrainConfig`` fields (``multitalent train --help``:
 base_features, sampling, head_prior, batch_size, fg_fraction, lr, ...); the run is ``ablation_NAME``. The output
 folder is a reproduction folder (``benchmarks/reproduce.py``): resumable, and its runs are reused by a later
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shlex
 import sys
 import time
@@ -52,6 +59,8 @@ from repro.experiments import Reproduction  # noqa: E402
 from repro.sizes import FULL, SIZES, Sizes  # noqa: E402
 from repro.statistics import (  # noqa: E402
     ALPHA,
+    budget_pair_rows,
+    by_budget_pairs,
     compare,
     convergence,
     dataset_average,
@@ -60,6 +69,8 @@ from repro.statistics import (  # noqa: E402
     per_head,
 )
 from repro.text import _pct  # noqa: E402
+
+from multitalent.errors import UserInputError  # noqa: E402
 
 REFERENCE = "mt_2n"  # the reproduction's own name for MultiTalent at the paper's 2N
 DEFAULT_REPORT = REPO / "docs" / "results_ablations.md"
@@ -200,6 +211,57 @@ def _p(v: float | None) -> str:
     return "n/a" if v is None else "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
+# TrainConfig fields that may differ between a run and its half-budget namesake (the budget, and how it was run)
+PAIR_FREE = ("epochs", "resume", "quiet", "device", "num_workers")
+
+
+def half_budget_run(run: Path, half: Path) -> Path | None:
+    """``run``'s namesake in the ablation folder ``half`` when it is finished (None when it is not there or not
+    finished); a ``UserInputError``, naming both configurations, when it is not the same run at half the
+    iterations (other settings, another held-out fold)."""
+    other = half / "runs" / run.name
+    if not (other / "checkpoint_final.pt").is_file():
+        return None
+    from multitalent.training.config import TrainConfig
+
+    meta = {k: json.loads((d / "config.json").read_text(encoding="utf-8")) for k, d in (("a", other), ("b", run))}
+    default = dataclasses.asdict(TrainConfig())  # a field older code did not write: its behaviour, the default
+    a, b = ({**default, **meta[k]["config"]} for k in ("a", "b"))
+    differ = sorted(k for k in set(a) | set(b) if k not in PAIR_FREE and a.get(k) != b.get(k))
+    if differ:
+        raise UserInputError(f"{other / 'config.json'} and {run / 'config.json'}: not the same run at two budgets "
+                         f"({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in differ)})")
+    if meta["a"].get("val_cases") != meta["b"].get("val_cases"):
+        raise UserInputError(f"{other / 'config.json'} and {run / 'config.json'}: different held-out cases")
+    if 2 * a["epochs"] * a["iterations_per_epoch"] != b["epochs"] * b["iterations_per_epoch"]:
+        raise UserInputError(f"{other / 'config.json'}: {a['epochs'] * a['iterations_per_epoch']} iterations, not half "
+                         f"of {run / 'config.json'}'s {b['epochs'] * b['iterations_per_epoch']}")
+    return other
+
+
+def budget_doubling(rep, half: Path, runs: dict[str, Path]) -> list[dict]:
+    """The criterion of ``docs/results.md`` (section 0) between this folder's runs and their namesakes in the
+    ablation folder ``half`` (the same runs at half the budget): both predict their held-out fold as whole scans
+    (``Reproduction.heldout_scores``), and the pair is within one point when doubling the budget gained less
+    than one Dice point (``repro.statistics.budget_pair_rows``). One row per run of ``runs`` (name -> folder)
+    that has a finished namesake; ``UserInputError`` from ``half_budget_run``."""
+    pairs: dict = {"pairs": [], "heldout": {}, "heldout_cases": {}}
+    iterations = []
+    for name, run in runs.items():
+        other = half_budget_run(run, half)
+        if other is None:
+            continue
+        shorter = f"{name}@half"
+        pairs["pairs"].append((shorter, name))
+        iterations.append((run_stats(other)["iterations"], run_stats(run)["iterations"]))
+        for key, d in ((shorter, other), (name, run)):
+            pairs["heldout"][key], pairs["heldout_cases"][key] = rep.heldout_scores(d)
+    rows = budget_pair_rows(pairs, set())
+    for r, its in zip(rows, iterations):
+        r["run"], r["iterations"] = r["longer"], list(its)
+    return rows
+
+
 def write_ablation_report(path: Path, ctx: dict) -> str:
     """Write the Markdown report to ``path`` (its evidence, ``repro.evidence``, goes beside it); returns the text."""
     from multitalent.errors import atomic_path
@@ -235,7 +297,12 @@ def report(ctx: dict, evidence: str) -> str:
         "",
         "## Convergence",
         "",
-        "Validation curve: mean patch pseudo-Dice over the held-out fold after every epoch. Criterion: less than one "
+    ]
+    if ctx.get("doubling") is not None:
+        lines += doubling_section(ctx)
+    lines += [
+        "Validation curve: mean patch pseudo-Dice over the held-out fold after every epoch. Criterion"
+        + (" reported beside the one above" if ctx.get("doubling") is not None else "") + ": less than one "
         "point gained over the last quarter of training (`repro.statistics.convergence`), and its noise-aware reading "
         "(less than one point plus two standard errors).",
         "",
@@ -244,8 +311,9 @@ def report(ctx: dict, evidence: str) -> str:
     ]
 
     def row(run: str, what: str, c: dict, st: dict) -> str:
+        flat = c.get("converged_last_quarter", c.get("converged"))
         return (f"| {run} | {what} | {st['iterations']} | {_fmt(st['s_per_it'], '.2f')} | "
-                f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if c.get('converged') else '**no**'} | "
+                f"{_points(c.get('gain_last_quarter'), '+.2f')} | {'yes' if flat else '**no**'} | "
                 f"{'yes' if c.get('converged_within_noise') else '**no**'} |")
 
     lines += [row(f"ablation_{n}", ctx["what"][n], conv[n], ctx["stats"][n]) for n in names]
@@ -274,9 +342,9 @@ def report(ctx: dict, evidence: str) -> str:
             t = ctx["tests"][n][over]
             lines.append(f"| ablation_{n} | {over} | {t['n']} | {_points(t['mean_difference'])} | "
                          f"{_p(t['p_greater'])} | {_p(t['p_less'])} | {ctx['readings'][n]} |")
-    lines += ["", "A *verdict* (better / worse / no significant difference) needs both runs flattened and both tests "
-              "agreeing; otherwise the row is a measurement at equal budget (*not measurable at this budget* as a "
-              "verdict)."]
+    lines += ["", "A *verdict* (better / worse / no significant difference) needs both runs "
+              f"{converged_word(ctx)} and both tests agreeing; otherwise the row is a measurement at equal budget "
+              "(*not measurable at this budget* as a verdict)."]
     lines += singles_section(ctx)
     rec = ctx.get("recorded") or {}
     single = rec.get("single-dataset (U-Net)", {})
@@ -305,6 +373,36 @@ def report(ctx: dict, evidence: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def converged_word(ctx: dict) -> str:
+    """How the report says that a run meets its criterion."""
+    return "converged (budget doubling)" if ctx.get("doubling") is not None else "flattened"
+
+
+def doubling_section(ctx: dict) -> list[str]:
+    """The report's lines on the criterion that decides its readings when ``--half-budget`` names a folder."""
+    lines = [f"**Criterion: budget doubling on held-out whole scans** (decides the readings below; the criterion of "
+             f"`docs/results.md`, section 0). Every run is paired with its namesake in `{ctx['half']}`: the same "
+             "run (settings, data, seed, held-out fold) at half the iterations. Both predict their held-out fold "
+             "(fold 0 of their training cases, never a test case) as whole scans (`multitalent validate`), scored "
+             "by the mean Dice over their heads. A run has converged when doubling its budget gained less than one "
+             "Dice point; a run without a finished namesake cannot be judged.", "",
+             "| run | iterations, half | held-out Dice, half (%) | iterations | held-out Dice (%) | gain of doubling "
+             "(points) | held-out cases | the gain's standard error (points) | within one point |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in ctx["doubling"]:
+        within = "n/a" if r["within"] is None else "yes" if r["within"] else "**no**"
+        lines.append(f"| {r['run']} | {r['iterations'][0]} | {_pct(r['dice'][0])} | {r['iterations'][1]} | "
+                     f"{_pct(r['dice'][1])} | {_points(r['gain'], '+.2f')} | {r['n_cases']} | "
+                     f"{_points(r['se'], '.2f')} | {within} |")
+    judged = {r["run"] for r in ctx["doubling"]}
+    alone = [f"ablation_{n}" for n in ctx["names"] if f"ablation_{n}" not in judged]
+    alone += [f"{singles_key(n)}_{ds}" for n in ctx.get("singles") or [] for ds in ctx["single_convergence"][n]
+              if f"{singles_key(n)}_{ds}" not in judged]
+    if alone:
+        lines += ["", f"Without a finished namesake (cannot be judged): {', '.join(alone)}."]
+    return lines + [""]
+
+
 def gap_tests(mt: dict, single: dict, mt_ref: dict, single_ref: dict, heads: list[str]) -> dict:
     """Whether a change closes MultiTalent's gap to the single-dataset models: paired one-sided tests of the gap
     (MultiTalent minus the single-dataset models, each with the change) against the reference's gap (both
@@ -321,21 +419,45 @@ GAP_WORDS = {"**better**": "**narrows the gap**", "**worse**": "**widens the gap
 
 
 def singles_context(singles: list[str], summaries: dict, single_sums: dict, single_conv: dict, single_stats: dict,
-                    flat: dict, heads: list[str], datasets: list[str], iterations: int) -> dict:
+                    flat: dict, heads: list[str], datasets: list[str], iterations: int,
+                    why: str = "not flattened") -> dict:
     """The report's part on the single-dataset models trained with an ablation's change (``--singles``): their
-    scores, convergence, MultiTalent-against-them tests and readings, and the gap tests against the reference's."""
-    both = {n: bool(flat[n]) and all(c.get("converged") for c in single_conv[n].values()) for n in singles}
-    vs = {n: compare(summaries[n], single_sums[n], heads) for n in singles}
+    scores, convergence, MultiTalent-against-them tests and readings, and the gap tests against the reference's.
+    An ablation without single-dataset models of its own is tested against the reference's (``against``), when
+    they are trained: whether MultiTalent with the change beats the paper's single-dataset models."""
+    against = {n: n for n in singles}
+    if REFERENCE in singles:
+        against.update({n: REFERENCE for n in flat if n not in singles})
+    both = {n: bool(flat[n]) and all(c.get("converged") for c in single_conv[s].values()) for n, s in against.items()}
+    vs = {n: compare(summaries[n], single_sums[s], heads) for n, s in against.items()}
     gaps = {n: gap_tests(summaries[n], single_sums[n], summaries[REFERENCE], single_sums[REFERENCE], heads)
             for n in singles if n != REFERENCE and REFERENCE in singles}
     return {"singles": singles, "single_summaries": single_sums, "single_convergence": single_conv,
-            "single_stats": single_stats, "single_iterations": iterations, "vs_singles": vs,
-            "single_readings": {n: reading(vs[n], both[n]) for n in singles}, "gaps": gaps,
+            "single_stats": single_stats, "single_iterations": iterations, "vs_singles": vs, "against": against,
+            "single_readings": {n: reading(vs[n], both[n], why) for n in against}, "gaps": gaps,
             "gap_readings": {n: GAP_WORDS.get(r, r) for n in gaps
-                             for r in [reading(gaps[n], both[n] and both[REFERENCE])]},
+                             for r in [reading(gaps[n], both[n] and both[REFERENCE], why)]},
+            "subsets": {n: sub for n, s in against.items()
+                        for sub in [converged_subset(summaries[n], single_sums[s], single_conv[s], flat[n], heads,
+                                                     why)] if sub},
             "single_avg_heads": {n: float(np.mean(per_head(single_sums[n], heads))) for n in singles},
             "single_avg_datasets": {n: dataset_average(single_sums[n], heads) for n in singles},
             "single_by_dataset": {n: per_dataset(single_sums[n], heads, datasets) for n in singles}}
+
+
+def converged_subset(mt: dict, single: dict, single_conv: dict, mt_converged: bool, heads: list[str],
+                     why: str = "not flattened") -> dict | None:
+    """MultiTalent against its single-dataset models on the datasets whose single model has converged, when
+    MultiTalent has and some but not all of them have (as ``docs/results.md`` does): the heads of those datasets,
+    their tests and reading; the datasets are chosen by the training runs' criterion, never by a test case. None
+    otherwise."""
+    kept = [ds for ds, c in single_conv.items() if c.get("converged") is True]
+    if not mt_converged or not kept or len(kept) == len(single_conv):
+        return None
+    hs = [h for h in heads if single["heads"][h]["dataset"] in kept]
+    tests = compare(mt, single, hs)
+    return {"datasets": kept, "heads": hs, "tests": tests, "reading": reading(tests, True, why),
+            "mt_avg": dataset_average(mt, hs), "single_avg": dataset_average(single, hs)}
 
 
 def per_dataset(summary: dict, heads: list[str], datasets: list[str]) -> dict[str, float | None]:
@@ -355,18 +477,30 @@ def singles_section(ctx: dict) -> list[str]:
              f"model trains N = {ctx['single_iterations']} iterations on its own dataset's training cases, "
              f"MultiTalent 2N = {ctx['iterations']} on all of them (the paper's budget rule: 1000 against 2000 "
              "epochs), each predicts the test cases of its datasets. Paired one-sided t-tests; a = MultiTalent, "
-             "b = the single-dataset models of the same change. A reading is a verdict only when MultiTalent and "
-             "all its single-dataset models have flattened. Paper (13 datasets, converged): MultiTalent +1.05 "
+             "b = the single-dataset models of the same change (an ablation without single-dataset models of its "
+             "own: the paper's, `single_<dataset>`). A reading is a verdict only when MultiTalent and "
+             f"all its single-dataset models have {converged_word(ctx)}; where MultiTalent has and only some of "
+             "them have, the comparison is also made on the datasets whose single model has (chosen by the "
+             "training runs' criterion, never by a test case). Paper (13 datasets, converged): MultiTalent +1.05 "
              "points over datasets against the single-dataset nnU-Nets.", "",
              "| change | MultiTalent, over datasets | single-dataset, over datasets | over | n | mean difference | "
              "p (a > b) | p (a < b) | reading |", "|---|---:|---:|---|---:|---:|---:|---:|---|"]
-    for n in singles:
+    against = ctx.get("against") or {n: n for n in singles}
+    for n, s in against.items():
+        what = ctx["what"][n] + ("" if n == s else ", against the paper's single-dataset models")
         for over in ("heads", "cases"):
             t = ctx["vs_singles"][n][over]
-            lines.append(f"| {ctx['what'][n]} | {_pct(ctx['avg_datasets'][n])} | "
-                         f"{_pct(ctx['single_avg_datasets'][n])} | {over} | {t['n']} | "
+            lines.append(f"| {what} | {_pct(ctx['avg_datasets'][n])} | "
+                         f"{_pct(ctx['single_avg_datasets'][s])} | {over} | {t['n']} | "
                          f"{_points(t['mean_difference'])} | {_p(t['p_greater'])} | {_p(t['p_less'])} | "
                          f"{ctx['single_readings'][n]} |")
+        sub = (ctx.get("subsets") or {}).get(n)
+        for over in ("heads", "cases") if sub else ():
+            t = sub["tests"][over]
+            lines.append(f"| {what}, on the datasets whose single model has converged "
+                         f"({', '.join(sub['datasets'])}) | {_pct(sub['mt_avg'])} | {_pct(sub['single_avg'])} | "
+                         f"{over} | {t['n']} | {_points(t['mean_difference'])} | {_p(t['p_greater'])} | "
+                         f"{_p(t['p_less'])} | {sub['reading']} |")
     lines += ["", "| dataset | " + " | ".join(f"MultiTalent {label[n]} | single-dataset {label[n]}" for n in singles)
               + " |", "|---|" + "---:|---:|" * len(singles)]
     for ds in ctx["datasets"]:
@@ -391,9 +525,11 @@ def singles_section(ctx: dict) -> list[str]:
     return lines
 
 
-def reading(tests: dict, flattened: bool) -> str:
+def reading(tests: dict, flattened: bool, why: str = "not flattened") -> str:
+    """The verdict of a comparison's tests (over heads and over cases) when both sides have converged under the
+    report's criterion (``flattened``); otherwise *not measurable at this budget*, ``why`` saying which."""
     if not flattened:
-        return "not measurable at this budget (not flattened)"
+        return f"not measurable at this budget ({why})"
     if all(t["p_greater"] is not None and t["p_greater"] < ALPHA for t in tests.values()):
         return "**better**"
     if all(t["p_less"] is not None and t["p_less"] < ALPHA for t in tests.values()):
@@ -403,17 +539,20 @@ def reading(tests: dict, flattened: bool) -> str:
 
 def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
         quiet: bool, reports: list[Path], command: str, recorded: Path | None = None,
-        singles: list[str] = ()) -> dict:
+        singles: list[str] = (), half: Path | None = None) -> dict:
     """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
     to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each (``recorded``: a reproduction
-    report whose per-head Dice the runs are set beside); returns the report context."""
+    report whose per-head Dice the runs are set beside; ``half``: an ablation folder of the same runs at half the
+    budget, whose pairs with these decide convergence, ``budget_doubling``); returns the report context."""
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
-        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded, list(singles))
+        return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded, list(singles),
+                    half)
 
 
 def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
-         quiet: bool, reports: list[Path], command: str, recorded: Path | None, singles: list[str]) -> dict:
+         quiet: bool, reports: list[Path], command: str, recorded: Path | None, singles: list[str],
+         half: Path | None = None) -> dict:
     from multitalent.registry import HeadRegistry
 
     t0 = time.perf_counter()
@@ -436,10 +575,20 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         summaries[n] = rep.predict_and_evaluate(f"ablation_{n}", run_dir, registry, None)
         conv[n], stats[n] = convergence(run_dir), run_stats(run_dir)
     single_sums, single_conv, single_stats = {}, {}, {}
+    folders = {f"ablation_{n}": out / "runs" / f"ablation_{n}" for n in names}
     for n in singles:
         runs, single_sums[n] = rep.single_models_named(singles_key(n), registry, None)
         single_conv[n] = {ds: convergence(r) for ds, r in runs.items()}
         single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
+        folders.update({r.name: r for r in runs.values()})
+    doubling, why = None, "not flattened"
+    if half is not None:  # the criterion of docs/results.md decides; the last quarter's reading stays beside it
+        doubling, why = budget_doubling(rep, half, folders), "not converged"
+        decided = by_budget_pairs({f"ablation_{n}": conv[n] for n in names}
+                                  | {f"{singles_key(n)}_{ds}": c for n in singles for ds, c in single_conv[n].items()},
+                                  doubling)
+        conv = {n: decided[f"ablation_{n}"] for n in names}
+        single_conv = {n: {ds: decided[f"{singles_key(n)}_{ds}"] for ds in single_conv[n]} for n in singles}
     by_dataset = {n: per_dataset(summaries[n], heads, rep.dataset_ids) for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
     flat = {n: bool(conv[n].get("converged")) for n in names}
@@ -448,7 +597,8 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "stats": stats, "tests": tests, "datasets": rep.dataset_ids, "by_dataset": by_dataset,
            "avg_heads": {n: float(np.mean(per_head(summaries[n], heads))) for n in names},
            "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
-           "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE]) for n in names[1:]},
+           "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE], why) for n in names[1:]},
+           "doubling": doubling, "half": _shown(half) if half else None, "why": why,
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
            "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
@@ -456,7 +606,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "cases": {n: per_case(summaries[n], heads) for n in names},
            "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded)}
     ctx.update(singles_context(singles, summaries, single_sums, single_conv, single_stats, flat, heads,
-                               rep.dataset_ids, sizes.single_epochs * sizes.iterations_per_epoch))
+                               rep.dataset_ids, sizes.single_epochs * sizes.iterations_per_epoch, why))
     _write_json(rep.results / "ablations.json",
                 {k: v for k, v in ctx.items() if k not in ("summaries", "single_summaries")})
     ctx["wall_s"] = time.perf_counter() - t0
@@ -491,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-factor", type=int, default=1, metavar="K",
                    help="K times the budget: the reference, every ablation and the single-dataset models (N) "
                         "(default 1: the full sizes' 2N = 8000 iterations); use a folder of its own")
+    p.add_argument("--half-budget", type=Path, metavar="DIR",
+                   help="an ablation folder of the same runs at half this budget (for --budget-factor 2: the "
+                        "folder of --budget-factor 1): each run and its namesake there predict their held-out fold "
+                        "as whole scans (multitalent validate, once, into each run's folder), and a run has "
+                        "converged when doubling its budget gained less than one point of held-out Dice (the "
+                        "criterion of docs/results.md), which then decides the readings")
     p.add_argument("--verbose", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     if not args.ablation:
@@ -519,8 +675,21 @@ def main(argv: list[str] | None = None) -> int:
         ablation_sizes(sizes, ablations, args.singles)
     except ValueError as e:
         p.error(f"--singles: {e}")
-    run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
-        [args.report], command, args.recorded, list(dict.fromkeys(args.singles)))
+    if args.half_budget is not None:
+        ref = args.half_budget / "runs" / f"ablation_{REFERENCE}" / "config.json"
+        cfg = json.loads(ref.read_text(encoding="utf-8"))["config"] if ref.is_file() else None
+        if cfg is None or 2 * cfg["epochs"] * cfg["iterations_per_epoch"] != (reference_epochs(sizes)
+                                                                               * sizes.iterations_per_epoch):
+            p.error(f"--half-budget: {ref}: " + ("missing; is the folder one of benchmarks/ablate.py?" if cfg is None
+                                                 else f"{cfg['epochs'] * cfg['iterations_per_epoch']} iterations, "
+                                                 f"not half of this invocation's "
+                                                 f"{reference_epochs(sizes) * sizes.iterations_per_epoch}"))
+    try:
+        run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
+            [args.report], command, args.recorded, list(dict.fromkeys(args.singles)), args.half_budget)
+    except UserInputError as e:  # half_budget_run: the half folder's runs are not these at half the budget
+        print(f"ablate.py: error: --half-budget: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

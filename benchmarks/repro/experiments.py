@@ -661,8 +661,6 @@ class Reproduction:
         (``multitalent validate``: ``RUN/validation/summary.json``, made once): {"pairs": [(shorter, longer)],
         "heldout": {run: {head: mean Dice over the held-out cases}}, "heldout_cases": {run: {head: {case: Dice}}}}.
         No test case is used."""
-        from multitalent.training.validation import final_validation
-
         if self.pairs:  # the pair runs ``train_all`` has not trained (one run at a time when ``self.jobs`` is 1)
             for name, spec in self.training_jobs().items():
                 if spec.get("pairs"):
@@ -672,22 +670,29 @@ class Reproduction:
         heldout: dict[str, dict[str, float]] = {}
         cases: dict[str, dict[str, dict[str, float]]] = {}  # run -> head -> held-out case -> Dice
         for name in dict.fromkeys(n for pair in done for n in pair):
-            path = self.runs / name / "validation" / "summary.json"
-            if not path.is_file():
-                self.say(f"validating {name} on its held-out fold (whole scans)")
-                final_validation(self.runs / name, device=self.device, workers=self.sizes.eval_workers,
-                                 quiet=self.quiet)
-                (self.runs / name / "postprocessing.json").unlink(missing_ok=True)  # predictions stay raw
-            summary = _read_json(path, {}) or {}
-            heldout[name] = {h: v["dice_mean"] for h, v in summary.get("heads", {}).items()
-                             if v.get("dice_mean") is not None}
-            cases[name] = {}
-            for per_case in summary.get("cases", {}).values():
-                for case, per_head in per_case.items():
-                    for h, v in per_head.items():
-                        if v.get("dice") is not None:
-                            cases[name].setdefault(h, {})[case] = v["dice"]
+            heldout[name], cases[name] = self.heldout_scores(self.runs / name)
         return {"pairs": done, "heldout": heldout, "heldout_cases": cases}
+
+    def heldout_scores(self, run: Path) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """The run's whole-scan Dice on its held-out fold (``multitalent validate``, made once into
+        ``RUN/validation/summary.json``, predictions without post-processing): ({head: mean Dice over the held-out
+        cases}, {head: {case: Dice}}). No test case is used."""
+        from multitalent.training.validation import final_validation
+
+        path = run / "validation" / "summary.json"
+        if not path.is_file():
+            self.say(f"validating {run.name} on its held-out fold (whole scans)")
+            final_validation(run, device=self.device, workers=self.sizes.eval_workers, quiet=self.quiet)
+            (run / "postprocessing.json").unlink(missing_ok=True)  # predictions stay raw
+        summary = _read_json(path, {}) or {}
+        means = {h: v["dice_mean"] for h, v in summary.get("heads", {}).items() if v.get("dice_mean") is not None}
+        cases: dict[str, dict[str, float]] = {}
+        for per_case in summary.get("cases", {}).values():
+            for case, per_head in per_case.items():
+                for h, v in per_head.items():
+                    if v.get("dice") is not None:
+                        cases.setdefault(h, {})[case] = v["dice"]
+        return means, cases
 
     def swin_probe(self) -> dict | None:
         s = self.sizes

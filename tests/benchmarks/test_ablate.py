@@ -148,6 +148,25 @@ def test_the_gap_test_pairs_multitalent_minus_singles_with_and_without_the_chang
     assert same["heads"]["mean_difference"] == pytest.approx(0.0) and same["heads"]["p_greater"] == 1.0
 
 
+def test_where_only_some_single_models_converged_multitalent_is_also_judged_on_their_datasets(ablate):
+    mt = _summary({"c1": {"A_x": 0.9, "A_y": 0.8}, "c2": {"A_x": 0.85, "A_y": 0.75},
+                   "c3": {"B_z": 0.5}, "c4": {"B_z": 0.6}})
+    single = _summary({"c1": {"A_x": 0.7, "A_y": 0.6}, "c2": {"A_x": 0.72, "A_y": 0.5},
+                       "c3": {"B_z": 0.9}, "c4": {"B_z": 0.95}})
+    heads = ["A_x", "A_y", "B_z"]
+    conv = {"A": {"converged": True}, "B": {"converged": False}}
+    sub = ablate.converged_subset(mt, single, conv, True, heads, "not converged")
+    assert sub["datasets"] == ["A"] and sub["heads"] == ["A_x", "A_y"]
+    assert sub["tests"]["heads"]["n"] == 2 and sub["tests"]["cases"]["n"] == 2  # B's head and cases left out
+    assert sub["mt_avg"] == pytest.approx(0.825) and sub["single_avg"] == pytest.approx(0.63)
+    assert not sub["reading"].startswith("not measurable")  # judged: both sides converged
+    # nothing to add when MultiTalent has not converged, or when none or all of the single models have
+    assert ablate.converged_subset(mt, single, conv, False, heads) is None
+    assert ablate.converged_subset(mt, single, {"A": {"converged": False}, "B": {}}, True, heads) is None
+    assert ablate.converged_subset(mt, single, {"A": {"converged": True}, "B": {"converged": True}}, True,
+                                   heads) is None
+
+
 def test_the_recorded_models_are_read_from_the_reproduction_report(ablate, tmp_path):
     rec = ablate.recorded_dice(BENCHMARKS.parent / "docs" / "results.md")
     assert set(rec) == set(ablate.RECORDED) and len(rec["single-dataset (U-Net)"]) == 19
@@ -169,8 +188,58 @@ def test_a_reading_is_a_verdict_only_between_flattened_runs(ablate):
     assert ablate.reading(better, False).startswith("not measurable at this budget")
 
 
+def _run_folder(path: Path, epochs: int, finished: bool = True, val_cases=("a_001", "a_002"), **config) -> Path:
+    import json
+
+    path.mkdir(parents=True)
+    cfg = {"epochs": epochs, "iterations_per_epoch": 10, "base_features": 8, "seed": 0, "resume": False, **config}
+    (path / "config.json").write_text(json.dumps({"config": cfg, "val_cases": list(val_cases)}))
+    if finished:
+        (path / "checkpoint_final.pt").write_bytes(b"")
+    return path
+
+
+def test_a_run_is_paired_only_with_itself_at_half_the_iterations(ablate, tmp_path):
+    from multitalent.errors import UserInputError
+
+    run = _run_folder(tmp_path / "out" / "runs" / "ablation_w6", 8, resume=True, exclusions="")
+    half = tmp_path / "half"
+    # older code wrote no `exclusions` field: its behaviour is the default, the same run
+    twin = _run_folder(half / "runs" / "ablation_w6", 4)
+    assert ablate.half_budget_run(run, half) == twin
+    assert ablate.half_budget_run(run, tmp_path / "elsewhere") is None  # no namesake: not judged
+    for name, epochs, kw, match in (("unfinished", 4, {"finished": False}, None),
+                                    ("wider", 4, {"base_features": 16}, "base_features: 16 vs 8"),
+                                    ("fold", 4, {"val_cases": ("a_003",)}, "different held-out cases"),
+                                    ("budget", 3, {}, "30 iterations, not half of")):
+        run = _run_folder(tmp_path / name / "runs" / "r", 8)
+        _run_folder(tmp_path / f"{name}_half" / "runs" / "r", epochs, **kw)
+        if match is None:
+            assert ablate.half_budget_run(run, tmp_path / f"{name}_half") is None
+        else:
+            with pytest.raises(UserInputError, match=match) as exc:
+                ablate.half_budget_run(run, tmp_path / f"{name}_half")
+            assert str(tmp_path / f"{name}_half" / "runs" / "r" / "config.json") in str(exc.value)
+
+
+def test_budget_doubling_decides_the_readings_and_says_so(ablate):
+    rows = [{"run": "ablation_mt_2n", "shorter": "ablation_mt_2n@half", "longer": "ablation_mt_2n",
+             "iterations": [4, 8], "dice": [0.5, 0.505], "gain": 0.005, "within": True, "se": None, "n_cases": 2},
+            {"run": "ablation_w6", "shorter": "ablation_w6@half", "longer": "ablation_w6",
+             "iterations": [4, 8], "dice": [0.4, 0.45], "gain": 0.05, "within": False, "se": 0.01, "n_cases": 2}]
+    ctx = {"doubling": rows, "half": "/work/half", "names": ["mt_2n", "w6", "w8"], "singles": []}
+    text = "\n".join(ablate.doubling_section(ctx))
+    assert "| ablation_mt_2n | 4 | 50.0 | 8 | 50.5 | +0.50 | 2 | — | yes |" in text
+    assert "| ablation_w6 | 4 | 40.0 | 8 | 45.0 | +5.00 | 2 | 1.00 | **no** |" in text
+    assert "`/work/half`" in text and "Without a finished namesake (cannot be judged): ablation_w8." in text
+    assert ablate.converged_word(ctx) == "converged (budget doubling)"
+    assert ablate.converged_word({"doubling": None}) == "flattened"
+    better = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.02, "p_less": 0.98}}
+    assert ablate.reading(better, False, "not converged") == "not measurable at this budget (not converged)"
+
+
 @pytest.mark.slow  # trains two tiny runs and predicts the test cases (~1 min)
-def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
+def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, capsys):
     out, report = tmp_path / "out", tmp_path / "docs" / "results_ablations.md"
     argv = ["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
             "--singles", "w6", "--singles", "mt_2n", "--report", str(report)]
@@ -226,3 +295,27 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path):
     assert (out / "runs" / "ablation_w6_single_D005" / "log.jsonl").read_text() == singles_before
     assert report.read_text().split("## Convergence")[1] == text.split("## Convergence")[1]
     assert "summed over all 2 invocation(s)" in report.read_text()
+    # twice the budget, paired with these runs: budget doubling on the held-out fold decides the readings
+    out2, report2 = tmp_path / "out2", tmp_path / "docs" / "results_ablations_2x.md"
+    argv2 = ["--sizes", "tiny", "--out", str(out2), "--ablation", "w6:base_features=6", "--jobs", "1",
+             "--singles", "w6", "--singles", "mt_2n", "--report", str(report2), "--budget-factor", "2"]
+    assert ablate.main([*argv2, "--half-budget", str(out)]) == 0
+    text2 = report2.read_text()
+    doubling = text2.split("**Criterion: budget doubling on held-out whole scans**")[1].split("Validation curve")[0]
+    within = {}
+    for run in ("ablation_mt_2n", "ablation_w6", "single_D005", "ablation_w6_single_D007"):
+        row = next(ln for ln in doubling.splitlines() if ln.startswith(f"| {run} | 4 | ") or
+                   ln.startswith(f"| {run} | 2 | "))
+        within[run] = row.endswith("| yes |")
+        for folder in (out, out2):  # both runs of the pair predicted their held-out fold
+            assert (folder / "runs" / run / "validation" / "summary.json").is_file()
+    rows = [ln for ln in text2.splitlines() if ln.startswith("| ablation_w6 | heads |")]
+    if not (within["ablation_mt_2n"] and within["ablation_w6"]):
+        assert rows[0].endswith("| not measurable at this budget (not converged) |")
+    else:
+        assert "not measurable" not in rows[0]
+    assert "needs both runs converged (budget doubling)" in text2
+    # a folder of another budget is refused before anything is trained
+    with pytest.raises(SystemExit) as exc:
+        ablate.main([*argv2[:-1], "3", "--half-budget", str(out)])
+    assert exc.value.code == 2 and "not half of this invocation's" in capsys.readouterr().err
