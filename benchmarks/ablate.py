@@ -25,7 +25,8 @@ gaps):
 
 ``--budget-factor K`` trains every run at K times the budget in a folder of its own; ``--half-budget DIR`` pairs
 each run with its namesake in the folder of half the budget, and budget doubling on held-out whole scans (the
-criterion of ``docs/results.md``, ``budget_doubling``) then decides the readings instead of the last quarter:
+criterion of ``docs/results.md``, ``budget_doubling``) then decides the readings instead of the last quarter;
+``--double-budget DIR`` pairs them with the runs of a folder at twice the budget (it may hold only some):
 
     python benchmarks/ablate.py --out /work/ablate2x --budget-factor 2 --half-budget /work/ablate ...
 
@@ -211,15 +212,15 @@ def _p(v: float | None) -> str:
     return "n/a" if v is None else "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-# TrainConfig fields that may differ between a run and its half-budget namesake (the budget, and how it was run)
+# TrainConfig fields that may differ between a run and its namesake at another budget (the budget, how it was run)
 PAIR_FREE = ("epochs", "resume", "quiet", "device", "num_workers")
 
 
-def half_budget_run(run: Path, half: Path) -> Path | None:
-    """``run``'s namesake in the ablation folder ``half`` when it is finished (None when it is not there or not
-    finished); a ``UserInputError``, naming both configurations, when it is not the same run at half the
-    iterations (other settings, another held-out fold)."""
-    other = half / "runs" / run.name
+def namesake_run(run: Path, folder: Path, longer: bool = False) -> Path | None:
+    """``run``'s namesake in the ablation folder ``folder`` when it is finished (None when it is not there or not
+    finished): the same run at half the iterations, or at twice them when ``longer``. A ``UserInputError``, naming
+    both configurations, when it is not (other settings, another held-out fold, another budget)."""
+    other = folder / "runs" / run.name
     if not (other / "checkpoint_final.pt").is_file():
         return None
     from multitalent.training.config import TrainConfig
@@ -230,36 +231,38 @@ def half_budget_run(run: Path, half: Path) -> Path | None:
     differ = sorted(k for k in set(a) | set(b) if k not in PAIR_FREE and a.get(k) != b.get(k))
     if differ:
         raise UserInputError(f"{other / 'config.json'} and {run / 'config.json'}: not the same run at two budgets "
-                         f"({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in differ)})")
+                             f"({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in differ)})")
     if meta["a"].get("val_cases") != meta["b"].get("val_cases"):
         raise UserInputError(f"{other / 'config.json'} and {run / 'config.json'}: different held-out cases")
-    if 2 * a["epochs"] * a["iterations_per_epoch"] != b["epochs"] * b["iterations_per_epoch"]:
-        raise UserInputError(f"{other / 'config.json'}: {a['epochs'] * a['iterations_per_epoch']} iterations, not half "
-                         f"of {run / 'config.json'}'s {b['epochs'] * b['iterations_per_epoch']}")
+    its_a, its_b = (c["epochs"] * c["iterations_per_epoch"] for c in (a, b))
+    if (its_a != 2 * its_b) if longer else (2 * its_a != its_b):
+        raise UserInputError(f"{other / 'config.json'}: {its_a} iterations, not {'twice' if longer else 'half'} "
+                             f"of {run / 'config.json'}'s {its_b}")
     return other
 
 
-def budget_doubling(rep, half: Path, runs: dict[str, Path]) -> list[dict]:
+def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None, double: Path | None = None) -> list[dict]:
     """The criterion of ``docs/results.md`` (section 0) between this folder's runs and their namesakes in the
-    ablation folder ``half`` (the same runs at half the budget): both predict their held-out fold as whole scans
-    (``Reproduction.heldout_scores``), and the pair is within one point when doubling the budget gained less
-    than one Dice point (``repro.statistics.budget_pair_rows``). One row per run of ``runs`` (name -> folder)
-    that has a finished namesake; ``UserInputError`` from ``half_budget_run``."""
+    ablation folders ``half`` (the same runs at half the budget) and ``double`` (at twice it; it may hold only some
+    runs): both runs of a pair predict their held-out fold as whole scans (``Reproduction.heldout_scores``), and
+    the pair is within one point when doubling the budget gained less than one Dice point
+    (``repro.statistics.budget_pair_rows``). One row per pair, with ``run`` (this folder's run), ``folder`` (the
+    other one's) and ``iterations`` (shorter, longer); ``UserInputError`` from ``namesake_run``."""
     pairs: dict = {"pairs": [], "heldout": {}, "heldout_cases": {}}
-    iterations = []
-    for name, run in runs.items():
-        other = half_budget_run(run, half)
-        if other is None:
-            continue
-        shorter = f"{name}@half"
-        pairs["pairs"].append((shorter, name))
-        iterations.append((run_stats(other)["iterations"], run_stats(run)["iterations"]))
-        for key, d in ((shorter, other), (name, run)):
-            pairs["heldout"][key], pairs["heldout_cases"][key] = rep.heldout_scores(d)
-    rows = budget_pair_rows(pairs, set())
-    for r, its in zip(rows, iterations):
-        r["run"], r["iterations"] = r["longer"], list(its)
-    return rows
+    extra = []
+    for folder, longer in ((half, False), (double, True)):
+        for name, run in runs.items() if folder is not None else ():
+            other = namesake_run(run, folder, longer)
+            if other is None:
+                continue
+            key = f"{name}@{folder}"
+            pairs["pairs"].append((name, key) if longer else (key, name))
+            its = (run_stats(other)["iterations"], run_stats(run)["iterations"])
+            extra.append({"run": name, "folder": _shown(folder), "iterations": list(its[::-1] if longer else its)})
+            for k, d in ((key, other), (name, run)):
+                if k not in pairs["heldout"]:
+                    pairs["heldout"][k], pairs["heldout_cases"][k] = rep.heldout_scores(d)
+    return [{**r, **e} for r, e in zip(budget_pair_rows(pairs, set()), extra)]
 
 
 def write_ablation_report(path: Path, ctx: dict) -> str:
@@ -379,27 +382,29 @@ def converged_word(ctx: dict) -> str:
 
 
 def doubling_section(ctx: dict) -> list[str]:
-    """The report's lines on the criterion that decides its readings when ``--half-budget`` names a folder."""
-    lines = [f"**Criterion: budget doubling on held-out whole scans** (decides the readings below; the criterion of "
-             f"`docs/results.md`, section 0). Every run is paired with its namesake in `{ctx['half']}`: the same "
-             "run (settings, data, seed, held-out fold) at half the iterations. Both predict their held-out fold "
-             "(fold 0 of their training cases, never a test case) as whole scans (`multitalent validate`), scored "
-             "by the mean Dice over their heads. A run has converged when doubling its budget gained less than one "
-             "Dice point; a run without a finished namesake cannot be judged.", "",
-             "| run | iterations, half | held-out Dice, half (%) | iterations | held-out Dice (%) | gain of doubling "
-             "(points) | held-out cases | the gain's standard error (points) | within one point |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    """The report's lines on the criterion that decides its readings when ``--half-budget`` or ``--double-budget``
+    names a folder."""
+    lines = ["**Criterion: budget doubling on held-out whole scans** (decides the readings below; the criterion of "
+             "`docs/results.md`, section 0). Every run is paired with its namesake in the folders named (the same "
+             "run: settings, data, seed, held-out fold) at half or at twice its iterations. Both runs of a pair "
+             "predict their held-out fold (fold 0 of their training cases, never a test case) as whole scans "
+             "(`multitalent validate`), scored by the mean Dice over their heads. A run has converged when a pair "
+             "it belongs to gained less than one Dice point from the shorter run to the longer: then the shorter "
+             "run has reached the plateau and the longer lies on it; a run in no pair cannot be judged.", "",
+             "| run | paired with (folder) | iterations, shorter -> longer | held-out Dice, shorter -> longer (%) | "
+             "gain of doubling (points) | held-out cases | the gain's standard error (points) | within one point |",
+             "|---|---|---|---|---:|---:|---:|---|"]
     for r in ctx["doubling"]:
         within = "n/a" if r["within"] is None else "yes" if r["within"] else "**no**"
-        lines.append(f"| {r['run']} | {r['iterations'][0]} | {_pct(r['dice'][0])} | {r['iterations'][1]} | "
-                     f"{_pct(r['dice'][1])} | {_points(r['gain'], '+.2f')} | {r['n_cases']} | "
-                     f"{_points(r['se'], '.2f')} | {within} |")
+        lines.append(f"| {r['run']} | `{r['folder']}` | {r['iterations'][0]} -> {r['iterations'][1]} | "
+                     f"{_pct(r['dice'][0])} -> {_pct(r['dice'][1])} | {_points(r['gain'], '+.2f')} | "
+                     f"{r['n_cases']} | {_points(r['se'], '.2f')} | {within} |")
     judged = {r["run"] for r in ctx["doubling"]}
     alone = [f"ablation_{n}" for n in ctx["names"] if f"ablation_{n}" not in judged]
     alone += [f"{singles_key(n)}_{ds}" for n in ctx.get("singles") or [] for ds in ctx["single_convergence"][n]
               if f"{singles_key(n)}_{ds}" not in judged]
     if alone:
-        lines += ["", f"Without a finished namesake (cannot be judged): {', '.join(alone)}."]
+        lines += ["", f"In no pair (cannot be judged): {', '.join(alone)}."]
     return lines + [""]
 
 
@@ -539,20 +544,21 @@ def reading(tests: dict, flattened: bool, why: str = "not flattened") -> str:
 
 def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
         quiet: bool, reports: list[Path], command: str, recorded: Path | None = None,
-        singles: list[str] = (), half: Path | None = None) -> dict:
+        singles: list[str] = (), half: Path | None = None, double: Path | None = None) -> dict:
     """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
     to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each (``recorded``: a reproduction
-    report whose per-head Dice the runs are set beside; ``half``: an ablation folder of the same runs at half the
-    budget, whose pairs with these decide convergence, ``budget_doubling``); returns the report context."""
+    report whose per-head Dice the runs are set beside; ``half``, ``double``: ablation folders of the same runs at
+    half and at twice the budget, whose pairs with these decide convergence, ``budget_doubling``); returns the
+    report context."""
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
         return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded, list(singles),
-                    half)
+                    half, double)
 
 
 def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
          quiet: bool, reports: list[Path], command: str, recorded: Path | None, singles: list[str],
-         half: Path | None = None) -> dict:
+         half: Path | None = None, double: Path | None = None) -> dict:
     from multitalent.registry import HeadRegistry
 
     t0 = time.perf_counter()
@@ -582,8 +588,9 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
         folders.update({r.name: r for r in runs.values()})
     doubling, why = None, "not flattened"
-    if half is not None:  # the criterion of docs/results.md decides; the last quarter's reading stays beside it
-        doubling, why = budget_doubling(rep, half, folders), "not converged"
+    if half is not None or double is not None:  # the criterion of docs/results.md decides; the last quarter's
+        # reading stays beside it
+        doubling, why = budget_doubling(rep, folders, half, double), "not converged"
         decided = by_budget_pairs({f"ablation_{n}": conv[n] for n in names}
                                   | {f"{singles_key(n)}_{ds}": c for n in singles for ds, c in single_conv[n].items()},
                                   doubling)
@@ -598,7 +605,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "avg_heads": {n: float(np.mean(per_head(summaries[n], heads))) for n in names},
            "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
            "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE], why) for n in names[1:]},
-           "doubling": doubling, "half": _shown(half) if half else None, "why": why,
+           "doubling": doubling, "why": why,
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
            "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
@@ -647,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
                         "as whole scans (multitalent validate, once, into each run's folder), and a run has "
                         "converged when doubling its budget gained less than one point of held-out Dice (the "
                         "criterion of docs/results.md), which then decides the readings")
+    p.add_argument("--double-budget", type=Path, metavar="DIR",
+                   help="a folder of some of the same runs at twice this budget (the same settings; it may hold "
+                        "only the runs that --half-budget could not show converged), paired in the same way")
     p.add_argument("--verbose", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     if not args.ablation:
@@ -684,11 +694,14 @@ def main(argv: list[str] | None = None) -> int:
                                                  else f"{cfg['epochs'] * cfg['iterations_per_epoch']} iterations, "
                                                  f"not half of this invocation's "
                                                  f"{reference_epochs(sizes) * sizes.iterations_per_epoch}"))
+    if args.double_budget is not None and not (args.double_budget / "runs").is_dir():
+        p.error(f"--double-budget: {args.double_budget}: no runs/ folder")
     try:
         run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
-            [args.report], command, args.recorded, list(dict.fromkeys(args.singles)), args.half_budget)
-    except UserInputError as e:  # half_budget_run: the half folder's runs are not these at half the budget
-        print(f"ablate.py: error: --half-budget: {e}", file=sys.stderr)
+            [args.report], command, args.recorded, list(dict.fromkeys(args.singles)), args.half_budget,
+            args.double_budget)
+    except UserInputError as e:  # namesake_run: a run in those folders is not one of these at another budget
+        print(f"ablate.py: error: --half-budget/--double-budget: {e}", file=sys.stderr)
         return 2
     return 0
 

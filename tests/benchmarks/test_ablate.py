@@ -199,39 +199,46 @@ def _run_folder(path: Path, epochs: int, finished: bool = True, val_cases=("a_00
     return path
 
 
-def test_a_run_is_paired_only_with_itself_at_half_the_iterations(ablate, tmp_path):
+def test_a_run_is_paired_only_with_itself_at_half_or_twice_the_iterations(ablate, tmp_path):
     from multitalent.errors import UserInputError
 
     run = _run_folder(tmp_path / "out" / "runs" / "ablation_w6", 8, resume=True, exclusions="")
-    half = tmp_path / "half"
+    half, double = tmp_path / "half", tmp_path / "double"
     # older code wrote no `exclusions` field: its behaviour is the default, the same run
     twin = _run_folder(half / "runs" / "ablation_w6", 4)
-    assert ablate.half_budget_run(run, half) == twin
-    assert ablate.half_budget_run(run, tmp_path / "elsewhere") is None  # no namesake: not judged
-    for name, epochs, kw, match in (("unfinished", 4, {"finished": False}, None),
-                                    ("wider", 4, {"base_features": 16}, "base_features: 16 vs 8"),
-                                    ("fold", 4, {"val_cases": ("a_003",)}, "different held-out cases"),
-                                    ("budget", 3, {}, "30 iterations, not half of")):
+    assert ablate.namesake_run(run, half) == twin
+    assert ablate.namesake_run(run, _run_folder(double / "runs" / "ablation_w6", 16).parents[1], longer=True) \
+        == double / "runs" / "ablation_w6"
+    assert ablate.namesake_run(run, tmp_path / "elsewhere") is None  # no namesake: not judged
+    for name, epochs, kw, longer, match in (
+            ("unfinished", 4, {"finished": False}, False, None),
+            ("wider", 4, {"base_features": 16}, False, "base_features: 16 vs 8"),
+            ("fold", 4, {"val_cases": ("a_003",)}, False, "different held-out cases"),
+            ("budget", 3, {}, False, "30 iterations, not half of"),
+            ("shorter", 4, {}, True, "40 iterations, not twice")):
         run = _run_folder(tmp_path / name / "runs" / "r", 8)
-        _run_folder(tmp_path / f"{name}_half" / "runs" / "r", epochs, **kw)
+        _run_folder(tmp_path / f"{name}_other" / "runs" / "r", epochs, **kw)
         if match is None:
-            assert ablate.half_budget_run(run, tmp_path / f"{name}_half") is None
+            assert ablate.namesake_run(run, tmp_path / f"{name}_other", longer) is None
         else:
             with pytest.raises(UserInputError, match=match) as exc:
-                ablate.half_budget_run(run, tmp_path / f"{name}_half")
-            assert str(tmp_path / f"{name}_half" / "runs" / "r" / "config.json") in str(exc.value)
+                ablate.namesake_run(run, tmp_path / f"{name}_other", longer)
+            assert str(tmp_path / f"{name}_other" / "runs" / "r" / "config.json") in str(exc.value)
 
 
 def test_budget_doubling_decides_the_readings_and_says_so(ablate):
-    rows = [{"run": "ablation_mt_2n", "shorter": "ablation_mt_2n@half", "longer": "ablation_mt_2n",
-             "iterations": [4, 8], "dice": [0.5, 0.505], "gain": 0.005, "within": True, "se": None, "n_cases": 2},
-            {"run": "ablation_w6", "shorter": "ablation_w6@half", "longer": "ablation_w6",
-             "iterations": [4, 8], "dice": [0.4, 0.45], "gain": 0.05, "within": False, "se": 0.01, "n_cases": 2}]
-    ctx = {"doubling": rows, "half": "/work/half", "names": ["mt_2n", "w6", "w8"], "singles": []}
+    rows = [{"run": "ablation_mt_2n", "folder": "/work/half", "iterations": [4, 8], "dice": [0.5, 0.505],
+             "gain": 0.005, "within": True, "se": None, "n_cases": 2},
+            {"run": "ablation_w6", "folder": "/work/half", "iterations": [4, 8], "dice": [0.4, 0.45],
+             "gain": 0.05, "within": False, "se": 0.01, "n_cases": 2},
+            {"run": "ablation_w6", "folder": "/work/double", "iterations": [8, 16], "dice": [0.45, 0.452],
+             "gain": 0.002, "within": True, "se": 0.01, "n_cases": 2}]
+    ctx = {"doubling": rows, "names": ["mt_2n", "w6", "w8"], "singles": []}
     text = "\n".join(ablate.doubling_section(ctx))
-    assert "| ablation_mt_2n | 4 | 50.0 | 8 | 50.5 | +0.50 | 2 | — | yes |" in text
-    assert "| ablation_w6 | 4 | 40.0 | 8 | 45.0 | +5.00 | 2 | 1.00 | **no** |" in text
-    assert "`/work/half`" in text and "Without a finished namesake (cannot be judged): ablation_w8." in text
+    assert "| ablation_mt_2n | `/work/half` | 4 -> 8 | 50.0 -> 50.5 | +0.50 | 2 | — | yes |" in text
+    assert "| ablation_w6 | `/work/half` | 4 -> 8 | 40.0 -> 45.0 | +5.00 | 2 | 1.00 | **no** |" in text
+    assert "| ablation_w6 | `/work/double` | 8 -> 16 | 45.0 -> 45.2 | +0.20 | 2 | 1.00 | yes |" in text
+    assert "In no pair (cannot be judged): ablation_w8." in text
     assert ablate.converged_word(ctx) == "converged (budget doubling)"
     assert ablate.converged_word({"doubling": None}) == "flattened"
     better = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.02, "p_less": 0.98}}
@@ -304,8 +311,8 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
     doubling = text2.split("**Criterion: budget doubling on held-out whole scans**")[1].split("Validation curve")[0]
     within = {}
     for run in ("ablation_mt_2n", "ablation_w6", "single_D005", "ablation_w6_single_D007"):
-        row = next(ln for ln in doubling.splitlines() if ln.startswith(f"| {run} | 4 | ") or
-                   ln.startswith(f"| {run} | 2 | "))
+        row = next(ln for ln in doubling.splitlines() if ln.startswith(f"| {run} | `{out}` | 4 -> 8 | ") or
+                   ln.startswith(f"| {run} | `{out}` | 2 -> 4 | "))
         within[run] = row.endswith("| yes |")
         for folder in (out, out2):  # both runs of the pair predicted their held-out fold
             assert (folder / "runs" / run / "validation" / "summary.json").is_file()
@@ -315,6 +322,13 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
     else:
         assert "not measurable" not in rows[0]
     assert "needs both runs converged (budget doubling)" in text2
+    # the other way: the first folder's runs paired with their namesakes at twice the budget (nothing trained)
+    assert ablate.main([*argv, "--double-budget", str(out2)]) == 0
+    up = report.read_text().split("**Criterion: budget doubling")[1].split("Validation curve")[0]
+    rows_up = [ln for ln in up.splitlines() if ln.startswith("| ablation_") or ln.startswith("| single_")]
+    assert len(rows_up) == 8 and all(f"| `{out2}` | " in ln for ln in rows_up)  # 2 + 2 x 3 single models
+    assert next(ln for ln in rows_up if ln.startswith("| ablation_w6 |")).split(" | ")[2:4] == \
+        next(ln for ln in doubling.splitlines() if ln.startswith("| ablation_w6 |")).split(" | ")[2:4]
     # a folder of another budget is refused before anything is trained
     with pytest.raises(SystemExit) as exc:
         ablate.main([*argv2[:-1], "3", "--half-budget", str(out)])
