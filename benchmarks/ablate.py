@@ -492,7 +492,8 @@ def singles_section(ctx: dict) -> list[str]:
              "p (a > b) | p (a < b) | reading |", "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     against = ctx.get("against") or {n: n for n in singles}
     for n, s in against.items():
-        what = ctx["what"][n] + ("" if n == s else ", against the paper's single-dataset models")
+        what = (ctx["what"][n] if n == s else
+                f"`ablation_{n}` ({ctx['what'][n]}), against the paper's single-dataset models")
         for over in ("heads", "cases"):
             t = ctx["vs_singles"][n][over]
             lines.append(f"| {what} | {_pct(ctx['avg_datasets'][n])} | "

@@ -167,6 +167,33 @@ def test_where_only_some_single_models_converged_multitalent_is_also_judged_on_t
                                    heads) is None
 
 
+def test_an_ablation_without_single_models_of_its_own_is_tested_against_the_paper_s(ablate):
+    heads, datasets = ["A_x", "A_y", "B_z"], ["A", "B"]
+    mt = _summary({"c1": {"A_x": 0.9, "A_y": 0.8}, "c2": {"A_x": 0.85, "A_y": 0.75},
+                   "c3": {"B_z": 0.5}, "c4": {"B_z": 0.6}})
+    excl = _summary({"c1": {"A_x": 0.95, "A_y": 0.9}, "c2": {"A_x": 0.9, "A_y": 0.85},
+                     "c3": {"B_z": 0.7}, "c4": {"B_z": 0.8}})
+    single = _summary({"c1": {"A_x": 0.7, "A_y": 0.6}, "c2": {"A_x": 0.72, "A_y": 0.5},
+                       "c3": {"B_z": 0.9}, "c4": {"B_z": 0.95}})
+    conv = {"A": {"converged": True}, "B": {"converged": False}}
+    ctx = ablate.singles_context(["mt_2n"], {"mt_2n": mt, "excl": excl}, {"mt_2n": single}, {"mt_2n": conv},
+                                 {}, {"mt_2n": False, "excl": True}, heads, datasets, 4, "not converged")
+    assert ctx["against"] == {"mt_2n": "mt_2n", "excl": "mt_2n"}
+    assert ctx["vs_singles"]["excl"]["heads"]["mean_difference"] == pytest.approx((0.215 + 0.325 - 0.175) / 3)
+    assert ctx["single_readings"]["excl"] == "not measurable at this budget (not converged)"  # B's single: no
+    assert set(ctx["subsets"]) == {"excl"}  # judged on A alone; the reference has not converged
+    ctx.update({"reference": "mt_2n", "iterations": 8, "datasets": datasets,
+                "what": {"mt_2n": "MultiTalent as in the paper (the reference)", "excl": "exclusions=e.json"},
+                "avg_datasets": {n: ablate.dataset_average(v, heads) for n, v in (("mt_2n", mt), ("excl", excl))},
+                "avg_heads": {"mt_2n": 0.7, "excl": 0.8}, "by_dataset": {"mt_2n": {}, "excl": {}}})
+    text = "\n".join(ablate.singles_section(ctx))
+    label = "| `ablation_excl` (exclusions=e.json), against the paper's single-dataset models |"
+    assert len([ln for ln in text.splitlines() if ln.startswith(label)]) == 2
+    assert len([ln for ln in text.splitlines() if ln.startswith(
+        "| `ablation_excl` (exclusions=e.json), against the paper's single-dataset models, on the datasets whose "
+        "single model has converged (A) |")]) == 2
+
+
 def test_the_recorded_models_are_read_from_the_reproduction_report(ablate, tmp_path):
     rec = ablate.recorded_dice(BENCHMARKS.parent / "docs" / "results.md")
     assert set(rec) == set(ablate.RECORDED) and len(rec["single-dataset (U-Net)"]) == 19
