@@ -577,12 +577,12 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
     registry = HeadRegistry.load(rep.pre["all"] / "heads.json")
     heads = [h.id for h in registry.heads]
     summaries, conv, stats = {}, {}, {}
+    folders = {}  # run name -> its folder, for the budget pairs
     for n in names:
-        run_dir = rep.train(f"ablation_{n}")  # trained above; one after the other when --jobs 1
+        run_dir = folders[f"ablation_{n}"] = rep.train(f"ablation_{n}")  # trained above; in turn when --jobs 1
         summaries[n] = rep.predict_and_evaluate(f"ablation_{n}", run_dir, registry, None)
         conv[n], stats[n] = convergence(run_dir), run_stats(run_dir)
     single_sums, single_conv, single_stats = {}, {}, {}
-    folders = {f"ablation_{n}": out / "runs" / f"ablation_{n}" for n in names}
     for n in singles:
         runs, single_sums[n] = rep.single_models_named(singles_key(n), registry, None)
         single_conv[n] = {ds: convergence(r) for ds, r in runs.items()}
