@@ -189,6 +189,18 @@ def recorded_dice(path: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def recorded_iterations(path: Path, run: str) -> int | None:
+    """The iterations the reproduction report ``path`` gives run ``run`` (the first table row that starts with the
+    run and its iterations, as section 0's tables do); None when the report or the row is missing."""
+    if not Path(path).is_file():
+        return None
+    for ln in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        if ln.startswith("|") and len(cells) > 1 and cells[0] == run and cells[1].isdigit():
+            return int(cells[1])
+    return None
+
+
 def _shown(path: Path | None) -> str:
     """``path`` relative to the repository when inside it (as the report names it)."""
     if path is None:
@@ -214,12 +226,21 @@ def _p(v: float | None) -> str:
 
 # TrainConfig fields that may differ between a run and its namesake at another budget (the budget, how it was run)
 PAIR_FREE = ("epochs", "resume", "quiet", "device", "num_workers")
+# what config.json records beside the TrainConfig and the pair must share (checked where both runs recorded it):
+# the batch as trained, the training cases, the heads and the resolved exclusion relation (a changed exclusions
+# file behind the same path is another run)
+PAIR_SAME = ("batch_size", "world_size", "train_cases", "heads", "exclusions")
+
+
+class PairError(UserInputError):
+    """A run in a --half-budget / --double-budget folder is not the same run at another budget."""
 
 
 def namesake_run(run: Path, folder: Path, longer: bool = False) -> Path | None:
     """``run``'s namesake in the ablation folder ``folder`` when it is finished (None when it is not there or not
-    finished): the same run at half the iterations, or at twice them when ``longer``. A ``UserInputError``, naming
-    both configurations, when it is not (other settings, another held-out fold, another budget)."""
+    finished): the same run at half the iterations, or at twice them when ``longer``. A ``PairError``, naming both
+    configurations, when it is not (other settings, training cases, heads or exclusions, another held-out fold,
+    another budget)."""
     other = folder / "runs" / run.name
     if not (other / "checkpoint_final.pt").is_file():
         return None
@@ -230,15 +251,38 @@ def namesake_run(run: Path, folder: Path, longer: bool = False) -> Path | None:
     a, b = ({**default, **meta[k]["config"]} for k in ("a", "b"))
     differ = sorted(k for k in set(a) | set(b) if k not in PAIR_FREE and a.get(k) != b.get(k))
     if differ:
-        raise UserInputError(f"{other / 'config.json'} and {run / 'config.json'}: not the same run at two budgets "
-                             f"({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in differ)})")
+        raise PairError(f"{other / 'config.json'} and {run / 'config.json'}: not the same run at two budgets "
+                        f"({', '.join(f'{k}: {a.get(k)!r} vs {b.get(k)!r}' for k in differ)})")
     if meta["a"].get("val_cases") != meta["b"].get("val_cases"):
-        raise UserInputError(f"{other / 'config.json'} and {run / 'config.json'}: different held-out cases")
+        raise PairError(f"{other / 'config.json'} and {run / 'config.json'}: different held-out cases")
+
+    def recorded(k: str, m: dict):  # the training cases as a set: the same cases listed in another order
+        return sorted(m[k]) if k == "train_cases" else m[k]
+
+    unlike = [k for k in PAIR_SAME if k in meta["a"] and k in meta["b"]
+              and recorded(k, meta["a"]) != recorded(k, meta["b"])]
+    if unlike:
+        raise PairError(f"{other / 'config.json'} and {run / 'config.json'}: not the same run at two budgets "
+                        f"(different {', '.join(unlike)})")
     its_a, its_b = (c["epochs"] * c["iterations_per_epoch"] for c in (a, b))
     if (its_a != 2 * its_b) if longer else (2 * its_a != its_b):
-        raise UserInputError(f"{other / 'config.json'}: {its_a} iterations, not {'twice' if longer else 'half'} "
-                             f"of {run / 'config.json'}'s {its_b}")
+        raise PairError(f"{other / 'config.json'}: {its_a} iterations, not {'twice' if longer else 'half'} "
+                        f"of {run / 'config.json'}'s {its_b}")
     return other
+
+
+def check_pairs(out: Path, names: list[str], half: Path | None, double: Path | None) -> int:
+    """Before any training: each of the runs ``names`` that has started in ``out`` (its ``config.json`` written)
+    against its finished namesakes in ``half`` and ``double``, so that a folder of other runs is refused before
+    hours of training rather than after them (``PairError``); returns the number of pairs checked. A run not yet
+    started is checked when it is scored."""
+    n = 0
+    for name in names:
+        if (out / "runs" / name / "config.json").is_file():
+            for folder, longer in ((half, False), (double, True)):
+                if folder is not None and namesake_run(out / "runs" / name, folder, longer) is not None:
+                    n += 1
+    return n
 
 
 def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None, double: Path | None = None) -> list[dict]:
@@ -247,7 +291,7 @@ def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None, double
     runs): both runs of a pair predict their held-out fold as whole scans (``Reproduction.heldout_scores``), and
     the pair is within one point when doubling the budget gained less than one Dice point
     (``repro.statistics.budget_pair_rows``). One row per pair, with ``run`` (this folder's run), ``folder`` (the
-    other one's) and ``iterations`` (shorter, longer); ``UserInputError`` from ``namesake_run``."""
+    other one's) and ``iterations`` (shorter, longer); ``PairError`` from ``namesake_run``."""
     pairs: dict = {"pairs": [], "heldout": {}, "heldout_cases": {}}
     extra = []
     for folder, longer in ((half, False), (double, True)):
@@ -295,7 +339,8 @@ def report(ctx: dict, evidence: str) -> str:
         f"over all {ctx['n_invocations']} invocation(s) on this output folder (training resumes where it stopped)",
         f"- collection and grid: the `{ctx['sizes']}` sizes of `benchmarks/repro/sizes.py` ({len(ctx['datasets'])} "
         f"datasets: {', '.join(ctx['datasets'])}; {len(heads)} heads); budget {ctx['iterations']} iterations "
-        "for every run",
+        "for MultiTalent and every ablation" + (f", {ctx['single_iterations']} (N) for every single-dataset model"
+                                               if ctx.get("singles") else ""),
         f"- evidence: `{evidence}/` beside this report ({EVIDENCE_NOTE})",
         "",
         "## Convergence",
@@ -358,8 +403,7 @@ def report(ctx: dict, evidence: str) -> str:
                   "single-dataset models at the budget where each converged and MultiTalent at 4N (converged), "
                   "trained by an earlier invocation on the same collection, grid and test cases. Only their per-head "
                   "means are left, so the tests pair heads (a = the run, b = the recorded single-dataset models). "
-                  "The recorded `ablation_mt_2n` is the same run as this invocation's reference, trained by older "
-                  "code: the difference between the two is the rerun's noise.", "",
+                  + recorded_reference_note(ctx), "",
                   "| run | mean over heads | vs single-dataset (points) | p (a > b) | p (a < b) | "
                   "vs recorded ablation_mt_2n (points, mean absolute per head) |", "|---|---:|---:|---:|---:|---:|"]
         old_ref = rec.get("ablation_mt_2n", {})
@@ -376,6 +420,18 @@ def report(ctx: dict, evidence: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded_reference_note(ctx: dict) -> str:
+    """What the last column of the section on the recorded reproduction measures: the rerun's noise when the
+    recorded ``ablation_mt_2n`` trained as many iterations as this invocation's reference, else the budget's effect
+    with it."""
+    its, own = ctx.get("recorded_iterations"), ctx["iterations"]
+    if its == own:
+        return ("The recorded `ablation_mt_2n` is the same run as this invocation's reference, trained by older "
+                "code: the difference between the two is the rerun's noise.")
+    return (f"The recorded `ablation_mt_2n` is this invocation's reference at {its or 'unknown'} iterations instead "
+            f"of {own}: the difference between the two is the budget's effect together with the rerun's noise.")
+
+
 def converged_word(ctx: dict) -> str:
     """How the report says that a run meets its criterion."""
     return "converged (budget doubling)" if ctx.get("doubling") is not None else "flattened"
@@ -390,7 +446,8 @@ def doubling_section(ctx: dict) -> list[str]:
              "predict their held-out fold (fold 0 of their training cases, never a test case) as whole scans "
              "(`multitalent validate`), scored by the mean Dice over their heads. A run has converged when a pair "
              "it belongs to gained less than one Dice point from the shorter run to the longer: then the shorter "
-             "run has reached the plateau and the longer lies on it; a run in no pair cannot be judged.", "",
+             "run has reached the plateau and the longer lies on it, unless a later doubling of its chain gained a "
+             "point or more (the plateau was not reached); a run in no pair cannot be judged.", "",
              "| run | paired with (folder) | iterations, shorter -> longer | held-out Dice, shorter -> longer (%) | "
              "gain of doubling (points) | held-out cases | the gain's standard error (points) | within one point |",
              "|---|---|---|---|---:|---:|---:|---|"]
@@ -533,13 +590,18 @@ def singles_section(ctx: dict) -> list[str]:
 
 def reading(tests: dict, flattened: bool, why: str = "not flattened") -> str:
     """The verdict of a comparison's tests (over heads and over cases) when both sides have converged under the
-    report's criterion (``flattened``); otherwise *not measurable at this budget*, ``why`` saying which."""
+    report's criterion (``flattened``); otherwise *not measurable at this budget*, ``why`` saying which. A test
+    without a p-value (fewer than two pairs) gives no verdict, as ``repro.statistics.judge``."""
     if not flattened:
         return f"not measurable at this budget ({why})"
-    if all(t["p_greater"] is not None and t["p_greater"] < ALPHA for t in tests.values()):
+    if any(t["p_greater"] is None or t["p_less"] is None for t in tests.values()):
+        return "not testable (too few pairs)"
+    if all(t["p_greater"] < ALPHA for t in tests.values()):
         return "**better**"
-    if all(t["p_less"] is not None and t["p_less"] < ALPHA for t in tests.values()):
+    if all(t["p_less"] < ALPHA for t in tests.values()):
         return "**worse**"
+    if any(t["p_greater"] < ALPHA for t in tests.values()) and any(t["p_less"] < ALPHA for t in tests.values()):
+        return "the tests disagree (one significant each way)"
     return "no significant difference"
 
 
@@ -612,7 +674,8 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
            "date": _date_utc(), "machine": machine_description(device), "device": device,
            "cases": {n: per_case(summaries[n], heads) for n in names},
-           "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded)}
+           "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded),
+           "recorded_iterations": recorded_iterations(recorded, f"ablation_{REFERENCE}") if recorded else None}
     ctx.update(singles_context(singles, summaries, single_sums, single_conv, single_stats, flat, heads,
                                rep.dataset_ids, sizes.single_epochs * sizes.iterations_per_epoch, why))
     _write_json(rep.results / "ablations.json",
@@ -698,11 +761,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.double_budget is not None and not (args.double_budget / "runs").is_dir():
         p.error(f"--double-budget: {args.double_budget}: no runs/ folder")
     try:
+        singles = list(dict.fromkeys(args.singles))
+        check_pairs(args.out, [f"ablation_{n}" for n in [REFERENCE, *names]]
+                    + [f"{singles_key(n)}_{ds}" for n in singles for ds in sizes.datasets],
+                    args.half_budget, args.double_budget)
         run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
-            [args.report], command, args.recorded, list(dict.fromkeys(args.singles)), args.half_budget,
-            args.double_budget)
-    except UserInputError as e:  # namesake_run: a run in those folders is not one of these at another budget
+            [args.report], command, args.recorded, singles, args.half_budget, args.double_budget)
+    except PairError as e:  # namesake_run: a run in those folders is not one of these at another budget
         print(f"ablate.py: error: --half-budget/--double-budget: {e}", file=sys.stderr)
+        return 2
+    except UserInputError as e:  # bad input elsewhere (an exclusions file, ...): its message names the file
+        print(f"ablate.py: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -263,7 +263,9 @@ def _render_convergence(v: _View) -> None:
       "(`multitalent validate`), scored by the mean Dice over its heads. A run has converged when a pair it "
       f"belongs to gained less than {100 * CONVERGENCE_TOL:.0f} Dice point from the shorter run to the longer: "
       "then doubling the budget no longer pays, the shorter run has reached the plateau and the longer one lies on "
-      "it. A run whose pairs all gained more has not converged; a run in no scored pair cannot be judged. "
+      "it. A run whose pairs all gained more has not converged, nor has one whose chain gained a point or more in a "
+      "later doubling (from it or from a longer run of it: the plateau was not reached); a run in no scored pair "
+      "cannot be judged. "
       "`reproduce.py --pairs` trains the pairs' runs (`half_<run>`"
       + (f", and `double_<run>` for {', '.join(v.sizes.double_runs)}" if v.sizes.double_runs else "")
       + "; a run of the table at half the budget, such as an ablation, stands in for a `half_` run). Where the "

@@ -114,12 +114,27 @@ def by_budget_pairs(conv: dict, rows: list[dict]) -> dict:
     """The criterion that decides the verdicts: a run has converged when a budget pair it belongs to gained less
     than one point of held-out whole-scan Dice from the shorter run to the longer (the same settings, twice the
     iterations): then the shorter run has reached the plateau and the longer lies on it. A run whose pairs all
-    gained more has not; a run without a scored pair cannot be judged. The last-quarter reading stays in
-    ``converged_last_quarter``."""
+    gained more has not; a run without a scored pair cannot be judged. A later doubling of the run's chain (from
+    the run, or from a longer run of it) that gained a point or more overrides a pair within one point: the plateau
+    was not reached, the run has not converged. The last-quarter reading stays in ``converged_last_quarter``."""
+    scored = [r for r in rows if r["within"] is not None]
+
+    def grew_later(name: str) -> bool:  # a doubling from ``name`` onward, along its chain, gained a point or more
+        seen, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            for r in scored:
+                if r["shorter"] == n and r["longer"] not in seen:
+                    if not r["within"]:
+                        return True
+                    seen.add(r["longer"])
+                    todo.append(r["longer"])
+        return False
+
     out = {}
     for name, c in conv.items():
-        states = [r["within"] for r in rows if name in (r["shorter"], r["longer"]) and r["within"] is not None]
-        state = True if any(states) else False if states else None
+        states = [r["within"] for r in scored if name in (r["shorter"], r["longer"])]
+        state = (any(states) and not grew_later(name)) if states else None
         out[name] = {**c, "converged": state, "converged_last_quarter": c.get("converged")}
     return out
 

@@ -213,14 +213,20 @@ def test_a_reading_is_a_verdict_only_between_flattened_runs(ablate):
     assert ablate.reading(worse, True) == "**worse**"
     assert ablate.reading(mixed, True) == "no significant difference"
     assert ablate.reading(better, False).startswith("not measurable at this budget")
+    # a test over one head (a dataset of one head) has no p-value: no verdict, as the reproduction's judge says
+    one_head = {"heads": {"p_greater": None, "p_less": None}, "cases": {"p_greater": 0.01, "p_less": 0.99}}
+    assert ablate.reading(one_head, True) == "not testable (too few pairs)"
+    opposite = {"heads": {"p_greater": 0.01, "p_less": 0.99}, "cases": {"p_greater": 0.98, "p_less": 0.02}}
+    assert ablate.reading(opposite, True) == "the tests disagree (one significant each way)"
 
 
-def _run_folder(path: Path, epochs: int, finished: bool = True, val_cases=("a_001", "a_002"), **config) -> Path:
+def _run_folder(path: Path, epochs: int, finished: bool = True, val_cases=("a_001", "a_002"), recorded=None,
+                **config) -> Path:
     import json
 
     path.mkdir(parents=True)
     cfg = {"epochs": epochs, "iterations_per_epoch": 10, "base_features": 8, "seed": 0, "resume": False, **config}
-    (path / "config.json").write_text(json.dumps({"config": cfg, "val_cases": list(val_cases)}))
+    (path / "config.json").write_text(json.dumps({"config": cfg, "val_cases": list(val_cases), **(recorded or {})}))
     if finished:
         (path / "checkpoint_final.pt").write_bytes(b"")
     return path
@@ -237,13 +243,22 @@ def test_a_run_is_paired_only_with_itself_at_half_or_twice_the_iterations(ablate
     assert ablate.namesake_run(run, _run_folder(double / "runs" / "ablation_w6", 16).parents[1], longer=True) \
         == double / "runs" / "ablation_w6"
     assert ablate.namesake_run(run, tmp_path / "elsewhere") is None  # no namesake: not judged
+    # what config.json records beside the settings: compared where both runs recorded it, the training cases as a set
+    same = _run_folder(tmp_path / "same" / "runs" / "r", 8, recorded={"train_cases": ["a_003", "a_004"]})
+    assert ablate.namesake_run(same, _run_folder(tmp_path / "same_half" / "runs" / "r", 4, recorded={
+        "train_cases": ["a_004", "a_003"]}).parents[1]) == tmp_path / "same_half" / "runs" / "r"
     for name, epochs, kw, longer, match in (
             ("unfinished", 4, {"finished": False}, False, None),
             ("wider", 4, {"base_features": 16}, False, "base_features: 16 vs 8"),
             ("fold", 4, {"val_cases": ("a_003",)}, False, "different held-out cases"),
             ("budget", 3, {}, False, "30 iterations, not half of"),
-            ("shorter", 4, {}, True, "40 iterations, not twice")):
-        run = _run_folder(tmp_path / name / "runs" / "r", 8)
+            ("shorter", 4, {}, True, "40 iterations, not twice"),
+            # the same exclusions path with another relation behind it, other training cases: other runs
+            ("relation", 4, {"recorded": {"exclusions": {"A_x": ["B_y"]}}}, False, "different exclusions"),
+            ("cases", 4, {"recorded": {"train_cases": ["a_003", "a_005"], "heads": 3}}, False,
+             "different train_cases, heads")):
+        run = _run_folder(tmp_path / name / "runs" / "r", 8,
+                          recorded={"exclusions": {"A_x": ["B_z"]}, "train_cases": ["a_004", "a_003"], "heads": 2})
         _run_folder(tmp_path / f"{name}_other" / "runs" / "r", epochs, **kw)
         if match is None:
             assert ablate.namesake_run(run, tmp_path / f"{name}_other", longer) is None
@@ -251,6 +266,31 @@ def test_a_run_is_paired_only_with_itself_at_half_or_twice_the_iterations(ablate
             with pytest.raises(UserInputError, match=match) as exc:
                 ablate.namesake_run(run, tmp_path / f"{name}_other", longer)
             assert str(tmp_path / f"{name}_other" / "runs" / "r" / "config.json") in str(exc.value)
+
+
+def test_a_folder_of_other_runs_is_refused_before_any_training(ablate, tmp_path, capsys):
+    out, half = tmp_path / "out", tmp_path / "half"
+    tiny = ablate.SIZES["tiny"]
+    its = ablate.reference_epochs(tiny) * tiny.iterations_per_epoch  # the reference's budget at the tiny sizes
+    assert its % 2 == 0
+    _run_folder(half / "runs" / "ablation_mt_2n", its // 2, iterations_per_epoch=1)
+    # a started run of this invocation (its config.json written) whose namesake was trained with another width
+    _run_folder(out / "runs" / "ablation_mt_2n", its, finished=False, iterations_per_epoch=1, base_features=16)
+    rc = ablate.main(["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6",
+                      "--half-budget", str(half), "--report", str(tmp_path / "r.md")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--half-budget/--double-budget" in err and "base_features: 8 vs 16" in err
+    assert sorted(p.name for p in out.iterdir()) == ["runs"]  # nothing prepared, nothing trained
+    assert not (tmp_path / "r.md").exists()
+    assert ablate.check_pairs(out, ["ablation_w6"], half, None) == 0  # a run not started is checked when scored
+
+
+def test_the_recorded_reference_is_called_the_rerun_s_noise_only_at_its_own_budget(ablate, tmp_path):
+    assert ablate.recorded_iterations(BENCHMARKS.parent / "docs" / "results.md", "ablation_mt_2n") == 8000
+    assert ablate.recorded_iterations(tmp_path / "missing.md", "ablation_mt_2n") is None
+    assert "the rerun's noise." in ablate.recorded_reference_note({"recorded_iterations": 8000, "iterations": 8000})
+    note = ablate.recorded_reference_note({"recorded_iterations": 8000, "iterations": 32000})
+    assert "at 8000 iterations instead of 32000" in note and "the budget's effect" in note
 
 
 def test_budget_doubling_decides_the_readings_and_says_so(ablate):

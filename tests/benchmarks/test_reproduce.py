@@ -652,6 +652,13 @@ def test_a_run_has_converged_when_doubling_its_budget_gains_less_than_a_point(re
     assert states == {"a_half": True, "a": True, "b_half": False, "b": True, "b_double": True, "c": False,
                       "d": None, "e": None}
     assert out["c"]["converged_last_quarter"] is True  # the earlier criterion stays beside
+    # a later doubling that gained a point or more overrides a pair within one point: the plateau was not reached
+    chain = [{"shorter": "x_half", "longer": "x", "within": True}, {"shorter": "x", "longer": "x_2", "within": False},
+             {"shorter": "x_2", "longer": "x_4", "within": True}, {"shorter": "y", "longer": "y_2", "within": True},
+             {"shorter": "y_half", "longer": "y", "within": False}]
+    later = reproduce.by_budget_pairs({n: {} for n in ("x_half", "x", "x_2", "x_4", "y_half", "y", "y_2")}, chain)
+    assert {n: c["converged"] for n, c in later.items()} == {
+        "x_half": False, "x": False, "x_2": True, "x_4": True, "y_half": False, "y": True, "y_2": True}
     assert reproduce.last_quarter(out)["c"]["converged"] is True
     # the pairs joined into chains of the same settings for the plot: b_half, b, b_double is one chain
     from repro.report import budget_chains
