@@ -137,7 +137,8 @@ def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: lis
     own ablations come first, so that a reproduction folder of the same sizes accepts these runs. After them, for
     every ablation named in ``singles``, its single-dataset models (``singles_key``: N = ``single_epochs`` epochs
     each, on one dataset, with the ablation's change); the reference's are the reproduction's own ``single_<ds>``.
-    A ValueError when ``singles`` cannot be trained: sizes without named datasets, or a reference that is not 2N."""
+    A ValueError when ``singles`` cannot be trained (sizes without named datasets, a reference that is not 2N) or
+    when an ablation takes the name of one of the sizes' own with another change."""
     epochs = reference_epochs(base)
     if any(n != REFERENCE for n in singles) and not base.datasets:
         raise ValueError(f"single-dataset models of an ablation need sizes that name their datasets ({base.name}: "
@@ -145,6 +146,9 @@ def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: lis
     if singles and epochs != 2 * base.single_epochs:
         raise ValueError(f"the single-dataset models train N = {base.single_epochs} epochs and the reference "
                          f"{epochs}, not 2N ({base.name} sizes)")
+    clash = name_clash(base, ablations)
+    if clash:
+        raise ValueError(clash)
     own = list(base.ablations)
     names = [n for n, _ in own]
     added = [(n, (("epochs", epochs), *kw)) for n, kw in ablations if n not in names]
@@ -154,6 +158,16 @@ def ablation_sizes(base: Sizes, ablations: list[tuple[str, tuple]], singles: lis
     if REFERENCE not in names:
         own.insert(0, (REFERENCE, (("epochs", epochs),)))
     return dataclasses.replace(base, ablations=tuple(own + added))
+
+
+def name_clash(base: Sizes, ablations: list[tuple[str, tuple]]) -> str | None:
+    """Why an ablation cannot be trained under its name: the sizes give one of that name with another change
+    (theirs would be trained and reported as yours); None when none does."""
+    own = {n: dict(kw) for n, kw in base.ablations}
+    for n, kw in ablations:
+        if n in own and dict(kw).items() - own[n].items():
+            return f"{n!r} is an ablation of the {base.name} sizes ({own[n]}), not {dict(kw)}: name yours otherwise"
+    return None
 
 
 def singles_key(name: str) -> str:
@@ -745,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = scaled_budget(sizes, args.budget_factor)
     except ValueError as e:
         p.error(f"--budget-factor: {e}")
+    if name_clash(sizes, ablations):
+        p.error(f"--ablation: {name_clash(sizes, ablations)}")
     try:
         ablation_sizes(sizes, ablations, args.singles)
     except ValueError as e:

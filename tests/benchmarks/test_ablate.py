@@ -38,7 +38,9 @@ def test_the_command_line_refuses_a_name_twice_or_the_reference_s(ablate, tmp_pa
     for argv, msg in ((["--ablation", "w:base_features=6", "--ablation", "w:base_features=8"], "'w' is named twice"),
                       (["--ablation", "mt_2n:base_features=6"], "the reference's name"),
                       (["--ablation", "w:sampling=random"], "is not one of"), ([], "at least one --ablation"),
-                      (["--ablation", "w:base_features=6", "--singles", "v"], "'v' is not mt_2n or an --ablation")):
+                      (["--ablation", "w:base_features=6", "--singles", "v"], "'v' is not mt_2n or an --ablation"),
+                      (["--sizes", "tiny", "--ablation", "width16:batch_size=4"],
+                       "--ablation: 'width16' is an ablation of the tiny sizes")):
         with pytest.raises(SystemExit) as exc:
             ablate.main(["--out", str(tmp_path / "out"), *argv])
         assert exc.value.code == 2 and msg in capsys.readouterr().err
@@ -57,6 +59,11 @@ def test_every_ablation_gets_the_budget_of_the_reference(ablate):
     tiny = ablate.ablation_sizes(repro.TINY, [("w6", (("base_features", 6),))])
     assert tiny.ablations[0] == ("mt_2n", (("epochs", 2 * repro.TINY.single_epochs),))
     assert [n for n, _ in tiny.ablations] == ["mt_2n", "width16", "w6"]
+    # the sizes' own ablation under the same name trains only when the change is the same: never silently theirs
+    assert ablate.ablation_sizes(repro.TINY, [("width16", (("base_features", 8),))]) \
+        == ablate.ablation_sizes(repro.TINY, [])
+    with pytest.raises(ValueError, match="'width16' is an ablation of the tiny sizes"):
+        ablate.ablation_sizes(repro.TINY, [("width16", (("batch_size", 4),))])
     rep = repro.Reproduction(tiny, Path("/nonexistent"))
     rep.dataset_ids = ["D005", "D006", "D007"]
     jobs = rep.training_jobs()
