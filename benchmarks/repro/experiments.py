@@ -676,11 +676,16 @@ class Reproduction:
     def heldout_scores(self, run: Path) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """The run's whole-scan Dice on its held-out fold (``multitalent validate``, made once into
         ``RUN/validation/summary.json``, predictions without post-processing): ({head: mean Dice over the held-out
-        cases}, {head: {case: Dice}}). No test case is used."""
+        cases}, {head: {case: Dice}}). A validation already there is reused only when it scored the final
+        checkpoint on the run's own held-out cases (``validation/validation.json``), as a pair compares; any other
+        (``multitalent validate --checkpoint best`` by hand, ...) is made again. No test case is used."""
         from multitalent.training.validation import final_validation
 
         path = run / "validation" / "summary.json"
-        if not path.is_file():
+        made = _read_json(run / "validation" / "validation.json", {}) or {}
+        held_out = (_read_json(run / "config.json", {}) or {}).get("val_cases")
+        if not (path.is_file() and made.get("checkpoint") == "final"
+                and sorted(made.get("cases") or []) == sorted(held_out or [])):
             self.say(f"validating {run.name} on its held-out fold (whole scans)")
             final_validation(run, device=self.device, workers=self.sizes.eval_workers, quiet=self.quiet)
             (run / "postprocessing.json").unlink(missing_ok=True)  # predictions stay raw

@@ -934,3 +934,34 @@ def test_the_extension_experiment_runs_alone(reproduce, tmp_path):
     assert len(ctx["findings"]) == 6 and all(f["verdict"].startswith("not judged") for f in ctx["findings"])
     for row in ("| extend_union |", "| extend_distill |", "| fine-tuned to D005 (mean of seeds) |"):
         assert row in text, row
+
+
+def test_a_held_out_score_is_reused_only_when_it_scored_the_final_checkpoint_on_the_held_out_fold(
+        reproduce, tmp_path, monkeypatch):
+    import multitalent.training.validation as validation
+
+    run = tmp_path / "runs" / "r"
+    (run / "validation").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"config": {}, "val_cases": ["a_002", "a_001"]}))
+
+    def cached(checkpoint: str, cases: list[str], dice: float) -> None:
+        (run / "validation" / "validation.json").write_text(json.dumps(
+            {"fold": "0", "checkpoint": checkpoint, "cases": cases}))
+        (run / "validation" / "summary.json").write_text(json.dumps(
+            {"heads": {"h": {"dice_mean": dice}}, "cases": {"A": {c: {"h": {"dice": dice}} for c in cases}}}))
+
+    made = []
+
+    def final_validation(path, **options):  # what `multitalent validate` leaves: the final checkpoint, the fold
+        made.append(Path(path).name)
+        cached("final", ["a_001", "a_002"], 0.75)
+
+    monkeypatch.setattr(validation, "final_validation", final_validation)
+    rep = reproduce.Reproduction(reproduce.TINY, tmp_path)
+    cached("final", ["a_001", "a_002"], 0.5)  # made by an earlier invocation: reused
+    assert rep.heldout_scores(run)[0] == {"h": 0.5} and made == []
+    cached("best", ["a_001", "a_002"], 0.9)  # `multitalent validate --checkpoint best` by hand: made again
+    means, cases = rep.heldout_scores(run)
+    assert means == {"h": 0.75} and cases == {"h": {"a_001": 0.75, "a_002": 0.75}} and made == ["r"]
+    cached("final", ["a_001"], 0.9)  # another set of cases
+    assert rep.heldout_scores(run)[0] == {"h": 0.75} and made == ["r", "r"]
