@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 
 
@@ -81,17 +79,3 @@ def validate(run: str | os.PathLike, **options) -> dict | None:
     from multitalent.training.validation import final_validation
 
     return final_validation(run, **options)
-
-
-class _CallableModule(types.ModuleType):
-    """A module of the package that shares its name with a public call (``multitalent.finetune``,
-    ``multitalent.extend``): importing the module replaces the package attribute, so the module itself
-    answers ``mt.finetune(...)`` with the API function of its name."""
-
-    def __call__(self, *args, **kwargs):
-        return globals()[self.__name__.rsplit(".", 1)[1]](*args, **kwargs)
-
-
-def make_callable(module_name: str) -> None:
-    """Let the module ``module_name`` be called as the API function of the same name."""
-    sys.modules[module_name].__class__ = _CallableModule

@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from multitalent.api import make_callable
+from multitalent._callable import make_callable
 from multitalent.data.loader import UNPACKED_KEYS
 from multitalent.errors import UserInputError, atomic_dir, write_json
 from multitalent.finetune import adopt_network, finetune_phases

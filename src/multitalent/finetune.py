@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from multitalent.api import make_callable
+from multitalent._callable import make_callable
 from multitalent.errors import UserInputError
 from multitalent.models import head_parameters, load_backbone
 from multitalent.models.unet import NNUNET_MAX_FEATURES

@@ -23,6 +23,15 @@ def test_the_api_names_exist():
     import multitalent.finetune  # noqa: F401
 
     assert callable(mt.extend) and callable(mt.finetune)
+    from multitalent import api
+
+    for name in ("extend", "finetune"):  # the module answers with the API function of its name
+        assert isinstance(getattr(mt, name), type(multitalent.extend))
+        with pytest.raises(TypeError) as direct:
+            getattr(api, name)()
+        with pytest.raises(TypeError) as via_module:
+            getattr(mt, name)()
+        assert str(via_module.value) == str(direct.value) and f"{name}() missing" in str(direct.value)
 
 
 @pytest.mark.slow  # trains and predicts
