@@ -500,19 +500,23 @@ def singles_context(singles: list[str], summaries: dict, single_sums: dict, sing
     """The report's part on the single-dataset models trained with an ablation's change (``--singles``): their
     scores, convergence, MultiTalent-against-them tests and readings, and the gap tests against the reference's.
     An ablation without single-dataset models of its own is tested against the reference's (``against``), when
-    they are trained: whether MultiTalent with the change beats the paper's single-dataset models."""
+    they are trained: whether MultiTalent with the change beats the paper's single-dataset models. ``flat``: each
+    MultiTalent run's convergence under the report's criterion (True, False, or None for a run not judged)."""
     against = {n: n for n in singles}
     if REFERENCE in singles:
         against.update({n: REFERENCE for n in flat if n not in singles})
     both = {n: bool(flat[n]) and all(c.get("converged") for c in single_conv[s].values()) for n, s in against.items()}
+    states = {n: [flat[n], *(c.get("converged") for c in single_conv[s].values())] for n, s in against.items()}
     vs = {n: compare(summaries[n], single_sums[s], heads) for n, s in against.items()}
     gaps = {n: gap_tests(summaries[n], single_sums[n], summaries[REFERENCE], single_sums[REFERENCE], heads)
             for n in singles if n != REFERENCE and REFERENCE in singles}
     return {"singles": singles, "single_summaries": single_sums, "single_convergence": single_conv,
             "single_stats": single_stats, "single_iterations": iterations, "vs_singles": vs, "against": against,
-            "single_readings": {n: reading(vs[n], both[n], why) for n in against}, "gaps": gaps,
+            "single_readings": {n: reading(vs[n], both[n], unjudged_why(states[n], why)) for n in against},
+            "gaps": gaps,
             "gap_readings": {n: GAP_WORDS.get(r, r) for n in gaps
-                             for r in [reading(gaps[n], both[n] and both[REFERENCE], why)]},
+                             for r in [reading(gaps[n], both[n] and both[REFERENCE],
+                                               unjudged_why(states[n] + states[REFERENCE], why))]},
             "subsets": {n: sub for n, s in against.items()
                         for sub in [converged_subset(summaries[n], single_sums[s], single_conv[s], flat[n], heads,
                                                      why)] if sub},
@@ -602,6 +606,14 @@ def singles_section(ctx: dict) -> list[str]:
     return lines
 
 
+def unjudged_why(states: list[bool | None], why: str) -> str:
+    """Why a comparison of runs whose convergence ``states`` are these gets no verdict: ``why``, unless budget
+    doubling decides (``why`` "not converged") and no run was shown unconverged, only some left unjudged."""
+    if why == "not converged" and False not in states and None in states:
+        return "not judged: a run in no budget pair"
+    return why
+
+
 def reading(tests: dict, flattened: bool, why: str = "not flattened") -> str:
     """The verdict of a comparison's tests (over heads and over cases) when both sides have converged under the
     report's criterion (``flattened``); otherwise *not measurable at this budget*, ``why`` saying which. A test
@@ -676,12 +688,14 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
     by_dataset = {n: per_dataset(summaries[n], heads, rep.dataset_ids) for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
     flat = {n: bool(conv[n].get("converged")) for n in names}
+    state = {n: conv[n].get("converged") for n in names}  # True / False / None (in no budget pair)
     given = dict(ablations)
     ctx = {"reference": REFERENCE, "names": names, "heads": heads, "summaries": summaries, "convergence": conv,
            "stats": stats, "tests": tests, "datasets": rep.dataset_ids, "by_dataset": by_dataset,
            "avg_heads": {n: float(np.mean(per_head(summaries[n], heads))) for n in names},
            "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
-           "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE], why) for n in names[1:]},
+           "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE], unjudged_why([state[n], state[REFERENCE]],
+                                                                                       why)) for n in names[1:]},
            "doubling": doubling, "why": why,
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
@@ -690,7 +704,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "cases": {n: per_case(summaries[n], heads) for n in names},
            "recorded": recorded_dice(recorded) if recorded else {}, "recorded_path": _shown(recorded),
            "recorded_iterations": recorded_iterations(recorded, f"ablation_{REFERENCE}") if recorded else None}
-    ctx.update(singles_context(singles, summaries, single_sums, single_conv, single_stats, flat, heads,
+    ctx.update(singles_context(singles, summaries, single_sums, single_conv, single_stats, state, heads,
                                rep.dataset_ids, sizes.single_epochs * sizes.iterations_per_epoch, why))
     _write_json(rep.results / "ablations.json",
                 {k: v for k, v in ctx.items() if k not in ("summaries", "single_summaries")})

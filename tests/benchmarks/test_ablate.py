@@ -189,6 +189,14 @@ def test_an_ablation_without_single_models_of_its_own_is_tested_against_the_pape
     assert ctx["vs_singles"]["excl"]["heads"]["mean_difference"] == pytest.approx((0.215 + 0.325 - 0.175) / 3)
     assert ctx["single_readings"]["excl"] == "not measurable at this budget (not converged)"  # B's single: no
     assert set(ctx["subsets"]) == {"excl"}  # judged on A alone; the reference has not converged
+    # B's single model in no budget pair, none shown unconverged: the reading says it was not judged
+    unjudged = ablate.singles_context(["mt_2n"], {"mt_2n": mt, "excl": excl}, {"mt_2n": single},
+                                      {"mt_2n": {"A": {"converged": True}, "B": {"converged": None}}}, {},
+                                      {"mt_2n": None, "excl": True}, heads, datasets, 4, "not converged")
+    assert unjudged["single_readings"]["excl"] == "not measurable at this budget (not judged: a run in no budget pair)"
+    assert unjudged["single_readings"]["mt_2n"] == unjudged["single_readings"]["excl"]
+    assert ablate.unjudged_why([True, None, False], "not converged") == "not converged"
+    assert ablate.unjudged_why([True, None], "not flattened") == "not flattened"  # the last quarter judges all
     ctx.update({"reference": "mt_2n", "iterations": 8, "datasets": datasets,
                 "what": {"mt_2n": "MultiTalent as in the paper (the reference)", "excl": "exclusions=e.json"},
                 "avg_datasets": {n: ablate.dataset_average(v, heads) for n, v in (("mt_2n", mt), ("excl", excl))},
