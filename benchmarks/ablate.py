@@ -165,7 +165,7 @@ def name_clash(base: Sizes, ablations: list[tuple[str, tuple]]) -> str | None:
     (theirs would be trained and reported as yours); None when none does."""
     own = {n: dict(kw) for n, kw in base.ablations}
     for n, kw in ablations:
-        if n in own and dict(kw).items() - own[n].items():
+        if n in own and dict(kw) != own[n]:
             return f"{n!r} is an ablation of the {base.name} sizes ({own[n]}), not {dict(kw)}: name yours otherwise"
     return None
 
