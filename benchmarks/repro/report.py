@@ -686,9 +686,11 @@ def _render_extension(v: _View) -> None:
 ABLATIONS_ELSEWHERE = (
     "MultiTalent's own parts (its sampling, head prior, balance of BCE and Dice, batch size, the width of both sides, "
     "the exclusions) are ablated on their own by `benchmarks/ablate.py`, each beside MultiTalent as in the paper at "
-    "the same budget (`docs/results_ablations.md`; at twice the budget, toward convergence, "
-    "`docs/results_ablations_2x.md`), and where its errors lie is measured by `benchmarks/error_anatomy.py` "
-    "(`docs/results_error_anatomy.md`).\n")
+    "the same budget (`docs/results_ablations.md`; at twice and four times the budget, toward convergence, "
+    "`docs/results_ablations_2x.md` and `docs/results_ablations_4x.md`: at 32,000 iterations MultiTalent as in the "
+    "paper has converged and shows no significant difference from the single-dataset models that have, with "
+    "exclusions it has not converged), and where its errors lie is measured by `benchmarks/error_anatomy.py` "
+    "(`docs/results_error_anatomy.md`, `docs/results_error_anatomy_4x.md`).\n")
 
 
 def _render_ablations(v: _View) -> None:
