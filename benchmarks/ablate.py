@@ -495,18 +495,18 @@ GAP_WORDS = {"**better**": "**narrows the gap**", "**worse**": "**widens the gap
 
 
 def singles_context(singles: list[str], summaries: dict, single_sums: dict, single_conv: dict, single_stats: dict,
-                    flat: dict, heads: list[str], datasets: list[str], iterations: int,
+                    mt_state: dict, heads: list[str], datasets: list[str], iterations: int,
                     why: str = "not flattened") -> dict:
     """The report's part on the single-dataset models trained with an ablation's change (``--singles``): their
     scores, convergence, MultiTalent-against-them tests and readings, and the gap tests against the reference's.
     An ablation without single-dataset models of its own is tested against the reference's (``against``), when
-    they are trained: whether MultiTalent with the change beats the paper's single-dataset models. ``flat``: each
+    they are trained: whether MultiTalent with the change beats the paper's single-dataset models. ``mt_state``: each
     MultiTalent run's convergence under the report's criterion (True, False, or None for a run not judged)."""
     against = {n: n for n in singles}
     if REFERENCE in singles:
-        against.update({n: REFERENCE for n in flat if n not in singles})
-    both = {n: bool(flat[n]) and all(c.get("converged") for c in single_conv[s].values()) for n, s in against.items()}
-    states = {n: [flat[n], *(c.get("converged") for c in single_conv[s].values())] for n, s in against.items()}
+        against.update({n: REFERENCE for n in mt_state if n not in singles})
+    states = {n: [mt_state[n], *(c.get("converged") for c in single_conv[s].values())] for n, s in against.items()}
+    both = {n: all(states[n]) for n in against}
     vs = {n: compare(summaries[n], single_sums[s], heads) for n, s in against.items()}
     gaps = {n: gap_tests(summaries[n], single_sums[n], summaries[REFERENCE], single_sums[REFERENCE], heads)
             for n in singles if n != REFERENCE and REFERENCE in singles}
@@ -518,8 +518,8 @@ def singles_context(singles: list[str], summaries: dict, single_sums: dict, sing
                              for r in [reading(gaps[n], both[n] and both[REFERENCE],
                                                unjudged_why(states[n] + states[REFERENCE], why))]},
             "subsets": {n: sub for n, s in against.items()
-                        for sub in [converged_subset(summaries[n], single_sums[s], single_conv[s], flat[n], heads,
-                                                     why)] if sub},
+                        for sub in [converged_subset(summaries[n], single_sums[s], single_conv[s],
+                                                     bool(mt_state[n]), heads, why)] if sub},
             "single_avg_heads": {n: float(np.mean(per_head(single_sums[n], heads))) for n in singles},
             "single_avg_datasets": {n: dataset_average(single_sums[n], heads) for n in singles},
             "single_by_dataset": {n: per_dataset(single_sums[n], heads, datasets) for n in singles}}
@@ -687,15 +687,14 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         single_conv = {n: {ds: decided[f"{singles_key(n)}_{ds}"] for ds in single_conv[n]} for n in singles}
     by_dataset = {n: per_dataset(summaries[n], heads, rep.dataset_ids) for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
-    flat = {n: bool(conv[n].get("converged")) for n in names}
     state = {n: conv[n].get("converged") for n in names}  # True / False / None (in no budget pair)
     given = dict(ablations)
     ctx = {"reference": REFERENCE, "names": names, "heads": heads, "summaries": summaries, "convergence": conv,
            "stats": stats, "tests": tests, "datasets": rep.dataset_ids, "by_dataset": by_dataset,
            "avg_heads": {n: float(np.mean(per_head(summaries[n], heads))) for n in names},
            "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
-           "readings": {n: reading(tests[n], flat[n] and flat[REFERENCE], unjudged_why([state[n], state[REFERENCE]],
-                                                                                       why)) for n in names[1:]},
+           "readings": {n: reading(tests[n], bool(state[n] and state[REFERENCE]),
+                                   unjudged_why([state[n], state[REFERENCE]], why)) for n in names[1:]},
            "doubling": doubling, "why": why,
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
@@ -773,8 +772,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = scaled_budget(sizes, args.budget_factor)
     except ValueError as e:
         p.error(f"--budget-factor: {e}")
-    if name_clash(sizes, ablations):
-        p.error(f"--ablation: {name_clash(sizes, ablations)}")
+    clash = name_clash(sizes, ablations)
+    if clash:
+        p.error(f"--ablation: {clash}")
     try:
         ablation_sizes(sizes, ablations, args.singles)
     except ValueError as e:
