@@ -316,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                         "trained or reported (its folder is kept, so --double RUN later resumes it); refused for a "
                         "run that a longer doubling or a --finetune-from start still needs; repeatable")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="training runs at once, each a process with cpu_count // N torch threads (default: the "
-                        "sizes' own: 1 for --quick, 2 for --full, 6 for --gpu); changes how the runs share the "
-                        "machine, not the runs, so a resumed --out takes any N")
+                   help="training runs at once, each a process with C // N torch threads, C the cores this process "
+                        "may use (taskset) (default: the sizes' own: 1 for --quick, 2 for --full, 6 for --gpu); "
+                        "changes how the runs share the machine, not the runs, so a resumed --out takes any N")
     p.add_argument("--verbose", action="store_true", help="progress bars of every stage")
     args = p.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:

@@ -32,6 +32,7 @@ from repro.common import (
     finetune_run,
     run_stats,
     single_key,
+    usable_cores,
 )
 from repro.data import write_fully_labelled, write_subset_collection
 from repro.sizes import Sizes
@@ -437,9 +438,9 @@ class Reproduction:
 
     def train_all(self, only: list[str] | None = None) -> None:
         """Every unfinished training run (``only``: just these), ``self.jobs`` at a time in worker processes (each
-        with ``cpu_count // jobs`` torch threads; fewer runs to train than ``jobs``: the cores shared among them), a
-        fine-tuning only after its pre-training. Nothing to do when ``self.jobs`` is 1: the stages then train one
-        run after the other."""
+        with ``usable_cores() // jobs`` torch threads, the cores this process may run on; fewer runs to train than
+        ``jobs``: the cores shared among them), a fine-tuning only after its pre-training. Nothing to do when
+        ``self.jobs`` is 1: the stages then train one run after the other."""
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -466,7 +467,7 @@ class Reproduction:
         if not todo:
             return
         # the cores shared by the runs that can run at once (one run left: it gets them all)
-        threads = max(1, (os.cpu_count() or n_jobs) // min(n_jobs, len(todo)))
+        threads = max(1, usable_cores() // min(n_jobs, len(todo)))
         self.say(f"training {len(todo)} runs, {n_jobs} at a time ({threads} torch thread(s) each)")
         running: dict = {}
         here = str(Path(__file__).resolve().parents[1])  # benchmarks/, the folder that holds ``repro``

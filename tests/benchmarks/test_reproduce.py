@@ -235,6 +235,42 @@ def _runs_started(rep, monkeypatch) -> list[str]:
     return started
 
 
+def test_training_workers_share_the_cores_this_process_may_use(reproduce, tmp_path, monkeypatch):
+    """``taskset -c 0`` gives two invocations side by side one core each: their workers then take one torch thread,
+    not the machine's count (which made two one-run invocations run four threads on two cores)."""
+    import concurrent.futures
+    import dataclasses
+
+    common = sys.modules["repro.common"]
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert common.usable_cores() == 1
+    full = dataclasses.replace(reproduce.FULL, double_runs=("single_D005",))
+    rep = reproduce.Reproduction(full, tmp_path, jobs=2)
+    rep.dataset_ids = ["D005"]
+    threads: list[int] = []
+
+    class Pool:
+        def __init__(self, *a, initargs=(), **k):
+            threads.append(initargs[0])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, fn, *args):
+            f = concurrent.futures.Future()
+            f.set_result(args[-1])
+            return f
+
+    monkeypatch.setattr(sys.modules[type(rep).__module__], "ProcessPoolExecutor", Pool)
+    rep.train_all(only=["single_D005"])
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    rep.train_all(only=["single_D005"])
+    assert threads == [1, 4]  # a lone run to train takes every core it may use
+
+
 def test_the_longest_remaining_training_starts_first(reproduce, tmp_path, monkeypatch):
     import dataclasses
 
