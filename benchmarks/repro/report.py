@@ -693,7 +693,7 @@ ABLATIONS_ELSEWHERE = (
     "(`docs/results_error_anatomy.md`, `docs/results_error_anatomy_4x.md`). The merged softmax, trained there as an "
     "ablation (`softmax:objective=merged_softmax`) beside the same MultiTalent, converged at 16,000 iterations "
     "(16,000 -> 32,000: -0.47 held-out points) and scores 20.6 (16,000) and 15.1 (32,000) over datasets against "
-    "MultiTalent's 65.5 and 65.9: sigmoid heads beat it by 50 points or more, one-sided paired p < 0.001 over 19 "
+    "MultiTalent's 65.5 and 65.9: sigmoid heads beat it by 45 to 54 points, one-sided paired p < 0.001 over 19 "
     "heads and over 10 cases, both budgets (section 1 cannot judge the claim: the reproduction's own merged softmax "
     "had not converged).\n")
 
