@@ -1001,3 +1001,23 @@ def test_a_held_out_score_is_reused_only_when_it_scored_the_final_checkpoint_on_
     assert means == {"h": 0.75} and cases == {"h": {"a_001": 0.75, "a_002": 0.75}} and made == ["r"]
     cached("final", ["a_001"], 0.9)  # another set of cases
     assert rep.heldout_scores(run)[0] == {"h": 0.75} and made == ["r", "r"]
+
+
+def test_the_committed_report_says_what_the_ablation_reports_measured(reproduce):
+    """``docs/results.md`` holds the report's hand-maintained text on the ablations word for word (the next
+    ``--full`` invocation writes it again), and the merged softmax's figures that text quotes are those of the
+    committed K = 2 and K = 4 ablation reports."""
+    docs = BENCHMARKS.parent / "docs"
+    text = sys.modules["repro.report"].ABLATIONS_ELSEWHERE
+    assert text in (docs / "results.md").read_text(encoding="utf-8")
+
+    def over_datasets(report: str) -> dict[str, str]:
+        lines = (docs / report).read_text(encoding="utf-8").splitlines()
+        header = next(i for i, ln in enumerate(lines) if ln.startswith("| average |"))
+        names = [c.strip() for c in lines[header].strip("|").split("|")]
+        row = next(ln for ln in lines[header:] if ln.startswith("| over datasets |"))
+        return dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
+
+    for report in ("results_ablations_2x.md", "results_ablations_4x.md"):
+        row = over_datasets(report)
+        assert f"{row['ablation_softmax']} (" in text and row["ablation_mt_2n"] in text, report
