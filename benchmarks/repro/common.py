@@ -109,14 +109,6 @@ def _date_utc() -> str:
         return datetime.datetime.now(datetime.timezone.utc).strftime("%a %b %d %H:%M:%S UTC %Y")
 
 
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (``taskset``, a container's cpuset) where the system
-    reports one, else every core."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
 def machine_description(device: str) -> str:
     import torch
 

@@ -32,7 +32,6 @@ from repro.common import (
     finetune_run,
     run_stats,
     single_key,
-    usable_cores,
 )
 from repro.data import write_fully_labelled, write_subset_collection
 from repro.sizes import Sizes
@@ -466,6 +465,8 @@ class Reproduction:
         todo.sort(key=lambda n: -left[n])
         if not todo:
             return
+        from multitalent.device import usable_cores
+
         # the cores shared by the runs that can run at once (one run left: it gets them all)
         threads = max(1, usable_cores() // min(n_jobs, len(todo)))
         self.say(f"training {len(todo)} runs, {n_jobs} at a time ({threads} torch thread(s) each)")

@@ -3,6 +3,7 @@
 - :func:`resolve_device`: ``cpu``, ``cuda`` or ``cuda:N`` checked against this machine (a missing GPU or
   an index beyond the GPUs present is a user error, for ``train`` and ``predict`` alike);
 - :func:`amp_dtype`: the mixed-precision dtype for an ``--amp`` choice on a device;
+- :func:`usable_cores`: the CPU cores this process may run on (its affinity: ``taskset``, a cpuset);
 - :func:`strip_wrapper_prefixes`: parameter names without the ``module.`` (DDP) and ``_orig_mod.``
   (``torch.compile``) prefixes that wrappers put in front of them.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from typing import Literal, TypeVar
 
@@ -22,6 +24,14 @@ AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 V = TypeVar("V")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity (``taskset``, a container's cpuset) where the system
+    reports one, else every core."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -241,9 +241,10 @@ def test_training_workers_share_the_cores_this_process_may_use(reproduce, tmp_pa
     import concurrent.futures
     import dataclasses
 
-    common = sys.modules["repro.common"]
-    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert common.usable_cores() == 1
+    from multitalent.device import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cores() == 1
     full = dataclasses.replace(reproduce.FULL, double_runs=("single_D005",))
     rep = reproduce.Reproduction(full, tmp_path, jobs=2)
     rep.dataset_ids = ["D005"]
@@ -266,7 +267,7 @@ def test_training_workers_share_the_cores_this_process_may_use(reproduce, tmp_pa
 
     monkeypatch.setattr(sys.modules[type(rep).__module__], "ProcessPoolExecutor", Pool)
     rep.train_all(only=["single_D005"])
-    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     rep.train_all(only=["single_D005"])
     assert threads == [1, 4]  # a lone run to train takes every core it may use
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from multitalent.data.augment import initial_patch_size, training_transforms
 from multitalent.data.sampling import case_probabilities
 from multitalent.data.targets import label_dtype
+from multitalent.device import usable_cores
 from multitalent.exclusions import exclusion_rows
 from multitalent.preprocessing.normalization import AIR_HU, normalize, normalized_air
 from multitalent.preprocessing.pipeline import Preprocessed
@@ -238,7 +239,7 @@ def auto_num_workers(requested: int, device_type: str, local_processes: int = 1,
     if device_type != "cuda":
         return 2
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     return max(1, min(MAX_AUTO_WORKERS, cores // max(1, local_processes) - 1))
 
 
