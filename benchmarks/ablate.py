@@ -26,9 +26,14 @@ gaps):
 ``--budget-factor K`` trains every run at K times the budget in a folder of its own; ``--half-budget DIR`` pairs
 each run with its namesake in the folder of half the budget, and budget doubling on held-out whole scans (the
 criterion of ``docs/results.md``, ``budget_doubling``) then decides the readings instead of the last quarter;
-``--double-budget DIR`` pairs them with the runs of a folder at twice the budget (it may hold only some):
+``--double-budget DIR`` pairs them with the runs of a folder at twice the budget (it may hold only some); named
+again, with a folder at four times the budget, eight times, ..., it extends each run's chain, and a single-dataset
+model that converged only at a longer budget of its chain is compared through that run, its *stand-in* (the
+paper's rule: N large enough to converge; chosen on the held-out folds, never on a test case):
 
     python benchmarks/ablate.py --out /work/ablate2x --budget-factor 2 --half-budget /work/ablate ...
+    python benchmarks/ablate.py --out /work/ablate4x --budget-factor 4 --half-budget /work/ablate2x \
+        --double-budget /work/ablate8x --double-budget /work/ablate16x ...
 
 ``--ablation NAME:FIELD=VALUE[,FIELD=VALUE...]`` sets ``TrainConfig`` fields (``multitalent train --help``:
 base_features, sampling, head_prior, batch_size, fg_fraction, lr, ...); the run is ``ablation_NAME``. The output
@@ -65,6 +70,7 @@ from repro.statistics import (  # noqa: E402
     compare,
     convergence,
     dataset_average,
+    merge_datasets,
     paired,
     per_case,
     per_head,
@@ -299,28 +305,66 @@ def check_pairs(out: Path, names: list[str], half: Path | None, double: Path | N
     return n
 
 
-def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None, double: Path | None = None) -> list[dict]:
+def _folders(double: Path | list[Path] | None) -> list[Path]:
+    """``--double-budget``'s folders as a list: twice this budget, four times, ... (one folder or none: as given)."""
+    return [] if double is None else [double] if isinstance(double, Path) else list(double)
+
+
+def chain_key(name: str, folder: Path) -> str:
+    """How a run of another folder is named among this folder's runs in the budget pairs: ``<run>@<folder>``."""
+    return f"{name}@{folder}"
+
+
+def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None,
+                    double: Path | list[Path] | None = None) -> list[dict]:
     """The criterion of ``docs/results.md`` (section 0) between this folder's runs and their namesakes in the
     ablation folders ``half`` (the same runs at half the budget) and ``double`` (at twice it; it may hold only some
-    runs): both runs of a pair predict their held-out fold as whole scans (``Reproduction.heldout_scores``), and
-    the pair is within one point when doubling the budget gained less than one Dice point
-    (``repro.statistics.budget_pair_rows``). One row per pair, with ``run`` (this folder's run), ``folder`` (the
-    other one's) and ``iterations`` (shorter, longer); ``PairError`` from ``namesake_run``."""
+    runs; a list: at twice, four times, ... the budget, each folder's runs paired with their namesakes in the next,
+    the chain going on only as long as each folder holds the run finished): both runs of a pair predict their
+    held-out fold as whole scans (``Reproduction.heldout_scores``), and the pair is within one point when doubling
+    the budget gained less than one Dice point (``repro.statistics.budget_pair_rows``). One row per pair, with
+    ``run`` (this folder's run), ``from`` (None, or the folder of the chain's shorter run when it is not this
+    one), ``folder`` (the longer or the shorter run's, the other one's), ``iterations`` (shorter, longer),
+    ``shorter`` / ``longer`` (the runs' keys: the name, or ``chain_key``); ``PairError`` from ``namesake_run``."""
     pairs: dict = {"pairs": [], "heldout": {}, "heldout_cases": {}}
     extra = []
-    for folder, longer in ((half, False), (double, True)):
-        for name, run in runs.items() if folder is not None else ():
-            other = namesake_run(run, folder, longer)
+
+    def pair(name: str, short: tuple[str, Path], long: tuple[str, Path], folder: Path, start: Path | None) -> None:
+        pairs["pairs"].append((short[0], long[0]))
+        extra.append({"run": name, "from": None if start is None else _shown(start), "folder": _shown(folder),
+                      "iterations": [run_stats(short[1])["iterations"], run_stats(long[1])["iterations"]]})
+        for k, d in (short, long):
+            if k not in pairs["heldout"]:
+                pairs["heldout"][k], pairs["heldout_cases"][k] = rep.heldout_scores(d)
+
+    for name, run in runs.items():
+        other = namesake_run(run, half, False) if half is not None else None
+        if other is not None:
+            pair(name, (chain_key(name, half), other), (name, run), half, None)
+        prev, prev_key, start = run, name, None
+        for folder in _folders(double):
+            other = namesake_run(prev, folder, True)
             if other is None:
-                continue
-            key = f"{name}@{folder}"
-            pairs["pairs"].append((name, key) if longer else (key, name))
-            its = (run_stats(other)["iterations"], run_stats(run)["iterations"])
-            extra.append({"run": name, "folder": _shown(folder), "iterations": list(its[::-1] if longer else its)})
-            for k, d in ((key, other), (name, run)):
-                if k not in pairs["heldout"]:
-                    pairs["heldout"][k], pairs["heldout_cases"][k] = rep.heldout_scores(d)
+                break
+            pair(name, (prev_key, prev), (chain_key(name, folder), other), folder, start)
+            prev, prev_key, start = other, chain_key(name, folder), folder
     return [{**r, **e} for r, e in zip(budget_pair_rows(pairs, set()), extra)]
+
+
+def single_stand_ins(decided: dict, singles: list[str], double: list[Path]) -> dict[str, Path]:
+    """For each single-dataset model (its run's name) that has not converged by budget doubling
+    (``decided``: ``by_budget_pairs`` over this folder's runs and the chains' runs, ``chain_key``), the first run of
+    its chain in the longer folders ``double`` that has: the same model trained long enough, compared in its place
+    (the paper's rule: N large enough to converge). Chosen on the held-out folds, never on a test case."""
+    out = {}
+    for name in singles:
+        if decided.get(name, {}).get("converged") is True:
+            continue
+        for folder in double:
+            if decided.get(chain_key(name, folder), {}).get("converged") is True:
+                out[name] = folder / "runs" / name
+                break
+    return out
 
 
 def write_ablation_report(path: Path, ctx: dict) -> str:
@@ -467,7 +511,8 @@ def doubling_section(ctx: dict) -> list[str]:
              "|---|---|---|---|---:|---:|---:|---|"]
     for r in ctx["doubling"]:
         within = "n/a" if r["within"] is None else "yes" if r["within"] else "**no**"
-        lines.append(f"| {r['run']} | `{r['folder']}` | {r['iterations'][0]} -> {r['iterations'][1]} | "
+        run = r["run"] if r.get("from") is None else f"{r['run']} in `{r['from']}`"
+        lines.append(f"| {run} | `{r['folder']}` | {r['iterations'][0]} -> {r['iterations'][1]} | "
                      f"{_pct(r['dice'][0])} -> {_pct(r['dice'][1])} | {_points(r['gain'], '+.2f')} | "
                      f"{r['n_cases']} | {_points(r['se'], '.2f')} | {within} |")
     judged = {r["run"] for r in ctx["doubling"]}
@@ -476,7 +521,15 @@ def doubling_section(ctx: dict) -> list[str]:
               if f"{singles_key(n)}_{ds}" not in judged]
     if alone:
         lines += ["", f"In no pair (cannot be judged): {', '.join(alone)}."]
-    return lines + [""]
+    return lines + [stand_in_note(ctx), ""] if ctx.get("stand_ins") else lines + [""]
+
+
+def stand_in_note(ctx: dict) -> str:
+    """The sentence naming the single-dataset models compared through a longer run of their chain (``stand_ins``)."""
+    return ("\nCompared at the budget where they converged (stand-ins: the first run of the chain shown converged; "
+            "chosen on the held-out folds, never on a test case; the paper's rule is N large enough to converge): "
+            + ", ".join(f"{n} by its run in `{v['folder']}` ({v['iterations']} iterations)"
+                        for n, v in ctx["stand_ins"].items()) + ".")
 
 
 def gap_tests(mt: dict, single: dict, mt_ref: dict, single_ref: dict, heads: list[str]) -> dict:
@@ -561,8 +614,10 @@ def singles_section(ctx: dict) -> list[str]:
              "own: the paper's, `single_<dataset>`). A reading is a verdict only when MultiTalent and "
              f"all its single-dataset models have {converged_word(ctx)}; where MultiTalent has and only some of "
              "them have, the comparison is also made on the datasets whose single model has (chosen by the "
-             "training runs' criterion, never by a test case). Paper (13 datasets, converged): MultiTalent +1.05 "
-             "points over datasets against the single-dataset nnU-Nets.", "",
+             "training runs' criterion, never by a test case)."
+             + (stand_in_note(ctx).replace("\n", " ") if ctx.get("stand_ins") else "")
+             + " Paper (13 datasets, converged): MultiTalent +1.05 points over datasets against the single-dataset "
+             "nnU-Nets.", "",
              "| change | MultiTalent, over datasets | single-dataset, over datasets | over | n | mean difference | "
              "p (a > b) | p (a < b) | reading |", "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     against = ctx.get("against") or {n: n for n in singles}
@@ -633,12 +688,13 @@ def reading(tests: dict, flattened: bool, why: str = "not flattened") -> str:
 
 def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
         quiet: bool, reports: list[Path], command: str, recorded: Path | None = None,
-        singles: list[str] = (), half: Path | None = None, double: Path | None = None) -> dict:
+        singles: list[str] = (), half: Path | None = None, double: Path | list[Path] | None = None) -> dict:
     """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
     to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each (``recorded``: a reproduction
     report whose per-head Dice the runs are set beside; ``half``, ``double``: ablation folders of the same runs at
-    half and at twice the budget, whose pairs with these decide convergence, ``budget_doubling``); returns the
-    report context."""
+    half and at twice the budget, whose pairs with these decide convergence, ``budget_doubling``; ``double`` a list:
+    at twice, four times, ... the budget, the chains' longer runs, whose single-dataset models converged only there
+    stand in for this folder's, ``single_stand_ins``); returns the report context."""
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
         return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded, list(singles),
@@ -647,7 +703,7 @@ def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, 
 
 def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
          quiet: bool, reports: list[Path], command: str, recorded: Path | None, singles: list[str],
-         half: Path | None = None, double: Path | None = None) -> dict:
+         half: Path | None = None, double: Path | list[Path] | None = None) -> dict:
     from multitalent.registry import HeadRegistry
 
     t0 = time.perf_counter()
@@ -676,15 +732,29 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         single_conv[n] = {ds: convergence(r) for ds, r in runs.items()}
         single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
         folders.update({r.name: r for r in runs.values()})
-    doubling, why = None, "not flattened"
-    if half is not None or double is not None:  # the criterion of docs/results.md decides; the last quarter's
-        # reading stays beside it
+    doubling, why, stand = None, "not flattened", {}
+    double = _folders(double)
+    if half is not None or double:  # the criterion of docs/results.md decides; the last quarter's reading stays
+        # beside it
         doubling, why = budget_doubling(rep, folders, half, double), "not converged"
+        others = {k: {} for r in doubling for k in (r["shorter"], r["longer"]) if k not in folders}  # other folders'
         decided = by_budget_pairs({f"ablation_{n}": conv[n] for n in names}
-                                  | {f"{singles_key(n)}_{ds}": c for n in singles for ds, c in single_conv[n].items()},
-                                  doubling)
+                                  | {f"{singles_key(n)}_{ds}": c for n in singles for ds, c in single_conv[n].items()}
+                                  | others, doubling)
         conv = {n: decided[f"ablation_{n}"] for n in names}
         single_conv = {n: {ds: decided[f"{singles_key(n)}_{ds}"] for ds in single_conv[n]} for n in singles}
+        for n in singles:  # a single model converged only at a longer budget: compared through that run
+            of = {f"{singles_key(n)}_{ds}": ds for ds in single_conv[n]}
+            for name, run_dir in single_stand_ins(decided, list(of), double).items():
+                ds, its = of[name], run_stats(run_dir)["iterations"]
+                key = f"{name}@{its}"  # its predictions and scores in this folder, by the budget
+                pred = rep.preds / key
+                if any(not (pred / c / "case.json").is_file() for c in rep.test_cases[ds]):
+                    rep.say(f"predicting {run_dir} (the stand-in of {name}) on {ds}'s test cases")
+                    rep.predict(run_dir, rep.dataset_dirs[ds] / "imagesTs", pred)
+                single_sums[n] = merge_datasets(single_sums[n], {ds: rep.evaluate(pred, [ds], registry, key)})
+                single_conv[n][ds] = {**single_conv[n][ds], "converged": True, "stand_in": _shown(run_dir)}
+                stand[name] = {"folder": _shown(run_dir.parents[1]), "iterations": its}
     by_dataset = {n: per_dataset(summaries[n], heads, rep.dataset_ids) for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
     state = {n: conv[n].get("converged") for n in names}  # True / False / None (in no budget pair)
@@ -695,7 +765,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "avg_datasets": {n: dataset_average(summaries[n], heads) for n in names},
            "readings": {n: reading(tests[n], bool(state[n] and state[REFERENCE]),
                                    unjudged_why([state[n], state[REFERENCE]], why)) for n in names[1:]},
-           "doubling": doubling, "why": why,
+           "doubling": doubling, "why": why, "stand_ins": stand,
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
            "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
@@ -745,9 +815,12 @@ def main(argv: list[str] | None = None) -> int:
                         "as whole scans (multitalent validate, once, into each run's folder), and a run has "
                         "converged when doubling its budget gained less than one point of held-out Dice (the "
                         "criterion of docs/results.md), which then decides the readings")
-    p.add_argument("--double-budget", type=Path, metavar="DIR",
+    p.add_argument("--double-budget", type=Path, metavar="DIR", action="append", default=[],
                    help="a folder of some of the same runs at twice this budget (the same settings; it may hold "
-                        "only the runs that --half-budget could not show converged), paired in the same way")
+                        "only the runs that --half-budget could not show converged), paired in the same way; "
+                        "repeatable: the next at four times the budget, ..., each run's chain going on through "
+                        "them, and a single-dataset model converged only at a longer budget is compared through "
+                        "that run (its stand-in)")
     p.add_argument("--verbose", action="store_true", help="progress bars")
     args = p.parse_args(argv)
     if not args.ablation:
@@ -788,13 +861,14 @@ def main(argv: list[str] | None = None) -> int:
                                                  else f"{cfg['epochs'] * cfg['iterations_per_epoch']} iterations, "
                                                  f"not half of this invocation's "
                                                  f"{reference_epochs(sizes) * sizes.iterations_per_epoch}"))
-    if args.double_budget is not None and not (args.double_budget / "runs").is_dir():
-        p.error(f"--double-budget: {args.double_budget}: no runs/ folder")
+    for folder in args.double_budget:
+        if not (folder / "runs").is_dir():
+            p.error(f"--double-budget: {folder}: no runs/ folder")
     try:
         singles = list(dict.fromkeys(args.singles))
         check_pairs(args.out, [f"ablation_{n}" for n in [REFERENCE, *names]]
                     + [f"{singles_key(n)}_{ds}" for n in singles for ds in sizes.datasets],
-                    args.half_budget, args.double_budget)
+                    args.half_budget, args.double_budget[0] if args.double_budget else None)
         run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
             [args.report], command, args.recorded, singles, args.half_budget, args.double_budget)
     except PairError as e:  # namesake_run: a run in those folders is not one of these at another budget

@@ -327,8 +327,61 @@ def test_budget_doubling_decides_the_readings_and_says_so(ablate):
     assert ablate.reading(better, False, "not converged") == "not measurable at this budget (not converged)"
 
 
+def test_a_chain_of_longer_folders_is_paired_in_turn_and_a_single_model_converged_later_stands_in(ablate,
+                                                                                                     tmp_path):
+    import json
+
+    def trained(folder: Path, name: str, epochs: int) -> Path:
+        run = _run_folder(folder / "runs" / name, epochs)
+        (run / "log.jsonl").write_text(json.dumps({"epoch": epochs - 1, "iteration": epochs * 10}) + "\n")
+        return run
+
+    half, out, d2, d4 = (tmp_path / n for n in ("half", "out", "x2", "x4"))
+    dice = {  # held-out Dice by folder: D005 gains 10 points, then 10 more, then 0.2 (converged at x2 only)
+        "single_D005": {half: 0.40, out: 0.50, d2: 0.60, d4: 0.602},
+        "single_D001": {out: 0.70, d2: 0.705, d4: 0.80},  # within one point at x1, then +9.5: not converged
+        "single_D006": {out: 0.80, d4: 0.90},  # not at x2: its chain stops there, x4 is never paired
+    }
+    runs = {}
+    for name, by in dice.items():
+        for folder in by:
+            run = trained(folder, name, {half: 4, out: 8, d2: 16, d4: 32}[folder])
+            if folder == out:
+                runs[name] = run
+
+    class Rep:  # the held-out scores (Reproduction.heldout_scores) by the run's folder
+        def heldout_scores(self, run: Path):
+            v = dice[run.name][run.parents[1]]
+            return {"h": v}, {"h": {"c1": v, "c2": v + 0.001}}
+
+    rows = ablate.budget_doubling(Rep(), runs, half, [d2, d4])
+    got = [(r["run"], r["from"], r["folder"], r["iterations"], r["within"]) for r in rows]
+    assert got == [("single_D005", None, str(half), [40, 80], False),
+                   ("single_D005", None, str(d2), [80, 160], False),
+                   ("single_D005", str(d2), str(d4), [160, 320], True),
+                   ("single_D001", None, str(d2), [80, 160], True),
+                   ("single_D001", str(d2), str(d4), [160, 320], False)]
+    assert rows[2]["shorter"] == ablate.chain_key("single_D005", d2) == f"single_D005@{d2}"
+    others = {k: {} for r in rows for k in (r["shorter"], r["longer"]) if k not in runs}
+    decided = ablate.by_budget_pairs({n: {} for n in runs} | others, rows)
+    assert [decided[n]["converged"] for n in runs] == [False, False, None]
+    stand = ablate.single_stand_ins(decided, list(runs), [d2, d4])
+    assert stand == {"single_D005": d2 / "runs" / "single_D005"}  # D001's chain grew later: no stand-in
+    # the report's table names where a chain's shorter run lies, and the stand-in
+    ctx = {"doubling": rows, "names": [], "singles": ["mt_2n"],
+           "single_convergence": {"mt_2n": {"D005": {}, "D001": {}, "D006": {}}},
+           "stand_ins": {"single_D005": {"folder": str(d2), "iterations": 160}}}
+    text = "\n".join(ablate.doubling_section(ctx))
+    assert f"| single_D005 in `{d2}` | `{d4}` | 160 -> 320 | 60.0 -> 60.2 | +0.20 | 2 |" in text
+    assert f"| single_D005 | `{d2}` | 80 -> 160 | 50.0 -> 60.0 | +10.00 |" in text
+    assert "In no pair (cannot be judged): single_D006." in text
+    assert f"single_D005 by its run in `{d2}` (160 iterations)" in text
+    # one folder, as before: the first doubling only
+    assert len(ablate.budget_doubling(Rep(), runs, None, d2)) == 2
+
+
 @pytest.mark.slow  # trains two tiny runs and predicts the test cases (~1 min)
-def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, capsys):
+def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, capsys, monkeypatch):
     out, report = tmp_path / "out", tmp_path / "docs" / "results_ablations.md"
     argv = ["--sizes", "tiny", "--out", str(out), "--ablation", "w6:base_features=6", "--jobs", "1",
             "--singles", "w6", "--singles", "mt_2n", "--report", str(report)]
@@ -411,6 +464,30 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
     assert len(rows_up) == 8 and all(f"| `{out2}` | " in ln for ln in rows_up)  # 2 + 2 x 3 single models
     assert next(ln for ln in rows_up if ln.startswith("| ablation_w6 |")).split(" | ")[2:4] == \
         next(ln for ln in doubling.splitlines() if ln.startswith("| ablation_w6 |")).split(" | ")[2:4]
+    # a single-dataset model converged only at the longer budget stands in for this folder's: predicted on its
+    # dataset's test cases and compared in its place (the decision forced: nothing converges at these sizes)
+    real = ablate.budget_doubling
+
+    def forced(rep, runs, half=None, double=None):
+        rows = real(rep, runs, half, double)
+        for r in rows:  # D005's single model gained a point or more from x1 to x2, the others less ...
+            r["within"] = r["run"] != "single_D005"
+        return rows + [{**rows[0], "run": "single_D005", "from": str(out2), "folder": f"{out2}_x4",
+                        "shorter": f"single_D005@{out2}", "longer": "x4", "within": True}]  # ... then less
+
+    monkeypatch.setattr(ablate, "budget_doubling", forced)
+    assert ablate.main([*argv, "--double-budget", str(out2)]) == 0
+    text3 = report.read_text()
+    assert f"single_D005 by its run in `{out2}` (4 iterations)" in text3.split("## Dice per head")[0]
+    assert f"single_D005 by its run in `{out2}` (4 iterations)" in text3.split("with the same change")[1]
+    part = json.loads((out / "evaluation" / "single_D005@4" / "summary.json").read_text())
+    assert all((out / "predictions" / "single_D005@4" / c / "case.json").is_file() for c in part["cases"]["D005"])
+    for h in ("D005_spleen", "D005_liver"):  # the single-dataset column: the stand-in's scores
+        row = next(ln for ln in text3.splitlines() if ln.startswith(f"| {h} | "))
+        assert row.split(" | ")[3] == ablate._pct(part["heads"][h]["dice_mean"])
+    assert next(ln for ln in text3.splitlines() if ln.startswith("| D006_heart | ")) == \
+        next(ln for ln in text.splitlines() if ln.startswith("| D006_heart | "))  # the others: their own runs
+    monkeypatch.undo()
     # a folder of another budget is refused before anything is trained
     with pytest.raises(SystemExit) as exc:
         ablate.main([*argv2[:-1], "3", "--half-budget", str(out)])
