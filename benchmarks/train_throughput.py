@@ -500,9 +500,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--base-features", type=int, default=16, help="U-Net width of the small config (default 16)")
     add("--small-batch", type=int, default=2, help="small-config batch per process (default 2)")
     add("--paper-batch", type=int, default=0, help="paper-config batch (default: 2 on cpu, 4 on cuda)")
-    add("--warmup", type=int, default=-1, help="warm-up iterations (default: 3; paper on cpu: 0)")
+    add("--warmup", type=int, default=-1, help="warm-up iterations (default: 3; paper on cpu 0, paper loader 1, "
+        "--gpu-suite 2)")
     add("--iterations", type=int, default=0,
-        help="measured iterations (default: 20 small, 10 paper on cuda, 1 paper on cpu, 4 paper loader)")
+        help="measured iterations (default: 20 small, 10 paper on cuda, 1 paper on cpu, 4 paper loader, "
+             "paper-real 20 on cuda and 2 on cpu, --gpu-suite 6)")
     add("--preprocessed", type=Path, help="use this preprocessed folder for the small config")
     add("--workdir", type=Path, help="keep the synthetic collections here (default: a temp folder)")
     add("--gpu-suite", action="store_true", help="all CUDA measurements of the paper config in one go "
