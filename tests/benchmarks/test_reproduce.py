@@ -1022,3 +1022,34 @@ def test_the_committed_report_says_what_the_ablation_reports_measured(reproduce)
     for report in ("results_ablations_2x.md", "results_ablations_4x.md"):
         row = over_datasets(report)
         assert f"{row['ablation_softmax']} (" in text and row["ablation_mt_2n"] in text, report
+
+
+def test_the_committed_report_s_addendum_quotes_the_ablation_reports(reproduce):
+    """The hand-written addendum of ``docs/results.md`` (later budget doublings overturn two single models'
+    convergence) quotes the committed ablation reports' figures: the pairs of single D006 and D007 and MultiTalent
+    against the converged single models at K = 4."""
+    docs = BENCHMARKS.parent / "docs"
+    text = (docs / "results.md").read_text(encoding="utf-8")
+    addendum = text.split("**Addendum (2026-12-05")[1].split("\n")[0]
+    assert "*An addendum at the top of the Summary corrects section 1's verdicts" in text.split("## Run")[0]
+    assert text.index("**Addendum (2026-12-05") > text.index("## Summary")
+
+    def row(report: str, start: str) -> list[str]:
+        line = next(ln for ln in (docs / report).read_text(encoding="utf-8").splitlines() if ln.startswith(start))
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    gains = [row("results_ablations_2x.md", "| single_D006 | `/work/ablate` |")[4],
+             row("results_ablations_2x.md", "| single_D007 | `/work/ablate` |")[4],
+             row("results_ablations_2x.md", "| single_D007 | `/work/ablate4x` |")[4],
+             row("results_ablations_4x.md", "| single_D007 | `/work/ablate8x` |")[4],
+             row("results_ablations_4x.md", "| single_D005 | `/work/ablate8x` |")[4]]
+    assert gains[:2] == ["+2.47", "+1.46"] and all(float(g) >= 1 for g in gains)  # none within one point
+    for g in gains:
+        assert g in addendum, g
+    subset = "| MultiTalent as in the paper (the reference), on the datasets whose single model has converged "
+    heads, cases = (row("results_ablations_4x.md", f"{subset}(D001, D003, D006) | {mt}")
+                    for mt in ("61.6 | 63.3 | heads", "61.6 | 63.3 | cases"))
+    assert heads[-1] == cases[-1] == "no significant difference"
+    for v in ("61.6 vs 63.3", f"{heads[5]} points over {heads[4]} heads", f"p = {heads[6]}",
+              f"{cases[5]} over {cases[4]} cases", f"p = {cases[6]}"):
+        assert v in addendum, v
