@@ -60,7 +60,7 @@ if HERE not in sys.path:
 
 from repro.cli import _only_invocation, _write_reports  # noqa: E402
 from repro.common import REPO, _date_utc, _write_json, machine_description, run_stats  # noqa: E402
-from repro.evidence import EVIDENCE_NOTE, evidence_path  # noqa: E402
+from repro.evidence import EVIDENCE_NOTE, PAIRED_NOTE, evidence_path  # noqa: E402
 from repro.experiments import Reproduction  # noqa: E402
 from repro.sizes import FULL, SIZES, Sizes  # noqa: E402
 from repro.statistics import (  # noqa: E402
@@ -325,14 +325,16 @@ def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None,
     the budget gained less than one Dice point (``repro.statistics.budget_pair_rows``). One row per pair, with
     ``run`` (this folder's run), ``from`` (None, or the folder of the chain's shorter run when it is not this
     one), ``folder`` (the longer or the shorter run's, the other one's), ``iterations`` (shorter, longer),
-    ``shorter`` / ``longer`` (the runs' keys: the name, or ``chain_key``); ``PairError`` from ``namesake_run``."""
+    ``shorter`` / ``longer`` (the runs' keys: the name, or ``chain_key``) and ``dirs`` (both runs' folders);
+    ``PairError`` from ``namesake_run``."""
     pairs: dict = {"pairs": [], "heldout": {}, "heldout_cases": {}}
     extra = []
 
     def pair(name: str, short: tuple[str, Path], long: tuple[str, Path], folder: Path, start: Path | None) -> None:
         pairs["pairs"].append((short[0], long[0]))
         extra.append({"run": name, "from": None if start is None else _shown(start), "folder": _shown(folder),
-                      "iterations": [run_stats(short[1])["iterations"], run_stats(long[1])["iterations"]]})
+                      "iterations": [run_stats(short[1])["iterations"], run_stats(long[1])["iterations"]],
+                      "dirs": [str(short[1]), str(long[1])]})
         for k, d in (short, long):
             if k not in pairs["heldout"]:
                 pairs["heldout"][k], pairs["heldout_cases"][k] = rep.heldout_scores(d)
@@ -399,7 +401,8 @@ def report(ctx: dict, evidence: str) -> str:
         f"datasets: {', '.join(ctx['datasets'])}; {len(heads)} heads); budget {ctx['iterations']} iterations "
         "for MultiTalent and every ablation" + (f", {ctx['single_iterations']} (N) for every single-dataset model"
                                                if ctx.get("singles") else ""),
-        f"- evidence: `{evidence}/` beside this report ({EVIDENCE_NOTE})",
+        f"- evidence: `{evidence}/` beside this report ({EVIDENCE_NOTE}"
+        + (f"; {PAIRED_NOTE})" if ctx.get("paired") else ")"),
         "",
         "## Convergence",
         "",
@@ -766,6 +769,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "readings": {n: reading(tests[n], bool(state[n] and state[REFERENCE]),
                                    unjudged_why([state[n], state[REFERENCE]], why)) for n in names[1:]},
            "doubling": doubling, "why": why, "stand_ins": stand,
+           "paired": sorted({d for r in doubling or () for d in r["dirs"] if Path(d).parents[1] != out}),
            "what": {n: "MultiTalent as in the paper (the reference)" if n == REFERENCE else
                     ", ".join(f"{k}={v}" for k, v in given[n]) for n in names},
            "iterations": epochs * sizes.iterations_per_epoch, "sizes": sizes.name, "command": command,
@@ -781,7 +785,8 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
     rep.say(f"{len(names)} runs scored")  # brings this invocation's wall time in results/invocations.json up to date
     invocations = rep.invocations()
     ctx["wall_total_s"], ctx["n_invocations"] = sum(i["wall_s"] for i in invocations), len(invocations)
-    _write_reports(rep, write_ablation_report, ctx, [out / "ablations.md", *reports])
+    _write_reports(rep, write_ablation_report, ctx, [out / "ablations.md", *reports],
+                   [Path(d) for d in ctx["paired"]])
     return ctx
 
 

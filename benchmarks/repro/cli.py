@@ -215,14 +215,15 @@ def _run(sizes: Sizes, out: Path, seed: int, device: str, quiet: bool, report: P
     return ctx
 
 
-def _write_reports(rep: Reproduction, writer: Callable[[Path, dict], str], ctx: dict, reports: list[Path]) -> None:
-    """Each report by ``writer``, then the folder's evidence (``repro.evidence``) beside each, after the reports it
-    holds."""
+def _write_reports(rep: Reproduction, writer: Callable[[Path, dict], str], ctx: dict, reports: list[Path],
+                   paired: list[Path] = ()) -> None:
+    """Each report by ``writer``, then the folder's evidence (``repro.evidence``; ``paired``: run folders of other
+    output folders that the report reads) beside each, after the reports it holds."""
     for path in reports:
         writer(path, ctx)
         rep.say(f"report written: {path}")
     paths = [evidence_path(p) for p in reports]
-    n = write_evidence(rep.out, *paths)
+    n = write_evidence(rep.out, *paths, paired=paired)
     rep.say(f"evidence ({n} files) written: {', '.join(map(str, paths))}")
 
 

@@ -43,6 +43,10 @@ EVIDENCE_GLOBS = (
     "evaluation/*/*/summary.json",
 )
 LOG_DECIMALS = 5
+# what is kept of a run of another folder that a budget pair reads (``write_evidence``'s ``paired``)
+RUN_GLOBS = tuple(g.removeprefix("runs/*/") for g in EVIDENCE_GLOBS if g.startswith("runs/*/"))
+PAIRED_NOTE = ("the runs of other folders that the budget pairs read, their records likewise, under "
+               "`paired/<folder>/`")
 
 # what the report says of it
 EVIDENCE_NOTE = ("every run's training log and configuration, the held-out and test-case scores, the stage results "
@@ -101,13 +105,13 @@ def _kept_bytes(path: Path) -> bytes:
     return "".join(line + "\n" for line in lines).encode()
 
 
-def _archive(out: Path, files: list[Path]) -> bytes:
-    """A ``.tar.xz`` of ``files`` under their paths inside ``out``, with no times or owners."""
+def _archive(out: Path, files: list[Path], prefix: str = "") -> bytes:
+    """A ``.tar.xz`` of ``files`` under their paths inside ``out`` (after ``prefix``), with no times or owners."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:xz", format=tarfile.PAX_FORMAT, preset=6) as tar:
         for f in files:
             data = _kept_bytes(f)
-            info = tarfile.TarInfo(f.relative_to(out).as_posix())
+            info = tarfile.TarInfo(prefix + f.relative_to(out).as_posix())
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
@@ -115,15 +119,25 @@ def _archive(out: Path, files: list[Path]) -> bytes:
     return buf.getvalue()
 
 
-def write_evidence(out: Path, *dirs: Path) -> int:
+def write_evidence(out: Path, *dirs: Path, paired: tuple[Path, ...] | list[Path] = ()) -> int:
     """Write the evidence of output folder ``out`` into each of ``dirs`` (each archive written whole or not at all,
     and only when its bytes changed; an archive of a run or evaluation no longer in ``out`` is removed) and return
-    the number of files kept."""
+    the number of files kept. ``paired``: run folders of other output folders (``F/runs/<run>``) whose records the
+    report also reads (the other runs of its budget pairs), each kept as ``paired/<F's name>/<run>.tar.xz`` with
+    its files under ``paired/<F's name>/runs/<run>/``, so that unpacking beside ``out``'s own runs clashes with
+    none of them."""
     from multitalent.errors import atomic_path
 
     out = Path(out)
     groups = evidence_groups(out)
     archives = {f"{key}.tar.xz": _archive(out, files) for key, files in groups.items()}
+    n = sum(map(len, groups.values()))
+    for run in map(Path, paired):
+        root = run.parents[1]
+        files = sorted({f for g in RUN_GLOBS for f in run.glob(g) if f.is_file()}, key=lambda f: f.as_posix())
+        if files:
+            archives[f"paired/{root.name}/{run.name}.tar.xz"] = _archive(root, files, f"paired/{root.name}/")
+            n += len(files)
     for d in map(Path, dirs):
         for name, data in archives.items():
             path = d / name
@@ -133,4 +147,4 @@ def write_evidence(out: Path, *dirs: Path) -> int:
         for old in d.rglob("*.tar.xz") if d.is_dir() else ():
             if old.relative_to(d).as_posix() not in archives:
                 old.unlink()
-    return sum(map(len, groups.values()))
+    return n

@@ -487,6 +487,9 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
         assert row.split(" | ")[3] == ablate._pct(part["heads"][h]["dice_mean"])
     assert next(ln for ln in text3.splitlines() if ln.startswith("| D006_heart | ")) == \
         next(ln for ln in text.splitlines() if ln.startswith("| D006_heart | "))  # the others: their own runs
+    assert "under `paired/<folder>/`" in text3.split("## Convergence")[0]  # the other folder's runs: kept too
+    with tarfile.open(evidence / "paired" / out2.name / "single_D005.tar.xz") as tar:
+        assert f"paired/{out2.name}/runs/single_D005/validation/summary.json" in tar.getnames()
     monkeypatch.undo()
     # a folder of another budget is refused before anything is trained
     with pytest.raises(SystemExit) as exc:

@@ -956,6 +956,20 @@ def test_the_evidence_keeps_the_records_only_and_the_same_records_give_the_same_
     for p in first.rglob("*.tar.xz"):
         assert p.read_bytes() == (second / p.relative_to(first)).read_bytes(), p
     assert reproduce.evidence_path(Path("docs/results.md")) == Path("docs/results_evidence")
+    # the runs of other folders that a report's budget pairs read: their records, under paired/<folder>/
+    other = tmp_path / "ablate8x" / "runs" / "single_D005"
+    for name, text in (("log.jsonl", log + "\n"), ("config.json", "{}"), ("validation/summary.json", "{}"),
+                       ("checkpoint_final.pt", "weights")):
+        (other / name).parent.mkdir(parents=True, exist_ok=True)
+        (other / name).write_text(text)
+    third = tmp_path / "c"
+    assert reproduce.write_evidence(out, third, paired=[other]) == len(records) + 3
+    assert (third / "paired" / "ablate8x" / "single_D005.tar.xz").is_file()
+    names = _unpack_evidence(third, tmp_path / "unpacked3")
+    assert names == set(records) | {f"paired/ablate8x/runs/single_D005/{n}"
+                                    for n in ("log.jsonl", "config.json", "validation/summary.json")}
+    assert reproduce.write_evidence(out, third) == len(records)  # no longer read: removed
+    assert not (third / "paired" / "ablate8x" / "single_D005.tar.xz").exists()
 
 
 @pytest.mark.slow  # trains the runs the extension experiment reads
