@@ -74,6 +74,7 @@ from repro.statistics import (  # noqa: E402
     paired,
     per_case,
     per_head,
+    samples_per_dataset,
 )
 from repro.text import _pct  # noqa: E402
 
@@ -648,6 +649,7 @@ def singles_section(ctx: dict) -> list[str]:
                      + " |")
     lines.append("| mean over heads | " + " | ".join(f"{_pct(ctx['avg_heads'][n])} | "
                                                    f"{_pct(ctx['single_avg_heads'][n])}" for n in singles) + " |")
+    lines += samples_table(ctx, singles, label)
     if ctx.get("gaps"):
         lines += ["", "**Does the change close MultiTalent's gap?** The gap is MultiTalent minus its single-dataset "
                   "models, per head and per test case; paired one-sided t-tests of the gap with the change (a) "
@@ -661,6 +663,22 @@ def singles_section(ctx: dict) -> list[str]:
                 lines.append(f"| {ctx['what'][n]} | {over} | {t['n']} | {_points(own['mean_difference'])} | "
                              f"{_points(base['mean_difference'])} | {_points(t['mean_difference'])} | "
                              f"{_p(t['p_greater'])} | {_p(t['p_less'])} | {ctx['gap_readings'][n]} |")
+    return lines
+
+
+def samples_table(ctx: dict, singles: list[str], label: dict[str, str]) -> list[str]:
+    """The report's table of the training patches each model drew from each dataset (``ctx["samples"]``)."""
+    samples = ctx.get("samples") or {}
+    if not samples:
+        return []
+    lines = ["", "Training samples drawn per dataset (patches: iterations x batch x the dataset's share under the "
+             "run's case sampling, 1/sqrt(n) per case for MultiTalent; expected counts of the random sampler; the "
+             "single-dataset model compared, a stand-in included):", "",
+             "| dataset | " + " | ".join(f"MultiTalent {label[n]} | single-dataset {label[n]}" for n in singles)
+             + " |", "|---|" + "---:|---:|" * len(singles)]
+    for ds in ctx["datasets"]:
+        lines.append(f"| {ds} | " + " | ".join(f"{samples[n]['multitalent'].get(ds, 0.0):.0f} | "
+                                               f"{samples[n]['single'].get(ds, 0.0):.0f}" for n in singles) + " |")
     return lines
 
 
@@ -729,9 +747,10 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         run_dir = folders[f"ablation_{n}"] = rep.train(f"ablation_{n}")  # trained above; in turn when --jobs 1
         summaries[n] = rep.predict_and_evaluate(f"ablation_{n}", run_dir, registry, None)
         conv[n], stats[n] = convergence(run_dir), run_stats(run_dir)
-    single_sums, single_conv, single_stats = {}, {}, {}
+    single_sums, single_conv, single_stats, single_runs = {}, {}, {}, {}
     for n in singles:
         runs, single_sums[n] = rep.single_models_named(singles_key(n), registry, None)
+        single_runs[n] = dict(runs)
         single_conv[n] = {ds: convergence(r) for ds, r in runs.items()}
         single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
         folders.update({r.name: r for r in runs.values()})
@@ -758,6 +777,7 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
                 single_sums[n] = merge_datasets(single_sums[n], {ds: rep.evaluate(pred, [ds], registry, key)})
                 single_conv[n][ds] = {**single_conv[n][ds], "converged": True, "stand_in": _shown(run_dir)}
                 stand[name] = {"folder": _shown(run_dir.parents[1]), "iterations": its}
+                single_runs[n][ds] = run_dir
     by_dataset = {n: per_dataset(summaries[n], heads, rep.dataset_ids) for n in names}
     tests = {n: compare(summaries[n], summaries[REFERENCE], heads) for n in names[1:]}
     state = {n: conv[n].get("converged") for n in names}  # True / False / None (in no budget pair)
@@ -779,6 +799,13 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
            "recorded_iterations": recorded_iterations(recorded, f"ablation_{REFERENCE}") if recorded else None}
     ctx.update(singles_context(singles, summaries, single_sums, single_conv, single_stats, state, heads,
                                rep.dataset_ids, sizes.single_epochs * sizes.iterations_per_epoch, why))
+    if singles:  # the patches of each dataset that each model drew (the runs compared: stand-ins included)
+        from multitalent.preprocessing.pipeline import Preprocessed
+
+        cases = Preprocessed.open(rep.pre["all"]).cases
+        ctx["samples"] = {n: {"multitalent": samples_per_dataset(folders[f"ablation_{n}"], cases),
+                              "single": {ds: samples_per_dataset(r, cases).get(ds, 0.0)
+                                         for ds, r in single_runs[n].items()}} for n in singles}
     _write_json(rep.results / "ablations.json",
                 {k: v for k, v in ctx.items() if k not in ("summaries", "single_summaries")})
     ctx["wall_s"] = time.perf_counter() - t0

@@ -429,6 +429,14 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
     assert "| mean over heads | " in tests and "| D006 | " in tests
     assert len([ln for ln in gap.splitlines() if ln.startswith("| base_features=6 | ")]) == 2
     assert "| single_* | ablation_w6_single_* |" in text  # their per-head Dice beside the ablations'
+    # the patches each model drew per dataset: MultiTalent 2N x batch in all, each single model N x batch of its own
+    samples = section.split("Training samples drawn per dataset")[1]
+    rows = {ln.split(" | ")[0][2:]: [float(c) for c in ln.strip(" |").split(" | ")[1:]]
+            for ln in samples.splitlines() if ln.startswith("| D00")}
+    assert set(rows) == {"D005", "D006", "D007"} and all(len(v) == 4 for v in rows.values())  # 2 changes x 2
+    assert rows["D005"][1] > 0  # each count is rounded to a patch: the sum of three within 1.5 of the total
+    assert sum(v[0] for v in rows.values()) == pytest.approx(2 * rows["D005"][1], abs=1.5)
+    assert rows["D005"][1] == rows["D006"][1] == rows["D007"][1]
     # a second invocation trains nothing and writes the same tables
     before = (out / "runs" / "ablation_w6" / "log.jsonl").read_text()
     singles_before = (out / "runs" / "ablation_w6_single_D005" / "log.jsonl").read_text()
@@ -485,6 +493,9 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
     for h in ("D005_spleen", "D005_liver"):  # the single-dataset column: the stand-in's scores
         row = next(ln for ln in text3.splitlines() if ln.startswith(f"| {h} | "))
         assert row.split(" | ")[3] == ablate._pct(part["heads"][h]["dice_mean"])
+    drawn = {ln.split(" | ")[0][2:]: ln.split(" | ")[2] for ln in
+             text3.split("Training samples drawn per dataset")[1].splitlines() if ln.startswith("| D00")}
+    assert float(drawn["D005"]) == 2 * float(drawn["D006"])  # the stand-in trained twice the iterations
     assert next(ln for ln in text3.splitlines() if ln.startswith("| D006_heart | ")) == \
         next(ln for ln in text.splitlines() if ln.startswith("| D006_heart | "))  # the others: their own runs
     assert "under `paired/<folder>/`" in text3.split("## Convergence")[0]  # the other folder's runs: kept too
