@@ -48,6 +48,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from repro.cli import _only_invocation, _write_reports  # noqa: E402
-from repro.common import REPO, _date_utc, _write_json, machine_description, run_stats  # noqa: E402
+from repro.common import REPO, _date_utc, _read_json, _write_json, machine_description, run_stats  # noqa: E402
 from repro.evidence import EVIDENCE_NOTE, PAIRED_NOTE, evidence_path  # noqa: E402
 from repro.experiments import Reproduction  # noqa: E402
 from repro.sizes import FULL, SIZES, Sizes  # noqa: E402
@@ -292,17 +293,24 @@ def namesake_run(run: Path, folder: Path, longer: bool = False) -> Path | None:
     return other
 
 
-def check_pairs(out: Path, names: list[str], half: Path | None, double: Path | None) -> int:
+def check_pairs(out: Path, names: list[str], half: Path | None, double: Path | list[Path] | None) -> int:
     """Before any training: each of the runs ``names`` that has started in ``out`` (its ``config.json`` written)
-    against its finished namesakes in ``half`` and ``double``, so that a folder of other runs is refused before
-    hours of training rather than after them (``PairError``); returns the number of pairs checked. A run not yet
-    started is checked when it is scored."""
+    against its finished namesakes in ``half`` and along its chain through ``double`` (one folder, or the folders at
+    twice, four times, ... the budget), so that a folder of other runs is refused before hours of training rather
+    than after them (``PairError``); returns the number of pairs checked. A run not yet started is checked when it
+    is scored."""
     n = 0
     for name in names:
-        if (out / "runs" / name / "config.json").is_file():
-            for folder, longer in ((half, False), (double, True)):
-                if folder is not None and namesake_run(out / "runs" / name, folder, longer) is not None:
-                    n += 1
+        run = out / "runs" / name
+        if not (run / "config.json").is_file():
+            continue
+        if half is not None and namesake_run(run, half) is not None:
+            n += 1
+        for folder in _folders(double):  # as ``budget_doubling`` walks it: on while each folder holds the run
+            run = namesake_run(run, folder, True)
+            if run is None:
+                break
+            n += 1
     return n
 
 
@@ -671,9 +679,9 @@ def samples_table(ctx: dict, singles: list[str], label: dict[str, str]) -> list[
     samples = ctx.get("samples") or {}
     if not samples:
         return []
-    lines = ["", "Training samples drawn per dataset (patches: iterations x batch x the dataset's share under the "
-             "run's case sampling, 1/sqrt(n) per case for MultiTalent; expected counts of the random sampler; the "
-             "single-dataset model compared, a stand-in included):", "",
+    lines = ["", "Training samples drawn per dataset (patches: iterations x batch x the dataset's share under each "
+             "run's own case sampling, for MultiTalent as in the paper 1/sqrt(n) per case; expected counts of the "
+             "random sampler; the single-dataset model compared, a stand-in included):", "",
              "| dataset | " + " | ".join(f"MultiTalent {label[n]} | single-dataset {label[n]}" for n in singles)
              + " |", "|---|" + "---:|---:|" * len(singles)]
     for ds in ctx["datasets"]:
@@ -769,11 +777,17 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
             of = {f"{singles_key(n)}_{ds}": ds for ds in single_conv[n]}
             for name, run_dir in single_stand_ins(decided, list(of), double).items():
                 ds, its = of[name], run_stats(run_dir)["iterations"]
-                key = f"{name}@{its}"  # its predictions and scores in this folder, by the budget
+                key = f"{name}@{its}@{run_dir.resolve().parents[1].name}"  # its predictions and scores here
                 pred = rep.preds / key
+                source = {"run": str(run_dir.resolve()),
+                          "checkpoint_mtime_ns": (run_dir / "checkpoint_final.pt").stat().st_mtime_ns}
+                if pred.exists() and _read_json(pred / "stand_in.json", None) != source:  # another run's, or it
+                    shutil.rmtree(pred)  # trained again: predicted and scored anew
+                    shutil.rmtree(rep.evals / key, ignore_errors=True)
                 if any(not (pred / c / "case.json").is_file() for c in rep.test_cases[ds]):
                     rep.say(f"predicting {run_dir} (the stand-in of {name}) on {ds}'s test cases")
                     rep.predict(run_dir, rep.dataset_dirs[ds] / "imagesTs", pred)
+                    _write_json(pred / "stand_in.json", source)
                 single_sums[n] = merge_datasets(single_sums[n], {ds: rep.evaluate(pred, [ds], registry, key)})
                 single_conv[n][ds] = {**single_conv[n][ds], "converged": True, "stand_in": _shown(run_dir)}
                 stand[name] = {"folder": _shown(run_dir.parents[1]), "iterations": its}
@@ -900,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
         singles = list(dict.fromkeys(args.singles))
         check_pairs(args.out, [f"ablation_{n}" for n in [REFERENCE, *names]]
                     + [f"{singles_key(n)}_{ds}" for n in singles for ds in sizes.datasets],
-                    args.half_budget, args.double_budget[0] if args.double_budget else None)
+                    args.half_budget, args.double_budget)
         run(sizes, args.out, ablations, args.seed, args.device, args.jobs, not args.verbose,
             [args.report], command, args.recorded, singles, args.half_budget, args.double_budget)
     except PairError as e:  # namesake_run: a run in those folders is not one of these at another budget

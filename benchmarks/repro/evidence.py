@@ -125,18 +125,26 @@ def write_evidence(out: Path, *dirs: Path, paired: tuple[Path, ...] | list[Path]
     the number of files kept. ``paired``: run folders of other output folders (``F/runs/<run>``) whose records the
     report also reads (the other runs of its budget pairs), each kept as ``paired/<F's name>/<run>.tar.xz`` with
     its files under ``paired/<F's name>/runs/<run>/``, so that unpacking beside ``out``'s own runs clashes with
-    none of them."""
+    none of them (F resolved: ``.`` is named; a second folder of the same name is ``<name>_2``)."""
     from multitalent.errors import atomic_path
 
     out = Path(out)
     groups = evidence_groups(out)
     archives = {f"{key}.tar.xz": _archive(out, files) for key, files in groups.items()}
     n = sum(map(len, groups.values()))
+    tags: dict[Path, str] = {}  # each other folder's name in the evidence (a second folder of the same name: _2, ...)
     for run in map(Path, paired):
-        root = run.parents[1]
+        root = run.resolve().parents[1]
+        if root not in tags:
+            tag, i = root.name, 1
+            while tag in tags.values():
+                i += 1
+                tag = f"{root.name}_{i}"
+            tags[root] = tag
+        tag = tags[root]
         files = sorted({f for g in RUN_GLOBS for f in run.glob(g) if f.is_file()}, key=lambda f: f.as_posix())
         if files:
-            archives[f"paired/{root.name}/{run.name}.tar.xz"] = _archive(root, files, f"paired/{root.name}/")
+            archives[f"paired/{tag}/{run.name}.tar.xz"] = _archive(run.parents[1], files, f"paired/{tag}/")
             n += len(files)
     for d in map(Path, dirs):
         for name, data in archives.items():

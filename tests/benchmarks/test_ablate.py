@@ -300,6 +300,20 @@ def test_a_folder_of_other_runs_is_refused_before_any_training(ablate, tmp_path,
     assert ablate.check_pairs(out, ["ablation_w6"], half, None) == 0  # a run not started is checked when scored
 
 
+def test_a_wrong_folder_further_along_the_chain_is_refused_before_any_training(ablate, tmp_path):
+    from multitalent.errors import UserInputError
+
+    out, x2, x4 = tmp_path / "out", tmp_path / "x2", tmp_path / "x4"
+    _run_folder(out / "runs" / "single_D005", 8, finished=False)  # started here
+    _run_folder(x2 / "runs" / "single_D005", 16)
+    _run_folder(x4 / "runs" / "single_D005", 32)
+    assert ablate.check_pairs(out, ["single_D005"], None, [x2, x4]) == 2
+    _run_folder(tmp_path / "bad" / "runs" / "single_D005", 32, base_features=16)  # at four times: another run
+    with pytest.raises(UserInputError, match="base_features: 16 vs 8"):
+        ablate.check_pairs(out, ["single_D005"], None, [x2, tmp_path / "bad"])
+    assert ablate.check_pairs(out, ["single_D005"], None, [tmp_path / "none", x4]) == 0  # the chain stops
+
+
 def test_the_recorded_reference_is_called_the_rerun_s_noise_only_at_its_own_budget(ablate, tmp_path):
     assert ablate.recorded_iterations(BENCHMARKS.parent / "docs" / "results.md", "ablation_mt_2n") == 8000
     assert ablate.recorded_iterations(tmp_path / "missing.md", "ablation_mt_2n") is None
@@ -488,8 +502,10 @@ def test_the_ablations_run_end_to_end_and_keep_their_evidence(ablate, tmp_path, 
     text3 = report.read_text()
     assert f"single_D005 by its run in `{out2}` (4 iterations)" in text3.split("## Dice per head")[0]
     assert f"single_D005 by its run in `{out2}` (4 iterations)" in text3.split("with the same change")[1]
-    part = json.loads((out / "evaluation" / "single_D005@4" / "summary.json").read_text())
-    assert all((out / "predictions" / "single_D005@4" / c / "case.json").is_file() for c in part["cases"]["D005"])
+    part = json.loads((out / "evaluation" / "single_D005@4@out2" / "summary.json").read_text())
+    pred = out / "predictions" / "single_D005@4@out2"
+    assert all((pred / c / "case.json").is_file() for c in part["cases"]["D005"])
+    assert json.loads((pred / "stand_in.json").read_text())["run"] == str((out2 / "runs" / "single_D005").resolve())
     for h in ("D005_spleen", "D005_liver"):  # the single-dataset column: the stand-in's scores
         row = next(ln for ln in text3.splitlines() if ln.startswith(f"| {h} | "))
         assert row.split(" | ")[3] == ablate._pct(part["heads"][h]["dice_mean"])

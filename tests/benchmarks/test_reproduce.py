@@ -970,6 +970,13 @@ def test_the_evidence_keeps_the_records_only_and_the_same_records_give_the_same_
                                     for n in ("log.jsonl", "config.json", "validation/summary.json")}
     assert reproduce.write_evidence(out, third) == len(records)  # no longer read: removed
     assert not (third / "paired" / "ablate8x" / "single_D005.tar.xz").exists()
+    # another folder of the same name: its own archive, not the first one's
+    namesake = tmp_path / "elsewhere" / "ablate8x" / "runs" / "single_D005"
+    namesake.mkdir(parents=True)
+    (namesake / "config.json").write_text('{"other": 1}')
+    reproduce.write_evidence(out, third, paired=[other, namesake])
+    assert sorted(p.relative_to(third / "paired").as_posix() for p in (third / "paired").rglob("*.tar.xz")) == [
+        "ablate8x/single_D005.tar.xz", "ablate8x_2/single_D005.tar.xz"]
 
 
 @pytest.mark.slow  # trains the runs the extension experiment reads
@@ -1045,7 +1052,8 @@ def test_the_committed_report_s_addendum_quotes_the_ablation_reports(reproduce):
     docs = BENCHMARKS.parent / "docs"
     text = (docs / "results.md").read_text(encoding="utf-8")
     addendum = text.split("**Addendum (2026-12-05")[1].split("\n")[0]
-    assert "*An addendum at the top of the Summary corrects section 1's verdicts" in text.split("## Run")[0]
+    note = "*An addendum at the top of the Summary corrects the verdicts against the single-dataset models"
+    assert note in text.split("## Run")[0]
     assert text.index("**Addendum (2026-12-05") > text.index("## Summary")
 
     def row(report: str, start: str) -> list[str]:
@@ -1060,6 +1068,12 @@ def test_the_committed_report_s_addendum_quotes_the_ablation_reports(reproduce):
     assert gains[:2] == ["+2.47", "+1.46"] and all(float(g) >= 1 for g in gains)  # none within one point
     for g in gains:
         assert g in addendum, g
+    # the Ablations table's verdicts against the single-dataset models are named as corrected too
+    verdicts = [ln for ln in text.split("## Ablations")[1].split("## ")[0].splitlines()
+                if ln.endswith("|") and "no significant difference" in ln]
+    assert len(verdicts) == 2
+    for line in verdicts:
+        assert line.split(" | ")[0].lstrip("| ") in addendum, line
     subset = "| MultiTalent as in the paper (the reference), on the datasets whose single model has converged "
     heads, cases = (row("results_ablations_4x.md", f"{subset}(D001, D003, D006) | {mt}")
                     for mt in ("61.6 | 63.3 | heads", "61.6 | 63.3 | cases"))
