@@ -293,30 +293,31 @@ def namesake_run(run: Path, folder: Path, longer: bool = False) -> Path | None:
     return other
 
 
-def check_pairs(out: Path, names: list[str], half: Path | None, double: Path | list[Path] | None) -> int:
+def check_pairs(out: Path, names: list[str], half: Path | None, double: list[Path] | None) -> int:
     """Before any training: each of the runs ``names`` that has started in ``out`` (its ``config.json`` written)
-    against its finished namesakes in ``half`` and along its chain through ``double`` (one folder, or the folders at
-    twice, four times, ... the budget), so that a folder of other runs is refused before hours of training rather
-    than after them (``PairError``); returns the number of pairs checked. A run not yet started is checked when it
-    is scored."""
-    n = 0
-    for name in names:
-        run = out / "runs" / name
-        if not (run / "config.json").is_file():
-            continue
-        if half is not None and namesake_run(run, half) is not None:
-            n += 1
-        for folder in _folders(double):  # as ``budget_doubling`` walks it: on while each folder holds the run
-            run = namesake_run(run, folder, True)
-            if run is None:
-                break
-            n += 1
-    return n
+    against its finished namesakes in ``half`` and along its chain through ``double`` (``chain_pairs``), so that a
+    folder of other runs is refused before hours of training rather than after them (``PairError``); returns the
+    number of pairs checked. A run not yet started is checked when it is scored."""
+    return sum(1 for name in names if (out / "runs" / name / "config.json").is_file()
+               for _ in chain_pairs(out / "runs" / name, half, double))
 
 
-def _folders(double: Path | list[Path] | None) -> list[Path]:
-    """``--double-budget``'s folders as a list: twice this budget, four times, ... (one folder or none: as given)."""
-    return [] if double is None else [double] if isinstance(double, Path) else list(double)
+def chain_pairs(run: Path, half: Path | None, double: list[Path] | None):
+    """The budget pairs of ``run`` (a run folder of this invocation): with its finished namesake in ``half`` (the
+    folder at half the budget), then along its chain through ``double`` (the folders at twice, four times, ... the
+    budget), going on only as long as each folder holds the run finished. Yields (shorter run, longer run, the
+    shorter's folder, the longer's folder), a folder None for this invocation's; ``PairError`` from
+    ``namesake_run``."""
+    other = namesake_run(run, half) if half is not None else None
+    if other is not None:
+        yield other, run, half, None
+    prev, at = run, None
+    for folder in double or ():
+        other = namesake_run(prev, folder, True)
+        if other is None:
+            return
+        yield prev, other, at, folder
+        prev, at = other, folder
 
 
 def chain_key(name: str, folder: Path) -> str:
@@ -325,40 +326,29 @@ def chain_key(name: str, folder: Path) -> str:
 
 
 def budget_doubling(rep, runs: dict[str, Path], half: Path | None = None,
-                    double: Path | list[Path] | None = None) -> list[dict]:
+                    double: list[Path] | None = None) -> list[dict]:
     """The criterion of ``docs/results.md`` (section 0) between this folder's runs and their namesakes in the
-    ablation folders ``half`` (the same runs at half the budget) and ``double`` (at twice it; it may hold only some
-    runs; a list: at twice, four times, ... the budget, each folder's runs paired with their namesakes in the next,
-    the chain going on only as long as each folder holds the run finished): both runs of a pair predict their
-    held-out fold as whole scans (``Reproduction.heldout_scores``), and the pair is within one point when doubling
-    the budget gained less than one Dice point (``repro.statistics.budget_pair_rows``). One row per pair, with
-    ``run`` (this folder's run), ``from`` (None, or the folder of the chain's shorter run when it is not this
-    one), ``folder`` (the longer or the shorter run's, the other one's), ``iterations`` (shorter, longer),
-    ``shorter`` / ``longer`` (the runs' keys: the name, or ``chain_key``) and ``dirs`` (both runs' folders);
-    ``PairError`` from ``namesake_run``."""
+    ablation folders ``half`` (the same runs at half the budget) and ``double`` (at twice, four times, ... the
+    budget; each may hold only some runs), pair by pair along each run's chain (``chain_pairs``): both runs of a
+    pair predict their held-out fold as whole scans (``Reproduction.heldout_scores``), and the pair is within one
+    point when doubling the budget gained less than one Dice point (``repro.statistics.budget_pair_rows``). One row
+    per pair, with ``run`` (this folder's run), ``from`` (None, or the folder of the chain's shorter run when it is
+    not this one), ``folder`` (the other run's), ``iterations`` (shorter, longer), ``shorter`` / ``longer`` (the
+    runs' keys: the name, or ``chain_key``) and ``dirs`` (both runs' folders); ``PairError`` from
+    ``namesake_run``."""
     pairs: dict = {"pairs": [], "heldout": {}, "heldout_cases": {}}
     extra = []
-
-    def pair(name: str, short: tuple[str, Path], long: tuple[str, Path], folder: Path, start: Path | None) -> None:
-        pairs["pairs"].append((short[0], long[0]))
-        extra.append({"run": name, "from": None if start is None else _shown(start), "folder": _shown(folder),
-                      "iterations": [run_stats(short[1])["iterations"], run_stats(long[1])["iterations"]],
-                      "dirs": [str(short[1]), str(long[1])]})
-        for k, d in (short, long):
-            if k not in pairs["heldout"]:
-                pairs["heldout"][k], pairs["heldout_cases"][k] = rep.heldout_scores(d)
-
     for name, run in runs.items():
-        other = namesake_run(run, half, False) if half is not None else None
-        if other is not None:
-            pair(name, (chain_key(name, half), other), (name, run), half, None)
-        prev, prev_key, start = run, name, None
-        for folder in _folders(double):
-            other = namesake_run(prev, folder, True)
-            if other is None:
-                break
-            pair(name, (prev_key, prev), (chain_key(name, folder), other), folder, start)
-            prev, prev_key, start = other, chain_key(name, folder), folder
+        for short, long, at_short, at_long in chain_pairs(run, half, double):
+            keys = [name if at is None else chain_key(name, at) for at in (at_short, at_long)]
+            pairs["pairs"].append(tuple(keys))
+            extra.append({"run": name, "from": _shown(at_short) if at_short and at_long else None,
+                          "folder": _shown(at_long or at_short),
+                          "iterations": [run_stats(short)["iterations"], run_stats(long)["iterations"]],
+                          "dirs": [str(short), str(long)]})
+            for k, d in zip(keys, (short, long)):
+                if k not in pairs["heldout"]:
+                    pairs["heldout"][k], pairs["heldout_cases"][k] = rep.heldout_scores(d)
     return [{**r, **e} for r, e in zip(budget_pair_rows(pairs, set()), extra)]
 
 
@@ -376,6 +366,23 @@ def single_stand_ins(decided: dict, singles: list[str], double: list[Path]) -> d
                 out[name] = folder / "runs" / name
                 break
     return out
+
+
+def stand_in_scores(rep, name: str, ds: str, run: Path, its: int, registry) -> dict:
+    """The evaluation summary of ``run`` (another folder's run, the stand-in of this folder's single-dataset model
+    ``name``) on dataset ``ds``'s test cases, predicted and scored into this folder under ``<name>@<its>@<folder>``
+    once, and again when that run is another or was trained again (its final checkpoint changed)."""
+    key = f"{name}@{its}@{run.resolve().parents[1].name}"
+    pred = rep.preds / key
+    source = {"run": str(run.resolve()), "checkpoint_mtime_ns": (run / "checkpoint_final.pt").stat().st_mtime_ns}
+    if pred.exists() and _read_json(pred / "stand_in.json", None) != source:
+        shutil.rmtree(pred)
+        shutil.rmtree(rep.evals / key, ignore_errors=True)
+    if any(not (pred / c / "case.json").is_file() for c in rep.test_cases[ds]):
+        rep.say(f"predicting {run} (the stand-in of {name}) on {ds}'s test cases")
+        rep.predict(run, rep.dataset_dirs[ds] / "imagesTs", pred)
+        _write_json(pred / "stand_in.json", source)
+    return rep.evaluate(pred, [ds], registry, key)
 
 
 def write_ablation_report(path: Path, ctx: dict) -> str:
@@ -533,12 +540,12 @@ def doubling_section(ctx: dict) -> list[str]:
               if f"{singles_key(n)}_{ds}" not in judged]
     if alone:
         lines += ["", f"In no pair (cannot be judged): {', '.join(alone)}."]
-    return lines + [stand_in_note(ctx), ""] if ctx.get("stand_ins") else lines + [""]
+    return lines + (["", stand_in_note(ctx), ""] if ctx.get("stand_ins") else [""])
 
 
 def stand_in_note(ctx: dict) -> str:
     """The sentence naming the single-dataset models compared through a longer run of their chain (``stand_ins``)."""
-    return ("\nCompared at the budget where they converged (stand-ins: the first run of the chain shown converged; "
+    return ("Compared at the budget where they converged (stand-ins: the first run of the chain shown converged; "
             "chosen on the held-out folds, never on a test case; the paper's rule is N large enough to converge): "
             + ", ".join(f"{n} by its run in `{v['folder']}` ({v['iterations']} iterations)"
                         for n, v in ctx["stand_ins"].items()) + ".")
@@ -627,7 +634,7 @@ def singles_section(ctx: dict) -> list[str]:
              f"all its single-dataset models have {converged_word(ctx)}; where MultiTalent has and only some of "
              "them have, the comparison is also made on the datasets whose single model has (chosen by the "
              "training runs' criterion, never by a test case)."
-             + (stand_in_note(ctx).replace("\n", " ") if ctx.get("stand_ins") else "")
+             + (" " + stand_in_note(ctx) if ctx.get("stand_ins") else "")
              + " Paper (13 datasets, converged): MultiTalent +1.05 points over datasets against the single-dataset "
              "nnU-Nets.", "",
              "| change | MultiTalent, over datasets | single-dataset, over datasets | over | n | mean difference | "
@@ -717,13 +724,13 @@ def reading(tests: dict, flattened: bool, why: str = "not flattened") -> str:
 
 def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
         quiet: bool, reports: list[Path], command: str, recorded: Path | None = None,
-        singles: list[str] = (), half: Path | None = None, double: Path | list[Path] | None = None) -> dict:
+        singles: list[str] = (), half: Path | None = None, double: list[Path] | None = None) -> dict:
     """Train (or resume) the reference and every ablation in ``out``, predict and score them, and write the report
     to ``OUT/ablations.md`` and each of ``reports``, with the evidence beside each (``recorded``: a reproduction
     report whose per-head Dice the runs are set beside; ``half``, ``double``: ablation folders of the same runs at
-    half and at twice the budget, whose pairs with these decide convergence, ``budget_doubling``; ``double`` a list:
-    at twice, four times, ... the budget, the chains' longer runs, whose single-dataset models converged only there
-    stand in for this folder's, ``single_stand_ins``); returns the report context."""
+    half and at twice, four times, ... the budget, whose pairs with these decide convergence, ``budget_doubling``; a
+    single-dataset model converged only in a longer folder is compared through that run, ``single_stand_ins``);
+    returns the report context."""
     out.mkdir(parents=True, exist_ok=True)
     with _only_invocation(out):  # a second invocation on the folder would train the same unfinished run twice
         return _run(sizes, out, ablations, seed, device, jobs, quiet, reports, command, recorded, list(singles),
@@ -732,7 +739,7 @@ def run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, 
 
 def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int, device: str, jobs: int,
          quiet: bool, reports: list[Path], command: str, recorded: Path | None, singles: list[str],
-         half: Path | None = None, double: Path | list[Path] | None = None) -> dict:
+         half: Path | None = None, double: list[Path] | None = None) -> dict:
     from multitalent.registry import HeadRegistry
 
     t0 = time.perf_counter()
@@ -763,7 +770,6 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         single_stats[n] = {ds: run_stats(r) for ds, r in runs.items()}
         folders.update({r.name: r for r in runs.values()})
     doubling, why, stand = None, "not flattened", {}
-    double = _folders(double)
     if half is not None or double:  # the criterion of docs/results.md decides; the last quarter's reading stays
         # beside it
         doubling, why = budget_doubling(rep, folders, half, double), "not converged"
@@ -775,20 +781,10 @@ def _run(sizes: Sizes, out: Path, ablations: list[tuple[str, tuple]], seed: int,
         single_conv = {n: {ds: decided[f"{singles_key(n)}_{ds}"] for ds in single_conv[n]} for n in singles}
         for n in singles:  # a single model converged only at a longer budget: compared through that run
             of = {f"{singles_key(n)}_{ds}": ds for ds in single_conv[n]}
-            for name, run_dir in single_stand_ins(decided, list(of), double).items():
+            for name, run_dir in single_stand_ins(decided, list(of), double or ()).items():
                 ds, its = of[name], run_stats(run_dir)["iterations"]
-                key = f"{name}@{its}@{run_dir.resolve().parents[1].name}"  # its predictions and scores here
-                pred = rep.preds / key
-                source = {"run": str(run_dir.resolve()),
-                          "checkpoint_mtime_ns": (run_dir / "checkpoint_final.pt").stat().st_mtime_ns}
-                if pred.exists() and _read_json(pred / "stand_in.json", None) != source:  # another run's, or it
-                    shutil.rmtree(pred)  # trained again: predicted and scored anew
-                    shutil.rmtree(rep.evals / key, ignore_errors=True)
-                if any(not (pred / c / "case.json").is_file() for c in rep.test_cases[ds]):
-                    rep.say(f"predicting {run_dir} (the stand-in of {name}) on {ds}'s test cases")
-                    rep.predict(run_dir, rep.dataset_dirs[ds] / "imagesTs", pred)
-                    _write_json(pred / "stand_in.json", source)
-                single_sums[n] = merge_datasets(single_sums[n], {ds: rep.evaluate(pred, [ds], registry, key)})
+                single_sums[n] = merge_datasets(single_sums[n], {ds: stand_in_scores(rep, name, ds, run_dir, its,
+                                                                                     registry)})
                 single_conv[n][ds] = {**single_conv[n][ds], "converged": True, "stand_in": _shown(run_dir)}
                 stand[name] = {"folder": _shown(run_dir.parents[1]), "iterations": its}
                 single_runs[n][ds] = run_dir

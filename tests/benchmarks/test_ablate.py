@@ -390,8 +390,8 @@ def test_a_chain_of_longer_folders_is_paired_in_turn_and_a_single_model_converge
     assert f"| single_D005 | `{d2}` | 80 -> 160 | 50.0 -> 60.0 | +10.00 |" in text
     assert "In no pair (cannot be judged): single_D006." in text
     assert f"single_D005 by its run in `{d2}` (160 iterations)" in text
-    # one folder, as before: the first doubling only
-    assert len(ablate.budget_doubling(Rep(), runs, None, d2)) == 2
+    # one folder: the first doubling only
+    assert len(ablate.budget_doubling(Rep(), runs, None, [d2])) == 2
 
 
 @pytest.mark.slow  # trains two tiny runs and predicts the test cases (~1 min)
